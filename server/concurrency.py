@@ -1,0 +1,300 @@
+"""The concurrency models, as ``socketserver`` server classes chosen by name.
+
+Both share ``SelectorServer``: an acceptor loop on a selector over every listening socket, which
+accepts, asks ``verify_request`` and hands the connection to ``process_request`` -- the
+``socketserver`` contract, over several listeners.
+
+- ``ThreadPoolServer`` (``threading``): the acceptor also owns every *idle* connection (new, kept
+  alive, or still sending its head) and reads them without blocking.  Only a connection with a
+  complete head is queued for the bounded pool of ``threads`` workers, which serve it and give it
+  back.  A slow or idle client costs a file descriptor, never a thread.
+- ``ForkingServer`` (``forking``): ``socketserver.ForkingMixIn``: a child process per connection,
+  at most ``max_children`` at once, serving that connection's requests until it goes idle.
+
+``shutdown()`` (from another thread) stops the loop; ``drain(timeout)`` then lets in-flight
+requests finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Sequence
+
+from server.config import Config
+from server.connection import Connection
+from server.listener import BoundListener
+from server.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+EXPIRY_SCAN_SECONDS = 0.25
+ACCEPTS_PER_WAKEUP = 64
+
+
+class SelectorServer(socketserver.BaseServer):
+    """Accepts on several listening sockets; subclasses decide where connections are served."""
+
+    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+        super().__init__(listeners[0].address if listeners else None, None)  # type: ignore[arg-type]
+        self.listeners = list(listeners)
+        self.pipeline = pipeline
+        self.config = config
+        self.selector = selectors.DefaultSelector()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+            self.selector.register(listener.sock, selectors.EVENT_READ, listener)
+
+    def fileno(self) -> int:
+        return self.listeners[0].sock.fileno()
+
+    def serve_forever(self, poll_interval: float = EXPIRY_SCAN_SECONDS) -> None:
+        """Run the acceptor loop until ``shutdown()``."""
+        self._stopped.clear()
+        try:
+            while not self._stop.is_set():
+                for key, _ in self.selector.select(poll_interval):
+                    if self._stop.is_set():
+                        break
+                    if isinstance(key.data, BoundListener):
+                        self.accept_from(key.data)
+                    else:
+                        self.on_readable(key)
+                self.service_actions()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the acceptor loop and wait for it to end.  Never call from the loop's thread."""
+        self._stop.set()
+        self.wake()
+        self._stopped.wait()
+
+    def wake(self) -> None:
+        """Interrupt the selector wait (subclasses with a wake-up channel override this)."""
+
+    def accept_from(self, listener: BoundListener) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                sock, address = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and friends: log, keep serving the rest
+                log.error("accept failed on %s: %s", listener.name, error)
+                return
+            if self.verify_request(sock, address):  # type: ignore[arg-type]
+                try:
+                    self.process_request(self.connection_for(sock, address, listener), address)  # type: ignore[arg-type]
+                except Exception:
+                    self.handle_error(sock, address)  # type: ignore[arg-type]
+                    self.shutdown_request(sock)  # type: ignore[arg-type]
+            else:
+                self.shutdown_request(sock)  # type: ignore[arg-type]
+
+    def connection_for(self, sock: socket.socket, address: object, listener: BoundListener) -> Connection:
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            address = ""
+        return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config)
+
+    def on_readable(self, key: selectors.SelectorKey) -> None:
+        """A parked connection became readable (threading model only)."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """socketserver's hook, sent to the error log instead of stderr."""
+        log.exception("error serving connection from %s", client_address)
+
+    def shutdown_request(self, request: object) -> None:
+        sock = request.sock if isinstance(request, Connection) else request
+        try:
+            sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        except OSError:
+            pass
+        self.close_request(request)
+
+    def close_request(self, request: object) -> None:
+        sock = request.sock if isinstance(request, Connection) else request
+        sock.close()  # type: ignore[union-attr]
+
+    def close_listeners(self) -> None:
+        """Stop accepting: new connections are refused from now on."""
+        for listener in self.listeners:
+            try:
+                self.selector.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+            listener.close()
+
+    def server_close(self) -> None:
+        self.close_listeners()
+        self.selector.close()
+
+
+class ThreadPoolServer(SelectorServer):
+    """``threading``: idle connections in the selector, ready ones served by a bounded pool."""
+
+    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+        super().__init__(listeners, pipeline, config)
+        self.ready: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self.returned: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self.parked: dict[int, Connection] = {}
+        self.busy = 0
+        self.busy_lock = threading.Lock()
+        self.idle_workers = threading.Condition(self.busy_lock)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.next_scan = time.monotonic() + EXPIRY_SCAN_SECONDS
+        self.workers = [threading.Thread(target=self.work, name=f"porch-worker-{n}", daemon=True)
+                        for n in range(config.threads)]
+        for worker in self.workers:
+            worker.start()
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
+        request.sock.setblocking(False)
+        self.park(request)
+
+    def park(self, conn: Connection) -> None:
+        conn.park()
+        self.parked[conn.sock.fileno()] = conn
+        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def on_readable(self, key: selectors.SelectorKey) -> None:
+        if key.data is None:  # the wake-up channel: take back connections from the workers
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+            while True:
+                try:
+                    conn = self.returned.get_nowait()
+                except queue.Empty:
+                    break
+                if self._stop.is_set():
+                    conn.close()
+                elif conn.head_ready():
+                    self.dispatch(conn)
+                else:
+                    self.park(conn)
+            return
+        conn: Connection = key.data
+        state = conn.fill()
+        if state is False:
+            return
+        self.selector.unregister(conn.sock)
+        del self.parked[conn.sock.fileno()]
+        if state is None:
+            conn.close()
+        else:
+            self.dispatch(conn)
+
+    def dispatch(self, conn: Connection) -> None:
+        with self.busy_lock:
+            self.busy += 1
+        self.ready.put(conn)
+
+    def work(self) -> None:
+        """A pool thread: serve ready connections, give live ones back to the acceptor."""
+        while (conn := self.ready.get()) is not None:
+            try:
+                alive = conn.serve(wait=False)
+            except Exception:
+                self.handle_error(conn.sock, conn.client)
+                conn.close()
+                alive = False
+            if alive:
+                self.returned.put(conn)
+                self.wake()
+            with self.busy_lock:
+                self.busy -= 1
+                if self.busy == 0:
+                    self.idle_workers.notify_all()
+
+    def service_actions(self) -> None:
+        """Close parked connections whose header or keep-alive deadline has passed."""
+        now = time.monotonic()
+        if now < self.next_scan:
+            return
+        self.next_scan = now + EXPIRY_SCAN_SECONDS
+        for fd, conn in list(self.parked.items()):
+            if conn.deadline <= now:
+                self.selector.unregister(conn.sock)
+                del self.parked[fd]
+                conn.expire()
+
+    def drain(self, timeout: float) -> bool:
+        """After shutdown(): finish in-flight requests within ``timeout``; True if all finished."""
+        self.close_listeners()
+        for conn in self.parked.values():
+            conn.close()
+        self.parked.clear()
+        with self.busy_lock:
+            finished = self.idle_workers.wait_for(lambda: self.busy == 0, timeout)
+        for _ in self.workers:
+            self.ready.put(None)
+        return finished
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
+    """``forking``: a child process per connection, at most ``max_children`` at once."""
+
+    block_on_close = False
+
+    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+        super().__init__(listeners, pipeline, config)
+        self.max_children = config.max_children
+
+    def finish_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
+        """In the child: drop the listeners, then serve this connection until it goes idle."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for listener in self.listeners:
+            listener.sock.close()
+        request.sock.setblocking(True)
+        request.serve(wait=True)
+
+    def service_actions(self) -> None:
+        self.collect_children()
+
+    def drain(self, timeout: float) -> bool:
+        """After shutdown(): wait for the children within ``timeout``, then end them."""
+        self.close_listeners()
+        deadline = time.monotonic() + timeout
+        while self.active_children and time.monotonic() < deadline:
+            self.collect_children()
+            time.sleep(0.05)
+        finished = not self.active_children
+        for pid in list(self.active_children or ()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.collect_children(blocking=True)
+        return finished
+
+
+SERVER_CLASSES: dict[str, type[SelectorServer]] = {"threading": ThreadPoolServer, "forking": ForkingServer}

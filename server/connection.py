@@ -1,0 +1,412 @@
+"""Socket I/O for one client connection: read heads, feed bodies, write responses, keep alive.
+
+Two callers drive a ``Connection``:
+
+- the acceptor of the threading model calls ``fill()`` (non-blocking) whenever the socket is
+  readable, until a complete request head is buffered; only then does a pool thread call
+  ``serve(wait=False)``, which answers every request whose head is already buffered (pipelining)
+  and hands the connection back to the acceptor when it goes idle;
+- a forked child calls ``serve(wait=True)``, which blocks for each next head itself, under the
+  keep-alive and header timeouts.
+
+Either way each request runs through ``Pipeline.run`` with ``send_response`` as its writer: the one
+place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Server`` and
+``Connection`` are decided for every handler type.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+
+from server.config import Config
+from server.errors import HTTPError, InternalServerError, ProtocolError, RequestTimeout
+from server.messages import FileRegion, Headers, Request, Response
+from server.pipeline import Pipeline, error_response
+from server.protocol import (
+    LAST_CHUNK,
+    RequestHead,
+    body_reader,
+    encode_chunk,
+    find_head_end,
+    parse_head,
+    serialize_response_head,
+)
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 65536
+DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
+DRAIN_TIMEOUT_SECONDS = 1.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Framing is ours: handlers may not set hop-by-hop fields (RFC 9110 section 7.6.1).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+                        "proxy-connection"})
+NO_BODY_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
+
+
+class ResponseAborted(Exception):
+    """The response could not be completed; the connection must be closed, not reused."""
+
+
+class DateCache:
+    """The ``Date`` header value, formatted at most once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._value = formatdate(second, usegmt=True)
+            self._second = second
+        return self._value
+
+
+DATES = DateCache()
+
+
+class Connection:
+    """One client connection and its buffered, not yet parsed bytes."""
+
+    def __init__(self, sock: socket.socket, client: object, server: object, scheme: str,
+                 pipeline: Pipeline, config: Config) -> None:
+        self.sock = sock
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+        self.pipeline = pipeline
+        self.limits = config.limits
+        self.timeouts = config.timeouts
+        self.server_header = config.server_header
+        self.buffer = bytearray()
+        self.deadline = time.monotonic() + self.timeouts.header
+        self.head_started = time.monotonic()
+        self.keep_alive = True
+
+    # -- the acceptor's side: non-blocking reads until a head is complete --------------------
+
+    def fill(self) -> bool | None:
+        """Read what is available.  True: a head (or a protocol error) is ready to serve;
+        False: wait for more; None: the peer closed or failed."""
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return None
+        if not data:
+            return None
+        if not self.buffer:
+            self.head_started = time.monotonic()
+            self.deadline = self.head_started + self.timeouts.header
+        self.buffer += data
+        return self.head_ready()
+
+    def head_ready(self) -> bool:
+        try:
+            return find_head_end(self.buffer, self.limits) >= 0
+        except ProtocolError:
+            return True  # a worker writes the error response
+
+    def park(self) -> None:
+        """Prepare for the acceptor: non-blocking, with the deadline of the state we are in."""
+        self.sock.setblocking(False)
+        now = time.monotonic()
+        self.deadline = now + (self.timeouts.header if self.buffer else self.timeouts.keepalive)
+
+    def expire(self) -> None:
+        """The idle deadline passed: 408 if a head was started (RFC 9110 15.5.9), then close."""
+        if self.buffer:
+            self.reject(RequestTimeout("the request head was not received in time"))
+        self.close()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def serve(self, wait: bool) -> bool:
+        """Answer requests until none is buffered (wait=False) or the connection ends.
+
+        Returns True if the connection is alive and idle (park it), False once it is closed.
+        """
+        try:
+            self.sock.settimeout(self.timeouts.body)
+            while True:
+                end = self.wait_for_head() if wait else find_head_end(self.buffer, self.limits)
+                if end is None:
+                    self.close()
+                    return False
+                if end < 0:
+                    return True
+                if not self.serve_one(end):
+                    self.close()
+                    return False
+        except ProtocolError as error:
+            self.reject(error)
+        except (OSError, ResponseAborted):
+            pass
+        except Exception:
+            log.exception("unexpected error on connection from %s", self.client)
+        self.close()
+        return False
+
+    def wait_for_head(self) -> int | None:
+        """Block until a head is buffered; None on EOF or timeout (408 if a head had started)."""
+        started = time.monotonic()
+        deadline = started + (self.timeouts.header if self.buffer else self.timeouts.keepalive)
+        while (end := find_head_end(self.buffer, self.limits)) < 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if self.buffer:
+                    self.reject(RequestTimeout("the request head was not received in time"))
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except TimeoutError:
+                continue
+            if not data:
+                return None
+            if not self.buffer:
+                self.head_started = time.monotonic()
+                deadline = self.head_started + self.timeouts.header
+            self.buffer += data
+        self.sock.settimeout(self.timeouts.body)
+        return end
+
+    def serve_one(self, end: int) -> bool:
+        """Parse the head ending at ``end``, run the pipeline; True if the connection may go on."""
+        head_bytes = bytes(self.buffer[:end])
+        del self.buffer[:end]
+        try:
+            head = parse_head(head_bytes, self.limits)
+        except ProtocolError as error:
+            self.reject(error, head_bytes)
+            return False
+        self.keep_alive = head.keep_alive
+        self.continue_sent = False
+        request = self.build_request(head)
+        if not self.pipeline.run(request, self.send_response):
+            return False
+        return self.keep_alive and self.finish_body(request, head)
+
+    def build_request(self, head: RequestHead) -> Request:
+        send_continue = self.send_continue if head.expect_continue and head.version == "HTTP/1.1" else None
+        body = body_reader(head, self, self.limits.body, send_continue)
+        return Request(
+            method=head.method, target=head.target, raw_path=head.raw_path, path=head.path,
+            query=head.query, version=head.version, headers=head.headers, body=body,
+            client=self.client, server=self.server, scheme=self.scheme,
+            request_id=self.pipeline.request_id(head.headers, self.client), start=self.head_started,
+        )
+
+    def finish_body(self, request: Request, head: RequestHead) -> bool:
+        """Discard a small unread body so the connection can be reused; else it must close."""
+        if request.body.done:
+            return True
+        if head.expect_continue and not self.continue_sent:
+            return False  # the client may or may not send the body now: framing is unknown
+        self.sock.settimeout(DRAIN_TIMEOUT_SECONDS)
+        try:
+            request.body.limit = None
+            drained = 0
+            while drained <= DRAIN_LIMIT_BYTES and (chunk := request.body.read(16384)):
+                drained += len(chunk)
+            return request.body.done
+        except (HTTPError, OSError):
+            return False
+        finally:
+            self.sock.settimeout(self.timeouts.body)
+
+    # -- the Source interface the body readers pull from -------------------------------------
+
+    def read1(self, size: int) -> bytes:
+        if self.buffer:
+            data = bytes(self.buffer[:size])
+            del self.buffer[:size]
+            return data
+        try:
+            return self.sock.recv(min(size, RECV_BYTES))
+        except TimeoutError:
+            raise RequestTimeout("the request body was not received in time") from None
+
+    def readline(self, size: int) -> bytes:
+        while True:
+            newline = self.buffer.find(b"\n", 0, size)
+            if newline >= 0 or len(self.buffer) >= size:
+                cut = newline + 1 if newline >= 0 else size
+                data = bytes(self.buffer[:cut])
+                del self.buffer[:cut]
+                return data
+            try:
+                more = self.sock.recv(RECV_BYTES)
+            except TimeoutError:
+                raise RequestTimeout("the request body was not received in time") from None
+            if not more:
+                data = bytes(self.buffer)
+                self.buffer.clear()
+                return data
+            self.buffer += more
+
+    def send_continue(self) -> None:
+        """RFC 9110 10.1.1: the interim 100 response, sent when the handler first reads the body."""
+        self.continue_sent = True
+        self.sock.sendall(CONTINUE)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def send_response(self, request: Request, response: Response) -> int:
+        """Write ``response`` to ``request``; returns the body bytes sent."""
+        body = response.body
+        try:
+            try:
+                head, length, chunked = self.response_head(request, response)
+            except ValueError as problem:
+                log.error("invalid response from handler for %s: %s", request.target, problem)
+                close_body(body)
+                response.status = 500
+                response.headers = Headers()
+                response.body = body = error_response(InternalServerError()).body
+                head, length, chunked = self.response_head(request, response)
+            if request.method == "HEAD" or response.status in NO_BODY_STATUSES:
+                self.sock.sendall(head)
+                return 0
+            if isinstance(body, (bytes, bytearray)):
+                self.sock.sendall(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    self.sock.sendall(body)
+                return len(body)
+            if isinstance(body, FileRegion):
+                self.sock.sendall(head)
+                return self.send_file(body)
+            return self.send_iterable(head, body, length, chunked)
+        finally:
+            close_body(body)
+
+    def response_head(self, request: Request, response: Response) -> tuple[bytes, int | None, bool]:
+        """The serialised head, the body length (None if unknown) and whether it is chunked."""
+        status = response.status
+        body = response.body
+        headers: list[tuple[str, str]] = []
+        declared: str | None = None
+        for name, value in response.headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                if lower == "connection" and "close" in value.lower():
+                    self.keep_alive = False
+                continue
+            if lower == "content-length":
+                declared = value
+                continue
+            headers.append((name, value))
+        length: int | None
+        if isinstance(body, (bytes, bytearray)):
+            length = len(body)
+            if declared is not None and not body and request.method == "HEAD":
+                length = parse_length(declared)
+        elif isinstance(body, FileRegion):
+            length = body.length
+        else:
+            length = parse_length(declared) if declared is not None else None
+        chunked = False
+        if status in NO_BODY_STATUSES or status < 200:
+            length = None
+        elif length is None:
+            if request.version == "HTTP/1.1" and request.method != "HEAD":
+                chunked = True
+                headers.append(("Transfer-Encoding", "chunked"))
+            elif request.method != "HEAD":
+                self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        headers.append(("Date", DATES.now()))
+        if self.server_header:
+            headers.append(("Server", self.server_header))
+        if not self.keep_alive:
+            headers.append(("Connection", "close"))
+        elif request.version == "HTTP/1.0":
+            headers.append(("Connection", "keep-alive"))
+        return serialize_response_head(request.version, status, response.reason, headers), length, chunked
+
+    def send_file(self, region: FileRegion) -> int:
+        sent = self.sock.sendfile(region.file, region.offset, region.length) if region.length else 0
+        if sent != region.length:
+            raise ResponseAborted("file shorter than announced")
+        return sent
+
+    def send_iterable(self, head: bytes, body: Iterable[bytes], length: int | None, chunked: bool) -> int:
+        """Stream an iterable body; exactly ``length`` bytes when known (PEP 3333 truncation)."""
+        sent = 0
+        pending = head
+        try:
+            for chunk in body:
+                if not chunk:
+                    continue
+                if length is not None:
+                    chunk = chunk[: length - sent]
+                sent += len(chunk)
+                pending += encode_chunk(chunk) if chunked else chunk
+                self.sock.sendall(pending)
+                pending = b""
+                if length is not None and sent >= length:
+                    break
+        except (OSError, ResponseAborted):
+            raise
+        except Exception as error:
+            log.exception("error while streaming the response body")
+            raise ResponseAborted(str(error)) from error
+        if chunked:
+            pending += LAST_CHUNK
+        if pending:
+            self.sock.sendall(pending)
+        if length is not None and sent < length:
+            raise ResponseAborted(f"body ended after {sent} of {length} bytes")
+        return sent
+
+    def reject(self, error: HTTPError, head_bytes: bytes | None = None) -> None:
+        """Answer a request that never became a ``Request`` (bad syntax, timeout) and log it."""
+        response = error_response(error)
+        data = head_bytes if head_bytes is not None else bytes(self.buffer[:512])
+        line = data.lstrip(b"\r\n").split(b"\r\n", 1)[0][:512].decode("latin-1")
+        headers = [*response.headers, ("Content-Length", str(len(response.body))),  # type: ignore[arg-type]
+                   ("Date", DATES.now()), ("Connection", "close")]
+        if self.server_header:
+            headers.append(("Server", self.server_header))
+        payload = serialize_response_head("HTTP/1.1", response.status, None, headers) + response.body  # type: ignore[operator]
+        sent = 0
+        try:
+            self.sock.settimeout(1.0)
+            self.sock.sendall(payload)
+            sent = len(response.body)  # type: ignore[arg-type]
+        except OSError:
+            pass
+        self.keep_alive = False
+        self.pipeline.log_rejected(self.client, line, response.status, sent, self.head_started)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def parse_length(value: str) -> int:
+    """A handler's Content-Length; ValueError (→ 500) if it is not a plain decimal number."""
+    if not value.isdigit():
+        raise ValueError(f"invalid Content-Length {value!r}")
+    return int(value)
+
+
+def close_body(body: object) -> None:
+    """Release a response body: files are closed, iterables get their ``close()`` (PEP 3333)."""
+    target = body.file if isinstance(body, FileRegion) else body
+    close = getattr(target, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("error closing the response body")

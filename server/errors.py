@@ -1,0 +1,150 @@
+"""Errors that know how to answer.
+
+An ``HTTPError`` carries the status it must be answered with, so no code anywhere maps exception
+types to statuses: ``raise PayloadTooLarge()`` is the whole story.  ``ProtocolError`` is an
+``HTTPError`` raised by the wire parser; after one, the connection is closed because the framing
+of whatever follows cannot be trusted (RFC 9112 section 11.2).  ``ConfigError`` collects every
+problem found in a config file, each with the file, line and key path it is about.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+
+
+class HTTPError(Exception):
+    """An error answered with ``status``; ``detail`` is safe to show the client (no internals)."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    close_connection: bool = False
+
+    def __init__(self, detail: str = "", headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(detail or self.status.phrase)
+        self.detail = detail
+        self.headers: list[tuple[str, str]] = list(headers)
+
+    def body(self) -> bytes:
+        """A short HTML page; 5xx pages never include the detail (it may describe internals)."""
+        title = f"{self.status.value} {self.status.phrase}"
+        text = self.detail if self.detail and self.status < 500 else self.status.description
+        return (
+            f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>"
+            f"<body><h1>{title}</h1><p>{html.escape(text)}</p></body></html>\n"
+        ).encode("utf-8")
+
+
+class BadRequest(HTTPError):
+    status = HTTPStatus.BAD_REQUEST
+
+
+class Forbidden(HTTPError):
+    status = HTTPStatus.FORBIDDEN
+
+
+class NotFound(HTTPError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class MethodNotAllowed(HTTPError):
+    """405; RFC 9110 section 15.5.6 requires an ``Allow`` header listing what is allowed."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+
+    def __init__(self, allowed: Iterable[str], detail: str = "") -> None:
+        self.allowed = tuple(allowed)
+        super().__init__(detail, headers=[("Allow", ", ".join(self.allowed))])
+
+
+class RequestTimeout(HTTPError):
+    status = HTTPStatus.REQUEST_TIMEOUT
+    close_connection = True
+
+
+class LengthRequired(HTTPError):
+    status = HTTPStatus.LENGTH_REQUIRED
+
+
+class PayloadTooLarge(HTTPError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    close_connection = True
+
+
+class RangeNotSatisfiable(HTTPError):
+    """416; RFC 9110 section 15.5.17: ``Content-Range: bytes */SIZE`` tells the real length."""
+
+    status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+
+    def __init__(self, size: int) -> None:
+        super().__init__(headers=[("Content-Range", f"bytes */{size}")])
+
+
+class ExpectationFailed(HTTPError):
+    status = HTTPStatus.EXPECTATION_FAILED
+
+
+class InternalServerError(HTTPError):
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class MethodNotImplemented(HTTPError):
+    status = HTTPStatus.NOT_IMPLEMENTED
+
+
+class BadGateway(HTTPError):
+    status = HTTPStatus.BAD_GATEWAY
+
+
+class ServiceUnavailable(HTTPError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class GatewayTimeout(HTTPError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+class ProtocolError(HTTPError):
+    """The bytes on the wire are not a valid HTTP/1.x message; answer ``status`` and close."""
+
+    status = HTTPStatus.BAD_REQUEST
+    close_connection = True
+
+    def __init__(self, detail: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class InternalRedirect(Exception):
+    """Raised by a handler to have the request served again at another local path.
+
+    Used for CGI local redirects (RFC 3875 section 6.2.2): the pipeline re-dispatches a GET for
+    ``target`` with no body, a bounded number of times.
+    """
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found while loading a config, so the user can fix them all in one go."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

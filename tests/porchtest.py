@@ -1,0 +1,134 @@
+"""Start a real porch server process for a test and talk to it.
+
+``PorchServer.start(config, tmp_dir)`` writes ``config`` (a dict, merged over test defaults) to a
+YAML file, runs ``python -m server -c FILE`` with the access and error logs in ``tmp_dir``, waits
+for the "listening on" line in the error log and exposes the bound address.  Listeners default
+to ``127.0.0.1:0`` so tests never fight over ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LISTENING = re.compile(r"listening on (\S+)")
+START_TIMEOUT_SECONDS = 15.0
+
+
+class PorchServer:
+    """A running ``porch`` process with its config and log files."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], config_path: Path, access_log: Path,
+                 error_log: Path) -> None:
+        self.proc = proc
+        self.config_path = config_path
+        self.access_log = access_log
+        self.error_log = error_log
+        self.addresses: list[str] = []
+
+    @property
+    def address(self) -> str:
+        """The first TCP address (host:port), else the first address."""
+        tcp = [a for a in self.addresses if not a.startswith("unix:")]
+        return tcp[0] if tcp else self.addresses[0]
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @classmethod
+    def start(cls, config: dict[str, Any], tmp_dir: Path, *, args: tuple[str, ...] = (),
+              env: dict[str, str] | None = None, wait: bool = True) -> PorchServer:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        access_log, error_log = tmp_dir / "access.log", tmp_dir / "error.log"
+        full: dict[str, Any] = {"listen": ["127.0.0.1:0"]}
+        full.update(config)
+        full["log"] = {"access": str(access_log), "error": str(error_log), "level": "debug",
+                       **config.get("log", {})}
+        config_path = tmp_dir / "porch.yaml"
+        config_path.write_text(yaml.safe_dump(full, sort_keys=False))
+        for log in (access_log, error_log):
+            log.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "server", "-c", str(config_path), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **(env or {})}, cwd=tmp_dir)
+        server = cls(proc, config_path, access_log, error_log)
+        if wait:
+            server.addresses = server.wait_listening(len(full["listen"]))
+        return server
+
+    def wait_listening(self, count: int) -> list[str]:
+        """Wait until the error log names ``count`` bound addresses; fail with the logs if not."""
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            found = LISTENING.findall(self.error_text())
+            if len(found) >= count:
+                return found[:count]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        out, err = self.proc.communicate() if self.proc.stdout else (b"", b"")
+        raise RuntimeError(f"porch did not start (exit {self.proc.returncode}):\n"
+                           f"{err.decode(errors='replace')}\n{self.error_text()}")
+
+    def error_text(self) -> str:
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    def access_lines(self) -> list[str]:
+        if not self.access_log.exists():
+            return []
+        return self.access_log.read_text(errors="replace").splitlines()
+
+    def wait_access_lines(self, count: int, timeout: float = 5.0) -> list[str]:
+        """Access lines are written after the response; wait until ``count`` are there."""
+        deadline = time.monotonic() + timeout
+        while len(lines := self.access_lines()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return lines
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
+        """Send raw bytes, half-close, and read everything until the server closes."""
+        with self.connect(timeout) as sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        return self.proc.returncode
