@@ -17,10 +17,9 @@ import threading
 from dataclasses import dataclass
 from types import FrameType
 
-from handlers.base import HandlerContext
 from server import __version__
 from server.concurrency import SERVER_CLASSES, SelectorServer
-from server.config import Config, build_handlers
+from server.config import Config, build_handlers, handler_context
 from server.dispatch import Router
 from server.listener import BoundListener, bind_all
 from server.logs import Logs
@@ -88,15 +87,11 @@ class Runtime:
         self.logs.close()
 
 
-def handler_context(config: Config) -> HandlerContext:
-    config_dir = str(config.source.parent) if config.source else os.getcwd()
-    return HandlerContext(concurrency=config.concurrency, workers=config.workers, software=SOFTWARE,
-                          config_dir=config_dir)
-
-
 def build_server(config: Config) -> Runtime:
     """Wire logs, handlers, listeners and the concurrency model for one serving process."""
     logs = Logs(config.log)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     router = Router(build_handlers(config, handler_context(config)))
     try:
         listeners = bind_all(config.listen)

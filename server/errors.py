@@ -67,9 +67,21 @@ class LengthRequired(HTTPError):
     status = HTTPStatus.LENGTH_REQUIRED
 
 
+class PreconditionFailed(HTTPError):
+    """412: an If-Match or If-Unmodified-Since condition is false (RFC 9110 section 13.2.2)."""
+
+    status = HTTPStatus.PRECONDITION_FAILED
+
+
 class PayloadTooLarge(HTTPError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     close_connection = True
+
+
+class UnsupportedMediaType(HTTPError):
+    """415 (RFC 9110 section 15.5.16): a body type or content coding the handler cannot take."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
 class RangeNotSatisfiable(HTTPError):
