@@ -73,9 +73,11 @@ class Runtime:
                 else:
                     log.info("%s: stopping gracefully (up to %ss)", signal.Signals(signum).name,
                              self.config.timeouts.graceful)
-                    self.server.shutdown()
-                    if not self.server.drain(self.config.timeouts.graceful):  # type: ignore[attr-defined]
+                    self.server.begin_drain()
+                    acceptor.join(self.config.timeouts.graceful)
+                    if acceptor.is_alive():
                         log.warning("graceful timeout: in-flight requests were cut off")
+                        self.server.shutdown()
                     return 0
         finally:
             self.close()

@@ -11,8 +11,9 @@ accepts, asks ``verify_request`` and hands the connection to ``process_request``
 - ``ForkingServer`` (``forking``): ``socketserver.ForkingMixIn``: a child process per connection,
   at most ``max_children`` at once, serving that connection's requests until it goes idle.
 
-``shutdown()`` (from another thread) stops the loop; ``drain(timeout)`` then lets in-flight
-requests finish.
+Stopping gracefully is ``begin_drain()``: the acceptor closes the listeners and keeps serving
+what is in flight -- every response now carries ``Connection: close`` -- and its loop ends by
+itself once nothing is left.  ``shutdown()`` (from another thread) ends the loop at once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from collections.abc import Sequence
 
 from server.config import Config
-from server.connection import Connection
+from server.connection import Connection, StopServing
 from server.listener import BoundListener
 from server.pipeline import Pipeline
 
@@ -48,6 +49,8 @@ class SelectorServer(socketserver.BaseServer):
         self.pipeline = pipeline
         self.config = config
         self.selector = selectors.DefaultSelector()
+        self.draining = threading.Event()
+        self.listeners_open = True
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
@@ -59,10 +62,16 @@ class SelectorServer(socketserver.BaseServer):
         return self.listeners[0].sock.fileno()
 
     def serve_forever(self, poll_interval: float = EXPIRY_SCAN_SECONDS) -> None:
-        """Run the acceptor loop until ``shutdown()``."""
+        """Run the acceptor loop until ``shutdown()``, or until drained after ``begin_drain()``."""
         self._stopped.clear()
         try:
             while not self._stop.is_set():
+                if self.draining.is_set():
+                    if self.listeners_open:
+                        self.close_listeners()
+                        self.on_drain()
+                    if self.drained():
+                        break
                 for key, _ in self.selector.select(poll_interval):
                     if self._stop.is_set():
                         break
@@ -79,6 +88,18 @@ class SelectorServer(socketserver.BaseServer):
         self._stop.set()
         self.wake()
         self._stopped.wait()
+
+    def begin_drain(self) -> None:
+        """Stop accepting and finish what is in flight; safe to call from any thread."""
+        self.draining.set()
+        self.wake()
+
+    def on_drain(self) -> None:
+        """Called once on the acceptor thread when draining starts."""
+
+    def drained(self) -> bool:
+        """Whether nothing is left in flight (subclasses know what they hold)."""
+        return True
 
     def wake(self) -> None:
         """Interrupt the selector wait (subclasses with a wake-up channel override this)."""
@@ -106,7 +127,8 @@ class SelectorServer(socketserver.BaseServer):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
             address = ""
-        return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config)
+        return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config,
+                          self.draining)
 
     def on_readable(self, key: selectors.SelectorKey) -> None:
         """A parked connection became readable (threading model only)."""
@@ -129,6 +151,7 @@ class SelectorServer(socketserver.BaseServer):
 
     def close_listeners(self) -> None:
         """Stop accepting: new connections are refused from now on."""
+        self.listeners_open = False
         for listener in self.listeners:
             try:
                 self.selector.unregister(listener.sock)
@@ -241,19 +264,16 @@ class ThreadPoolServer(SelectorServer):
                 del self.parked[fd]
                 conn.expire()
 
-    def drain(self, timeout: float) -> bool:
-        """After shutdown(): finish in-flight requests within ``timeout``; True if all finished."""
-        self.close_listeners()
+    def drained(self) -> bool:
+        with self.busy_lock:
+            return not self.parked and self.busy == 0 and self.returned.empty()
+
+    def server_close(self) -> None:
         for conn in self.parked.values():
             conn.close()
         self.parked.clear()
-        with self.busy_lock:
-            finished = self.idle_workers.wait_for(lambda: self.busy == 0, timeout)
         for _ in self.workers:
             self.ready.put(None)
-        return finished
-
-    def server_close(self) -> None:
         super().server_close()
         self._wake_r.close()
         self._wake_w.close()
@@ -269,9 +289,20 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
         self.max_children = config.max_children
 
     def finish_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
-        """In the child: drop the listeners, then serve this connection until it goes idle."""
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        """In the child: drop the listeners, then serve this connection until it goes idle.
+
+        SIGTERM from the parent's drain lets a request in progress finish (its response says
+        ``Connection: close``) and ends a child that is only waiting for the next request.
+        """
+
+        def stop(signum: int, frame: object) -> None:
+            request.draining.set()
+            if request.idle:
+                raise StopServing()
+
+        signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         for listener in self.listeners:
             listener.sock.close()
         request.sock.setblocking(True)
@@ -280,21 +311,26 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
     def service_actions(self) -> None:
         self.collect_children()
 
-    def drain(self, timeout: float) -> bool:
-        """After shutdown(): wait for the children within ``timeout``, then end them."""
-        self.close_listeners()
-        deadline = time.monotonic() + timeout
-        while self.active_children and time.monotonic() < deadline:
-            self.collect_children()
-            time.sleep(0.05)
-        finished = not self.active_children
+    def on_drain(self) -> None:
+        for pid in list(self.active_children or ()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def drained(self) -> bool:
+        return not self.active_children
+
+    def server_close(self) -> None:
+        """End children that are still running (after a drain timeout or an immediate stop)."""
         for pid in list(self.active_children or ()):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.collect_children(blocking=True)
-        return finished
+        if self.active_children:
+            self.collect_children(blocking=True)
+        super().server_close()
 
 
 SERVER_CLASSES: dict[str, type[SelectorServer]] = {"threading": ThreadPoolServer, "forking": ForkingServer}

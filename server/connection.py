@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -49,6 +50,10 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "
 NO_BODY_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
 
 
+class StopServing(Exception):
+    """Raised (from a signal handler) to end a connection that is idle between requests."""
+
+
 class ResponseAborted(Exception):
     """The response could not be completed; the connection must be closed, not reused."""
 
@@ -75,8 +80,9 @@ class Connection:
     """One client connection and its buffered, not yet parsed bytes."""
 
     def __init__(self, sock: socket.socket, client: object, server: object, scheme: str,
-                 pipeline: Pipeline, config: Config) -> None:
+                 pipeline: Pipeline, config: Config, draining: threading.Event) -> None:
         self.sock = sock
+        self.draining = draining  # set when the server stops: answer with Connection: close
         self.client = client
         self.server = server
         self.scheme = scheme
@@ -88,6 +94,8 @@ class Connection:
         self.deadline = time.monotonic() + self.timeouts.header
         self.head_started = time.monotonic()
         self.keep_alive = True
+        self.continue_sent = False
+        self.idle = False  # waiting for the next head with nothing buffered (forking model)
 
     # -- the acceptor's side: non-blocking reads until a head is complete --------------------
 
@@ -147,7 +155,7 @@ class Connection:
                     return False
         except ProtocolError as error:
             self.reject(error)
-        except (OSError, ResponseAborted):
+        except (OSError, ResponseAborted, StopServing):
             pass
         except Exception:
             log.exception("unexpected error on connection from %s", self.client)
@@ -165,10 +173,13 @@ class Connection:
                     self.reject(RequestTimeout("the request head was not received in time"))
                 return None
             self.sock.settimeout(remaining)
+            self.idle = not self.buffer
             try:
                 data = self.sock.recv(RECV_BYTES)
             except TimeoutError:
                 continue
+            finally:
+                self.idle = False
             if not data:
                 return None
             if not self.buffer:
@@ -195,8 +206,8 @@ class Connection:
         return self.keep_alive and self.finish_body(request, head)
 
     def build_request(self, head: RequestHead) -> Request:
-        send_continue = self.send_continue if head.expect_continue and head.version == "HTTP/1.1" else None
-        body = body_reader(head, self, self.limits.body, send_continue)
+        send_continue = self.send_continue if head.expect_continue else None
+        body = body_reader(head, self, self.limits.body, send_continue, limits=self.limits)
         return Request(
             method=head.method, target=head.target, raw_path=head.raw_path, path=head.path,
             query=head.query, version=head.version, headers=head.headers, body=body,
@@ -326,6 +337,8 @@ class Connection:
         headers.append(("Date", DATES.now()))
         if self.server_header:
             headers.append(("Server", self.server_header))
+        if self.draining.is_set():
+            self.keep_alive = False
         if not self.keep_alive:
             headers.append(("Connection", "close"))
         elif request.version == "HTTP/1.0":

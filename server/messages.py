@@ -7,6 +7,7 @@ so HEAD, Content-Length, chunking and sendfile live in one place for every handl
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
 
-    def names(self) -> set[str]:
+    def names(self) -> builtins.set[str]:
         """The lower-cased names present."""
         return {name.lower() for name, _ in self._items}
 

@@ -66,9 +66,10 @@ class PorchServer:
         config_path.write_text(yaml.safe_dump(full, sort_keys=False))
         for log in (access_log, error_log):
             log.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "server", "-c", str(config_path), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, **(env or {})}, cwd=tmp_dir)
+        with open(tmp_dir / "stdout.log", "wb") as stdout, open(tmp_dir / "stderr.log", "wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "server", "-c", str(config_path), *args],
+                                    stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})},
+                                    cwd=tmp_dir)
         server = cls(proc, config_path, access_log, error_log)
         if wait:
             server.addresses = server.wait_listening(len(full["listen"]))
@@ -85,9 +86,8 @@ class PorchServer:
                 break
             time.sleep(0.02)
         self.stop()
-        out, err = self.proc.communicate() if self.proc.stdout else (b"", b"")
-        raise RuntimeError(f"porch did not start (exit {self.proc.returncode}):\n"
-                           f"{err.decode(errors='replace')}\n{self.error_text()}")
+        stderr = (self.config_path.parent / "stderr.log").read_text(errors="replace")
+        raise RuntimeError(f"porch did not start (exit {self.proc.returncode}):\n{stderr}\n{self.error_text()}")
 
     def error_text(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
@@ -128,7 +128,4 @@ class PorchServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
         return self.proc.returncode
