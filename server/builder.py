@@ -1,10 +1,11 @@
-"""The composition root: ``build_server(config)`` wires every part, ``Runtime.run()`` serves.
+"""The composition root of a worker: ``build_server(config, listeners)`` wires one, ``run()`` serves.
 
-Order matters and is the point of this module: logs first (so everything after can report),
-then handlers (a handler that cannot be built is a config error before any port is taken), then
-listeners, then the concurrency model.  ``run()`` keeps the arbiter's shape even with one
-process: the acceptor runs in a thread, the main thread only waits for signals, which the
-signal handlers merely queue (TERM/INT: graceful stop, QUIT: immediate stop, USR1: reopen logs).
+Order matters: logs first (so everything after can report), then handlers (a handler that
+cannot be built is a config error, reported before the worker serves anything), then the
+pipeline and the concurrency model on the listeners the master bound.  ``run()`` has the
+arbiter's shape: the acceptor runs in a thread and the main thread only waits for signals, which
+the handlers merely queue (TERM/INT: drain then exit, QUIT: exit now, USR1: reopen logs), and
+heartbeats to the master meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import queue
 import signal
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -21,14 +24,16 @@ from server import __version__
 from server.concurrency import SERVER_CLASSES, SelectorServer
 from server.config import Config, build_handlers, handler_context
 from server.dispatch import Router
-from server.listener import BoundListener, bind_all
+from server.listener import BoundListener
 from server.logs import Logs
 from server.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 SOFTWARE = f"porch/{__version__}"
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+HEARTBEAT_SECONDS = 0.5
+Heartbeat = Callable[[float, float, str], None]
 
 
 @dataclass
@@ -38,11 +43,16 @@ class Runtime:
     config: Config
     logs: Logs
     router: Router
+    pipeline: Pipeline
     server: SelectorServer
     listeners: list[BoundListener]
 
-    def run(self) -> int:
-        """Serve until a stop signal; returns the exit status."""
+    def run(self, heartbeat: Heartbeat | None = None, max_requests: int = 0) -> int:
+        """Serve until a stop signal (or ``max_requests``); returns the exit status.
+
+        ``heartbeat(loop_time, oldest_start, oldest_request)`` is called every
+        ``HEARTBEAT_SECONDS`` so the master can tell a stuck worker from a busy one.
+        """
         signals: queue.SimpleQueue[int] = queue.SimpleQueue()
 
         def enqueue(signum: int, frame: FrameType | None) -> None:
@@ -52,20 +62,28 @@ class Runtime:
             signal.signal(signum, enqueue)
         acceptor = threading.Thread(target=self.server.serve_forever, name="porch-acceptor", daemon=True)
         acceptor.start()
+        if heartbeat is not None:
+            while not self.server.last_loop and acceptor.is_alive():
+                time.sleep(0.005)
+            heartbeat(self.server.last_loop, 0.0, "")
         log.info("%s serving (pid %d, %s)", SOFTWARE, os.getpid(), self.config.concurrency)
         try:
             while True:
                 try:
-                    signum = signals.get(timeout=1.0)
+                    signum = signals.get(timeout=HEARTBEAT_SECONDS)
                 except queue.Empty:
                     if not acceptor.is_alive():
                         log.error("the acceptor stopped unexpectedly")
                         return 1
-                    continue
+                    if heartbeat is not None:
+                        heartbeat(self.server.last_loop, *self.pipeline.oldest())
+                    if max_requests and self.pipeline.served >= max_requests and not self.server.draining.is_set():
+                        log.info("served %d requests (max_requests): retiring", self.pipeline.served)
+                        signum = signal.SIGTERM
+                    else:
+                        continue
                 if signum == signal.SIGUSR1:
                     self.logs.reopen()
-                elif signum == signal.SIGHUP:
-                    log.warning("SIGHUP: reloading needs workers; restart to apply a new config")
                 elif signum == signal.SIGQUIT:
                     log.info("SIGQUIT: stopping now")
                     self.server.shutdown()
@@ -89,19 +107,10 @@ class Runtime:
         self.logs.close()
 
 
-def build_server(config: Config) -> Runtime:
-    """Wire logs, handlers, listeners and the concurrency model for one serving process."""
+def build_server(config: Config, listeners: list[BoundListener]) -> Runtime:
+    """Wire logs, handlers and the concurrency model for one worker on bound ``listeners``."""
     logs = Logs(config.log)
-    for warning in config.warnings:
-        log.warning("%s", warning)
     router = Router(build_handlers(config, handler_context(config)))
-    try:
-        listeners = bind_all(config.listen)
-    except OSError:
-        router.close()
-        raise
-    for listener in listeners:
-        log.info("listening on %s", listener.name)
     pipeline = Pipeline(config, router, logs)
     server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config)
-    return Runtime(config, logs, router, server, listeners)
+    return Runtime(config, logs, router, pipeline, server, listeners)

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,12 +51,19 @@ def directory_config(directory: str, listen: Sequence[str]) -> Config:
     )
 
 
+def config_path(args: argparse.Namespace) -> str | None:
+    """The config file to serve: ``-c FILE``, else ./config/porch.yaml if present, else none."""
+    if args.command == "serve":
+        return None
+    return args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
+
+
 def chosen_config(args: argparse.Namespace) -> Config:
     """The config to serve: ``serve DIR``, ``-c FILE``, ./config/porch.yaml, or the current directory."""
     if args.command == "serve":
         host = f"[{args.bind}]" if ":" in args.bind else args.bind
         return directory_config(args.directory, [f"{host}:{args.port}"])
-    path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
+    path = config_path(args)
     if path is None:
         return directory_config(".", args.bind or [f"127.0.0.1:{DEFAULT_PORT}"])
     return load_config(path, listen=args.bind)
@@ -76,17 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = chosen_config(args)
-        from server.builder import build_server
-
-        runtime = build_server(config)
     except ConfigError as error:
         for problem in error.problems:
             print(f"porch: {problem}", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"porch: {error.strerror or error}", file=sys.stderr)
-        return 1
-    if sys.stderr.isatty() and config.log.error != "-":
-        names = ", ".join(listener.name for listener in runtime.listeners)
-        print(f"porch {__version__}: listening on {names} (pid {os.getpid()})", file=sys.stderr)
-    return runtime.run()
+    path = config_path(args)
+    reload_config = (lambda: load_config(path, listen=args.bind)) if path else None
+    from server.arbiter import Arbiter
+
+    return Arbiter(config, reload_config).run()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 
 from server.config import Config
-from server.connection import Connection, StopServing
+from server.connection import DRAIN_IDLE_SECONDS, Connection
 from server.listener import BoundListener
 from server.pipeline import Pipeline
 
@@ -51,6 +51,7 @@ class SelectorServer(socketserver.BaseServer):
         self.selector = selectors.DefaultSelector()
         self.draining = threading.Event()
         self.listeners_open = True
+        self.last_loop = 0.0  # when the acceptor loop last ran: the worker's heartbeat
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
@@ -66,6 +67,7 @@ class SelectorServer(socketserver.BaseServer):
         self._stopped.clear()
         try:
             while not self._stop.is_set():
+                self.last_loop = time.monotonic()
                 if self.draining.is_set():
                     if self.listeners_open:
                         self.close_listeners()
@@ -113,20 +115,30 @@ class SelectorServer(socketserver.BaseServer):
             except OSError as error:  # EMFILE and friends: log, keep serving the rest
                 log.error("accept failed on %s: %s", listener.name, error)
                 return
-            if self.verify_request(sock, address):  # type: ignore[arg-type]
-                try:
-                    self.process_request(self.connection_for(sock, address, listener), address)  # type: ignore[arg-type]
-                except Exception:
-                    self.handle_error(sock, address)  # type: ignore[arg-type]
-                    self.shutdown_request(sock)  # type: ignore[arg-type]
-            else:
+            if not self.verify_request(sock, address):  # type: ignore[arg-type]
                 self.shutdown_request(sock)  # type: ignore[arg-type]
+                continue
+            try:
+                conn = self.connection_for(sock, address, listener)
+            except OSError as error:  # the client left before its connection was set up
+                log.debug("dropped a connection from %s on %s: %s", address, listener.name, error)
+                sock.close()
+                continue
+            try:
+                self.process_request(conn, address)  # type: ignore[arg-type]
+            except Exception:
+                self.handle_error(conn.sock, address)  # type: ignore[arg-type]
+                self.shutdown_request(conn)
 
     def connection_for(self, sock: socket.socket, address: object, listener: BoundListener) -> Connection:
+        """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
+        handshake left to the connection (never done here, on the acceptor's path)."""
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
             address = ""
+        if listener.tls is not None:
+            sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config,
                           self.draining)
 
@@ -157,7 +169,7 @@ class SelectorServer(socketserver.BaseServer):
                 self.selector.unregister(listener.sock)
             except (KeyError, ValueError):
                 pass
-            listener.close()
+            listener.sock.close()  # only this process's copy: the master owns the address
 
     def server_close(self) -> None:
         self.close_listeners()
@@ -174,7 +186,6 @@ class ThreadPoolServer(SelectorServer):
         self.parked: dict[int, Connection] = {}
         self.busy = 0
         self.busy_lock = threading.Lock()
-        self.idle_workers = threading.Condition(self.busy_lock)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -249,8 +260,6 @@ class ThreadPoolServer(SelectorServer):
                 self.wake()
             with self.busy_lock:
                 self.busy -= 1
-                if self.busy == 0:
-                    self.idle_workers.notify_all()
 
     def service_actions(self) -> None:
         """Close parked connections whose header or keep-alive deadline has passed."""
@@ -263,6 +272,13 @@ class ThreadPoolServer(SelectorServer):
                 self.selector.unregister(conn.sock)
                 del self.parked[fd]
                 conn.expire()
+
+    def on_drain(self) -> None:
+        """Idle keep-alive connections get DRAIN_IDLE_SECONDS for one last request."""
+        closing = time.monotonic() + DRAIN_IDLE_SECONDS
+        for conn in self.parked.values():
+            if not conn.buffer:
+                conn.deadline = min(conn.deadline, closing)
 
     def drained(self) -> bool:
         with self.busy_lock:
@@ -292,15 +308,11 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
         """In the child: drop the listeners, then serve this connection until it goes idle.
 
         SIGTERM from the parent's drain lets a request in progress finish (its response says
-        ``Connection: close``) and ends a child that is only waiting for the next request.
+        ``Connection: close``) and gives an idle connection ``DRAIN_IDLE_SECONDS`` to send one
+        more request before it ends.
         """
 
-        def stop(signum: int, frame: object) -> None:
-            request.draining.set()
-            if request.idle:
-                raise StopServing()
-
-        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGTERM, lambda signum, frame: request.draining.set())
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         for listener in self.listeners:

@@ -93,6 +93,12 @@ def existing_file(value: Path) -> None:
         raise ValueError(f"file '{value}' does not exist")
 
 
+def octal_umask(value: str) -> None:
+    """Check: a umask written in octal digits, 000 to 777 (unquoted 027 is read as the text 027)."""
+    if not re.fullmatch(r"[0-7]{1,4}", value) or int(value, 8) > 0o777:
+        raise ValueError(f"expected an octal mask from 000 to 777 like 027, got '{value}'")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Size limits; the defaults are safe for the open internet."""
@@ -136,12 +142,44 @@ class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = setting("info", doc="lowest level written to the error log")
 
 
+def octal_mode(value: str) -> None:
+    """Check: permission bits written in octal, like "0660"."""
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"expected permission bits in octal like \"0660\", got '{value}'")
+
+
+def known_user(value: str) -> None:
+    """Check: a user name or numeric uid this machine knows."""
+    import pwd
+
+    try:
+        pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+    except KeyError:
+        raise ValueError(f"no user '{value}' on this machine") from None
+
+
+def known_group(value: str) -> None:
+    """Check: a group name or numeric gid this machine knows."""
+    import grp
+
+    try:
+        grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+    except KeyError:
+        raise ValueError(f"no group '{value}' on this machine") from None
+
+
 @dataclass(frozen=True)
 class TLSSettings:
-    """Certificate and key for an HTTPS listener."""
+    """Certificate, key and protocol choices for an HTTPS listener."""
 
-    cert: Path = setting(doc="PEM certificate chain file", check=existing_file)
-    key: Path = setting(doc="PEM private key file", check=existing_file)
+    cert: Path = setting(doc="PEM certificate chain file (the server's certificate first)", check=existing_file)
+    key: Path = setting(doc="PEM private key file (without passphrase)", check=existing_file)
+    ca: Path | None = setting(None, doc="PEM file of the CAs that sign client certificates; when set, clients "
+                                        "are asked for a certificate", check=existing_file)
+    verify_client: Literal["required", "optional"] = setting(
+        "required", doc="with `ca`: required (no valid client certificate, no connection) or optional "
+                        "(a certificate sent must be valid)")
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = setting("TLSv1.2", doc="oldest TLS version accepted")
 
 
 @dataclass(frozen=True)
@@ -150,6 +188,16 @@ class Listener:
 
     address: str = setting(doc='"host:port", "[::1]:port" or "unix:/path"')
     tls: TLSSettings | None = setting(None, doc="serve HTTPS on this listener")
+    backlog: int = setting(1024, doc="connections the kernel queues before porch accepts them (capped by "
+                                     "net.core.somaxconn)", check=positive)
+    reuse_port: bool = setting(False, doc="TCP only: SO_REUSEPORT, so that other processes may bind the same "
+                                          "address (the kernel spreads connections among them)")
+    v6only: bool = setting(True, doc="[v6] addresses only: IPV6_V6ONLY; false lets [::]:port accept IPv4 too")
+    mode: str | None = setting(None, doc='unix: only: permissions of the socket file in octal, like "0660"',
+                               check=octal_mode)
+    owner: str | None = setting(None, doc="unix: only: user (name or uid) that owns the socket file; needs root",
+                                check=known_user)
+    group: str | None = setting(None, doc="unix: only: group (name or gid) of the socket file", check=known_group)
 
     @property
     def unix_path(self) -> str | None:
@@ -200,6 +248,9 @@ class Config:
                            aliases={"auto": lambda: os.cpu_count() or 1})
     threads: int = setting(32, doc="worker threads per process in threading mode", check=positive)
     max_children: int = setting(64, doc="concurrent child processes per worker in forking mode", check=positive)
+    max_requests: int = setting(0, doc="requests after which a worker is replaced gracefully; 0 = never", check=not_negative)
+    max_requests_jitter: int = setting(0, doc="random 0..N added to max_requests per worker, so workers do not restart together", check=not_negative)
+    worker_timeout: float = setting(30.0, doc="seconds without a heartbeat after which a worker is killed and replaced", check=positive)
     limits: Limits = setting(default_factory=Limits, doc="size limits")
     timeouts: Timeouts = setting(default_factory=Timeouts, doc="timeouts in seconds")
     log: LogSettings = setting(default_factory=LogSettings, doc="access and error logs")
@@ -208,6 +259,20 @@ class Config:
         default_factory=tuple, doc="addresses whose X-Request-ID (and X-Forwarded-*) headers are believed"
     )
     server_header: str = setting("porch", doc="value of the Server response header; empty for none")
+    pidfile: Path | None = setting(
+        None, doc="file naming the master's pid, locked while it runs; required by --daemon, read by "
+                  "porch stop/reload/status/reopen")
+    user: str | None = setting(
+        None, doc="user (name or uid) the workers switch to after the master has bound the listeners",
+        check=known_user)
+    group: str | None = setting(None, doc="group (name or gid) of the workers; default the user's primary group",
+                                check=known_group)
+    allow_root: bool = setting(
+        False, doc="let workers run as root on network addresses when no `user` is set (loopback and "
+                   "unix listeners are always allowed)")
+    umask: str | None = setting(
+        None, doc='file-creation mask in octal ("027"), set before logs, sockets and the pidfile are '
+                  "created; default inherited", check=octal_umask)
     mounts: tuple[Mount, ...] = setting(default_factory=tuple, doc="handlers by path prefix; longest match wins")
     source: Path | None = setting(None, doc="the file this config was read from (set by the loader)", internal=True)
     warnings: tuple[ConfigProblem, ...] = setting(
@@ -317,22 +382,33 @@ def parse_address(address: str, to_path: Callable[[str], Path]) -> str:
 
 
 def _listener(conv: Converter, node: Node, key: str) -> Any:
-    """A Listener from "address" or {address, tls}."""
+    """A Listener from "address" or {address, tls, socket options}; each option fits the address."""
+    mark = len(conv.problems)
+    values: dict[str, Any] = {}
+    address_node, address_key = node, key
     if node.kind == "mapping":
-        mark = len(conv.problems)
         values = conv.fields(Listener, node, key)
-        if len(conv.problems) > mark:
+        address_node, address_key = node.value.get("address"), join(key, "address")
+        if address_node is None:
             return INVALID
-        address_node, address_key, tls = node.value["address"], join(key, "address"), values.get("tls")
-    else:
-        address_node, address_key, tls = node, key, None
     address = conv.convert(str, address_node, address_key)
     if address is INVALID:
         return INVALID
     try:
-        return Listener(parse_address(address, conv.path), tls)
+        values["address"] = parse_address(address, conv.path)
     except ValueError as exc:
         return conv.problem(address_node.line, address_key, str(exc))
+    kind = "unix" if values["address"].startswith("unix:") else "v6" if values["address"].startswith("[") else "v4"
+    applies = {"mode": "unix", "owner": "unix", "group": "unix", "reuse_port": "v4 v6", "v6only": "v6"}
+    written = node.value if node.kind == "mapping" else {}
+    for name in (name for name in written if kind not in applies.get(name, kind)):
+        where = {"unix": "unix: listeners", "v6": "[v6] addresses", "v4 v6": "TCP listeners"}[applies[name]]
+        conv.problem(node.key_lines.get(name), join(key, name), f"applies only to {where}")
+    tls = written.get("tls")
+    if tls is not None and tls.kind == "mapping" and "verify_client" in tls.value and "ca" not in tls.value:
+        conv.problem(tls.key_lines.get("verify_client"), join(key, "tls.verify_client"),
+                     "needs 'ca', the CA certificates that client certificates are checked against")
+    return INVALID if len(conv.problems) > mark else Listener(**values)
 
 
 def _listeners(conv: Converter, node: Node) -> tuple[Listener, ...]:

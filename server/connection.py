@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -37,21 +38,23 @@ from server.protocol import (
     parse_head,
     serialize_response_head,
 )
+from server.tls import failure_reason
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
 DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
 DRAIN_TIMEOUT_SECONDS = 1.0
+# While the server drains, an idle keep-alive connection gets this long to send one more request
+# (answered with Connection: close) before it is closed; closing it at once would race a client
+# that is sending right now.
+DRAIN_IDLE_SECONDS = 1.0
+IDLE_POLL_SECONDS = 0.25
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Framing is ours: handlers may not set hop-by-hop fields (RFC 9110 section 7.6.1).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-connection"})
 NO_BODY_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
-
-
-class StopServing(Exception):
-    """Raised (from a signal handler) to end a connection that is idle between requests."""
 
 
 class ResponseAborted(Exception):
@@ -95,16 +98,27 @@ class Connection:
         self.head_started = time.monotonic()
         self.keep_alive = True
         self.continue_sent = False
-        self.idle = False  # waiting for the next head with nothing buffered (forking model)
+        self.drain_started: float | None = None
+        self.handshaking = isinstance(sock, ssl.SSLSocket)  # a TLS handshake is still to be done
+        self.handshake_started: float | None = None
 
     # -- the acceptor's side: non-blocking reads until a head is complete --------------------
 
     def fill(self) -> bool | None:
         """Read what is available.  True: a head (or a protocol error) is ready to serve;
-        False: wait for more; None: the peer closed or failed."""
+        False: wait for more; None: the peer closed or failed.
+
+        On TLS the handshake comes first, one non-blocking step per call (``handshake_step``);
+        the handshake and the first head must together arrive within the header timeout.
+        ``SSLSocket.recv`` raises SSLWantReadError where a plain socket raises BlockingIOError.
+        """
+        if self.handshaking:
+            step = self.handshake_step()
+            if step is not True:
+                return step
         try:
             data = self.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except OSError:
             return None
@@ -112,8 +126,10 @@ class Connection:
             return None
         if not self.buffer:
             self.head_started = time.monotonic()
-            self.deadline = self.head_started + self.timeouts.header
+            started, self.handshake_started = self.handshake_started or self.head_started, None
+            self.deadline = started + self.timeouts.header
         self.buffer += data
+        self.buffer_pending()
         return self.head_ready()
 
     def head_ready(self) -> bool:
@@ -133,6 +149,75 @@ class Connection:
         if self.buffer:
             self.reject(RequestTimeout("the request head was not received in time"))
         self.close()
+
+    # -- TLS ------------------------------------------------------------------------------------
+
+    def handshake_step(self) -> bool | None:
+        """One non-blocking step of the TLS handshake: True once done, False to wait for the
+        socket to be readable again, None if it failed (the caller closes the connection).
+
+        SSLWantWriteError (the kernel send buffer is full, which a handshake's few kilobytes do
+        not do unless the client stops reading) also waits for readability: such a client gets
+        no further, and the header deadline closes the connection.
+        """
+        if self.handshake_started is None:
+            self.handshake_started = time.monotonic()
+            self.deadline = self.handshake_started + self.timeouts.header
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except OSError as error:
+            self.handshake_failed(error)
+            return None
+        self.handshaking = False
+        return True
+
+    def complete_handshake(self) -> bool:
+        """The blocking TLS handshake of a forked child, within the header timeout.
+
+        True when done (or not TLS); False if it failed or timed out, the connection closed.
+        """
+        if not self.handshaking:
+            return True
+        self.handshake_started = time.monotonic()
+        try:
+            self.sock.settimeout(self.timeouts.header)
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except OSError as error:
+            self.handshake_failed(error)
+            self.close()
+            return False
+        self.handshaking = False
+        return True
+
+    def handshake_failed(self, error: OSError) -> None:
+        """Log a failed handshake: info for TLS errors (a plain-HTTP client, no certificate),
+        debug for a peer that just went away.  Scanners make these common; they are not errors."""
+        peer = f"{self.client[0]}:{self.client[1]}" if isinstance(self.client, tuple) else "a unix socket client"
+        quiet = isinstance(error, ssl.SSLEOFError) or not isinstance(error, (ssl.SSLError, TimeoutError))
+        log.log(logging.DEBUG if quiet else logging.INFO, "TLS handshake with %s failed: %s", peer, failure_reason(error))
+
+    def buffer_pending(self) -> int:
+        """Move plaintext the TLS layer has decrypted but not handed out into the buffer.
+
+        A selector watches the socket, not OpenSSL's buffer: bytes left there when a small body
+        read took only part of a record would never wake the acceptor.  Call it before parking a
+        TLS connection; returns the number of bytes moved.
+        """
+        moved = 0
+        while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            try:
+                data = self.sock.recv(self.sock.pending())
+            except OSError:
+                break
+            if not data:
+                break
+            if not self.buffer:
+                self.head_started = time.monotonic()
+            self.buffer += data
+            moved += len(data)
+        return moved
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -155,7 +240,7 @@ class Connection:
                     return False
         except ProtocolError as error:
             self.reject(error)
-        except (OSError, ResponseAborted, StopServing):
+        except (OSError, ResponseAborted):
             pass
         except Exception:
             log.exception("unexpected error on connection from %s", self.client)
@@ -167,19 +252,19 @@ class Connection:
         started = time.monotonic()
         deadline = started + (self.timeouts.header if self.buffer else self.timeouts.keepalive)
         while (end := find_head_end(self.buffer, self.limits)) < 0:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if self.draining.is_set() and not self.buffer:
+                deadline = min(deadline, now + DRAIN_IDLE_SECONDS, self.drain_deadline(now))
+            remaining = deadline - now
             if remaining <= 0:
                 if self.buffer:
                     self.reject(RequestTimeout("the request head was not received in time"))
                 return None
-            self.sock.settimeout(remaining)
-            self.idle = not self.buffer
+            self.sock.settimeout(min(remaining, IDLE_POLL_SECONDS))
             try:
                 data = self.sock.recv(RECV_BYTES)
             except TimeoutError:
                 continue
-            finally:
-                self.idle = False
             if not data:
                 return None
             if not self.buffer:
@@ -188,6 +273,12 @@ class Connection:
             self.buffer += data
         self.sock.settimeout(self.timeouts.body)
         return end
+
+    def drain_deadline(self, now: float) -> float:
+        """When this idle connection must close, the server having started to drain."""
+        if self.drain_started is None:
+            self.drain_started = now
+        return self.drain_started + DRAIN_IDLE_SECONDS
 
     def serve_one(self, end: int) -> bool:
         """Parse the head ending at ``end``, run the pipeline; True if the connection may go on."""

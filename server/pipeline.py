@@ -63,6 +63,8 @@ class Pipeline:
         self.router = router
         self.logs = logs
         self.trusted_proxies = AccessRules(allow=config.trusted_proxies, deny=())
+        self.in_flight: dict[int, Request] = {}  # for the heartbeat: what is being served
+        self.served = 0
 
     def request_id(self, headers: Headers, client: object) -> str:
         """The incoming X-Request-ID when a trusted proxy sent it, else a fresh one."""
@@ -78,11 +80,15 @@ class Pipeline:
         response: Response | None = None
         sent = 0
         complete = False
+        key = id(request)
+        self.in_flight[key] = request
         try:
             response = self.respond(request)
             sent = send(request, response)
             complete = True
         finally:
+            del self.in_flight[key]
+            self.served += 1
             status = response.status if response is not None else 500
             self.logs.log_request(request, client_host(request.client), request_line(request), status,
                                   sent, time.monotonic() - request.start, request.request_id)
@@ -107,6 +113,14 @@ class Pipeline:
         except Exception:
             log.exception("unhandled exception serving %s %s", request.method, escape(request.target))
             return error_response(InternalServerError())
+
+    def oldest(self) -> tuple[float, str]:
+        """Start time and request line of the longest-running request, or (0, "")."""
+        requests = list(self.in_flight.values())
+        if not requests:
+            return 0.0, ""
+        oldest = min(requests, key=lambda request: request.start)
+        return oldest.start, escape(request_line(oldest))
 
     def log_rejected(self, client: object, request_line_text: str, status: int, sent: int,
                      start: float) -> None:
