@@ -329,3 +329,22 @@ def test_term_lets_in_flight_request_finish(porch) -> None:
     thread.join()
     assert result["response"].status_code == 200  # type: ignore[attr-defined]
     assert srv.proc.wait(10) == 0
+
+
+def test_virtual_hosts_route_by_host_header(porch, tmp_path: Path) -> None:
+    sites = {}
+    for name in ("a.example", "b.example", "default"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "index.html").write_text(f"site {name}")
+        sites[name] = str(root)
+    srv = porch({"mounts": [
+        {"path": "/", "type": "static", "root": sites["a.example"], "host": "a.example"},
+        {"path": "/", "type": "static", "root": sites["b.example"], "host": "b.example"},
+        {"path": "/", "type": "static", "root": sites["default"]},
+    ]})
+    assert requests.get(srv.url, headers={"Host": "a.example"}).text == "site a.example"
+    assert requests.get(srv.url, headers={"Host": "B.Example:8080"}).text == "site b.example"
+    assert requests.get(srv.url, headers={"Host": "c.example"}).text == "site default"
+    raw = srv.raw(b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n")
+    assert raw.endswith(b"site a.example")  # RFC 9112 3.2.2: the absolute-form target wins
