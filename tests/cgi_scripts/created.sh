@@ -1,0 +1,10 @@
+#!/bin/sh
+printf 'Status: 201 Created\r\n'
+printf 'Content-Type: text/plain; charset=utf-8\r\n'
+printf 'X-Custom: one\r\n'
+printf 'Set-Cookie: a=1\r\n'
+printf 'Set-Cookie: b=2\r\n'
+printf 'Location: /cgi-bin/created.sh/item/7\r\n'
+printf 'X-CGI-Internal: dropped\r\n'
+printf '\r\n'
+printf 'made it'

@@ -1,0 +1,2 @@
+#!/bin/sh
+printf 'Location: /somewhere\n\nsee /somewhere'

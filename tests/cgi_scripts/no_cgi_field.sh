@@ -1,0 +1,2 @@
+#!/bin/sh
+printf 'X-Only: other\n\nbody\n'
