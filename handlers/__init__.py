@@ -8,9 +8,11 @@ by an installed package under the entry-point group ``porch.handlers``.
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
-from handlers.base import Handler
+from handlers.base import Handler, OptionError
 
 BUILTIN_HANDLERS: dict[str, str] = {
     "static": "handlers.static:StaticHandler",
@@ -54,3 +56,30 @@ def resolve(type_name: str) -> type[Handler]:
     if not (isinstance(cls, type) and issubclass(cls, Handler)):
         raise ValueError(f"{type_name!r} is not a handlers.base.Handler subclass")
     return cls
+
+
+def extend_pythonpath(directories: tuple[Path, ...]) -> None:
+    """Put a mount's ``pythonpath`` in front of ``sys.path`` (once); OptionError if one is missing."""
+    for directory in directories:
+        if not Path(directory).is_dir():
+            raise OptionError("pythonpath", f"directory '{directory}' does not exist")
+    for directory in reversed(directories):
+        if str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
+
+
+def refuse_shadowing(module_name: str, pythonpath: tuple[Path, ...], before: object, key: str) -> None:
+    """Refuse a module that was already imported from elsewhere while this mount's ``pythonpath``
+    holds one of the same name: two mounts' ``app.py`` would otherwise silently be one.
+
+    ``before`` is what ``sys.modules`` held under ``module_name`` before this mount's import."""
+    module = sys.modules.get(module_name)
+    if before is None or module is None:
+        return
+    origin = getattr(module, "__file__", None)
+    for directory in pythonpath:
+        candidates = (Path(directory) / f"{module_name}.py", Path(directory) / module_name / "__init__.py")
+        local = next((c for c in candidates if c.exists()), None)
+        if local is not None and (origin is None or Path(origin).resolve() != local.resolve()):
+            raise OptionError(key, f"module {module_name!r} is already imported from {origin}, so "
+                                   f"{local} cannot be loaded too; give one of them another name")

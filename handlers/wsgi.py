@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from handlers import load_object
+from handlers import extend_pythonpath, load_object, refuse_shadowing
 from handlers.base import Handler, HandlerContext, OptionError
 from server.config import setting
 from server.logs import client_host
@@ -136,34 +136,14 @@ def is_machinery(filename: str) -> bool:
     return filename.startswith("<frozen importlib") or Path(filename).parent in MACHINERY_DIRS
 
 
-def check_shadowing(module_name: str, pythonpath: tuple[Path, ...], before: object) -> None:
-    """Refuse a module that was already imported from elsewhere while this mount's pythonpath
-    holds one of the same name: two mounts' ``app.py`` would otherwise silently be one."""
-    module = sys.modules.get(module_name)
-    if before is None or module is None:
-        return
-    origin = getattr(module, "__file__", None)
-    for directory in pythonpath:
-        candidates = (directory / f"{module_name}.py", directory / module_name / "__init__.py")
-        local = next((c for c in candidates if c.exists()), None)
-        if local is not None and (origin is None or Path(origin).resolve() != local.resolve()):
-            raise OptionError("app", f"module {module_name!r} is already imported from {origin}, so "
-                              f"{local} cannot be loaded too; give one of them another name")
-
-
 def load_application(app: str, pythonpath: tuple[Path, ...], chdir: Path | None) -> WSGIApplication:
     """Import the WSGI callable named by ``app``; OptionError (with the traceback) if it fails."""
-    for directory in pythonpath:
-        if not Path(directory).is_dir():
-            raise OptionError("pythonpath", f"directory '{directory}' does not exist")
+    extend_pythonpath(pythonpath)
     if chdir is not None:
         try:
             os.chdir(chdir)
         except OSError as exc:
             raise OptionError("chdir", f"cannot change to '{chdir}': {exc.strerror}") from None
-    for directory in reversed(pythonpath):
-        if str(directory) not in sys.path:
-            sys.path.insert(0, str(directory))
     if ":" not in app:
         app = f"{app}:{DEFAULT_CALLABLE}"
     call = parse_app_spec(app)
@@ -183,7 +163,7 @@ def load_application(app: str, pythonpath: tuple[Path, ...], chdir: Path | None)
         tail = import_tail(exc)
         raise OptionError("app", f"cannot load {app!r}{where}: {type(exc).__name__}: {exc}"
                           + (f"\n{tail}" if tail else "")) from None
-    check_shadowing(module_name, tuple(Path(p) for p in pythonpath), before)
+    refuse_shadowing(module_name, pythonpath, before, "app")
     if not callable(target):
         raise OptionError("app", f"{app!r} is a {type(target).__name__}, not a WSGI callable")
     return target

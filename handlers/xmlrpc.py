@@ -49,10 +49,10 @@ from xmlrpc.client import (
 )
 from xmlrpc.server import SimpleXMLRPCDispatcher, resolve_dotted_attribute
 
-from handlers import load_object
+from handlers import extend_pythonpath, load_object, refuse_shadowing
 from handlers.base import Handler, HandlerContext, OptionError
 from server.config import positive, setting
-from server.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from server.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
 from server.logs import escape
 from server.messages import Headers, Request, Response
 
@@ -412,12 +412,7 @@ class XMLRPCHandler(Handler):
     def __init__(self, mount: Mount, context: HandlerContext) -> None:
         super().__init__(mount, context)
         options = self.options
-        for directory in options.pythonpath:
-            if not Path(directory).is_dir():
-                raise OptionError("pythonpath", f"directory '{directory}' does not exist")
-        for directory in reversed(options.pythonpath):
-            if str(directory) not in sys.path:
-                sys.path.insert(0, str(directory))
+        extend_pythonpath(options.pythonpath)
         try:
             _check_encoding(options.encoding)
         except ValueError as exc:
@@ -497,13 +492,7 @@ def _load(spec: str, key: str, pythonpath: tuple[Path, ...]) -> Any:
             target = target()  # type: ignore[operator]
     except (Exception, SystemExit) as exc:  # SystemExit: a module calling sys.exit() on import
         raise OptionError(key, f"cannot load {spec!r}: {type(exc).__name__}: {exc}") from exc
-    origin = getattr(sys.modules.get(module_name), "__file__", None)
-    for directory in pythonpath if before is not None else ():
-        candidates = (directory / f"{module_name}.py", directory / module_name / "__init__.py")
-        local = next((c for c in candidates if c.exists()), None)
-        if local is not None and (origin is None or Path(origin).resolve() != local.resolve()):
-            raise OptionError(key, f"module {module_name!r} is already imported from {origin}, so "
-                                   f"{local} cannot be loaded too; give one of them another name")
+    refuse_shadowing(module_name, pythonpath, before, key)
     return target
 
 

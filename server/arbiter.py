@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from server.builder import SOFTWARE, build_server
 from server.config import Config
 from server.errors import ConfigError
-from server.listener import BoundListener, bind
+from server.listener import BoundListener, bind_all, rebind
+from server.notify import notify, notify_ready, notify_reloading, watchdog_interval
 from server.logs import Logs
 
 log = logging.getLogger(__name__)
@@ -123,11 +124,13 @@ class Arbiter:
         for warning in self.config.warnings:
             log.warning("%s", warning)
         try:
-            self.listeners = self.bind_listeners(self.config, [])
+            self.listeners = bind_all(self.config.listen)
         except OSError as error:
             log.error("%s", error)
             print(f"porch: {error.strerror or error}", file=sys.stderr)
             return 1
+        for listener in self.listeners:
+            log.info("listening on %s", listener.name)
         for signum in MASTER_SIGNALS:
             signal.signal(signum, lambda signum, frame: self.signals.put(signum))
         set_title(f"porch: master {self.describe()}")
@@ -144,31 +147,6 @@ class Arbiter:
     def describe(self) -> str:
         return str(self.config.source) if self.config.source else ", ".join(l.address for l in self.config.listen)
 
-    def bind_listeners(self, config: Config, existing: list[BoundListener]) -> list[BoundListener]:
-        """Reuse the sockets of unchanged listeners, bind the new ones (all or none).
-
-        A listener is unchanged when its config is equal, or when it names the address a
-        socket is bound to (a port 0 resolved at start-up) with the same TLS settings."""
-        available = list(existing)
-        bound: list[BoundListener] = []
-        try:
-            for listener in config.listen:
-                same = next((old for old in available if old.config == listener or (
-                    old.name == listener.address and old.config.tls == listener.tls)), None)
-                if same is not None:
-                    available.remove(same)
-                    bound.append(same)
-                    continue
-                fresh = bind(listener)
-                log.info("listening on %s", fresh.name)
-                bound.append(fresh)
-        except OSError as error:
-            for new in bound:
-                if new not in existing:
-                    new.close()
-            raise OSError(error.errno, f"cannot listen on {listener.address}: {error.strerror}") from error
-        return bound
-
     def shutdown_listeners(self, listeners: list[BoundListener]) -> None:
         for listener in listeners:
             listener.close()
@@ -176,6 +154,9 @@ class Arbiter:
     def supervise(self) -> int:
         """The master loop; returns when every worker is gone after a stop."""
         self.spawn_missing()
+        announced = False
+        watchdog = watchdog_interval()
+        last_ping = 0.0
         while True:
             self.reap()
             if self.stopping:
@@ -186,6 +167,12 @@ class Arbiter:
                     return 1
                 self.check_heartbeats()
                 self.spawn_missing()
+                if not announced and all(worker.ready for worker in self.current_workers()):
+                    notify_ready([listener.name for listener in self.listeners])
+                    announced = True
+            if watchdog and time.monotonic() - last_ping >= watchdog:
+                notify("WATCHDOG=1")
+                last_ping = time.monotonic()
             try:
                 signum = self.signals.get(timeout=TICK_SECONDS)
             except queue.Empty:
@@ -220,6 +207,7 @@ class Arbiter:
         if self.stopping:
             return
         self.stopping = True
+        notify("STOPPING=1")
         log.info("stopping %s", "gracefully" if graceful else "now")
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         self.signal_workers(sig, lambda worker: True)
@@ -245,9 +233,15 @@ class Arbiter:
 
     def spawn(self, config: Config, listeners: list[BoundListener], generation: int) -> Worker:
         heartbeat = Heartbeat()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(self.worker_main(config, listeners, heartbeat))
+        # Signals stay blocked across the fork, so none reaches the child while it still has
+        # the master's handlers; the child unblocks them once it has its own.
+        signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(self.worker_main(config, listeners, heartbeat))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         worker = Worker(pid, generation, heartbeat)
         self.workers[pid] = worker
         log.info("worker %d started (generation %d)", pid, generation)
@@ -260,11 +254,13 @@ class Arbiter:
         # The master handles these; USR1 is ignored until the worker's own logs are open.
         for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
+        master = os.getppid()
         set_title(f"porch: worker {self.describe()}")
         try:
-            mine = {listener.config for listener in listeners}
+            mine = {listener.sock for listener in listeners}
             for other in self.listeners:
-                if other.config not in mine:
+                if other.sock not in mine:
                     other.sock.close()
             if self.logs is not None:
                 self.logs.close()
@@ -281,8 +277,14 @@ class Arbiter:
             log.exception("worker failed to boot")
             heartbeat.beat(0.0, 0.0, f"worker failed to boot: {error!r}")
             return WORKER_BOOT_ERROR
+
+        def beat(loop_time: float, oldest_start: float, oldest_request: str) -> None:
+            heartbeat.beat(loop_time, oldest_start, oldest_request)
+            if os.getppid() != master:  # the master is gone: do not linger as an orphan
+                os.kill(os.getpid(), signal.SIGTERM)
+
         try:
-            return runtime.run(heartbeat=heartbeat.beat, max_requests=max_requests)
+            return runtime.run(heartbeat=beat, max_requests=max_requests)
         except BaseException:
             log.exception("worker failed")
             return 1
@@ -377,18 +379,24 @@ class Arbiter:
             log.warning("SIGHUP: no config file to reload (serving a directory)")
             return
         log.info("SIGHUP: reloading the configuration")
+        notify_reloading()
         try:
             config = self.reload_config()
         except ConfigError as error:
             for problem in error.problems:
                 log.error("%s", problem)
             log.error("reload failed: keeping the running configuration")
+            notify("READY=1")
             return
         try:
-            listeners = self.bind_listeners(config, self.listeners)
+            listeners = rebind(self.listeners, config.listen)
         except OSError as error:
             log.error("reload failed: %s; keeping the running configuration", error)
+            notify("READY=1")
             return
+        for listener in listeners:
+            if listener.sock not in {old.sock for old in self.listeners}:
+                log.info("listening on %s", listener.name)
         old_workers = [w for w in self.workers.values() if not w.retiring]
         generation = self.generation + 1
         new_workers = [self.spawn(config, listeners, generation) for _ in range(config.workers)]
@@ -397,18 +405,19 @@ class Arbiter:
             for worker in new_workers:
                 worker.retiring = True
             self.signal_workers(signal.SIGKILL, lambda worker: worker in new_workers)
+            kept = {old.sock for old in self.listeners}
             for listener in listeners:
-                if listener not in self.listeners:
+                if listener.sock not in kept:
                     listener.close()
+            notify("READY=1")
             return
-        removed = [listener for listener in self.listeners if listener not in listeners]
         self.config, self.listeners, self.generation, self.target = config, listeners, generation, config.workers
         self.retire(old_workers)
-        self.shutdown_listeners(removed)
         if self.logs is not None:
             self.logs.close()
         self.logs = Logs(config.log)
         log.info("reloaded: generation %d serving, %d old workers retiring", generation, len(old_workers))
+        notify_ready([listener.name for listener in listeners])
 
     def wait_ready(self, workers: list[Worker], generation: int) -> bool:
         """Wait until every new worker serves; False if one cannot boot or boots too slowly."""

@@ -225,7 +225,9 @@ class ThreadPoolServer(SelectorServer):
                     break
                 if self._stop.is_set():
                     conn.close()
-                elif conn.head_ready():
+                    continue
+                conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to the selector
+                if conn.head_ready():
                     self.dispatch(conn)
                 else:
                     self.park(conn)
@@ -317,6 +319,8 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         for listener in self.listeners:
             listener.sock.close()
+        if not request.complete_handshake():
+            return
         request.sock.setblocking(True)
         request.serve(wait=True)
 

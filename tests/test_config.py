@@ -28,7 +28,6 @@ from server.config import (
     Limits,
     Listener,
     LogSettings,
-    Mount,
     TLSSettings,
     Timeouts,
     build_handlers,
