@@ -34,9 +34,20 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.builder import SOFTWARE, build_server
 from server.config import Config
+from server.daemon import (
+    DaemonError,
+    Pidfile,
+    Startup,
+    check_privileges,
+    chown_logs,
+    daemonize,
+    drop_privileges,
+    root_warning,
+)
 from server.errors import ConfigError
 from server.listener import BoundListener, bind_all, rebind
 from server.notify import notify, notify_ready, notify_reloading, watchdog_interval
@@ -101,9 +112,13 @@ def set_title(title: str) -> None:
 class Arbiter:
     """The master process."""
 
-    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None) -> None:
+    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None, *,
+                 daemon: bool = False, pidfile: Path | None = None) -> None:
         self.config = config
         self.reload_config = reload_config
+        self.daemon = daemon
+        self.pidfile = Pidfile(pidfile) if pidfile else None
+        self.startup = Startup(None)  # reports to the terminal that ran `porch --daemon`
         self.listeners: list[BoundListener] = []
         self.workers: dict[int, Worker] = {}
         self.generation = 0
@@ -121,16 +136,26 @@ class Arbiter:
     def run(self) -> int:
         """Bind, start the workers and supervise them until stopped; the exit status."""
         self.logs = Logs(self.config.log)
-        for warning in self.config.warnings:
-            log.warning("%s", warning)
+        for warning in (*self.config.warnings, root_warning(self.config)):
+            if warning:
+                log.warning("%s", warning)
         try:
+            if self.pidfile is not None:  # before binding: a second porch must not touch the sockets
+                self.pidfile.acquire()
             self.listeners = bind_all(self.config.listen)
-        except OSError as error:
+        except (OSError, DaemonError) as error:
             log.error("%s", error)
-            print(f"porch: {error.strerror or error}", file=sys.stderr)
+            print(f"porch: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+            if self.pidfile is not None:
+                self.pidfile.release()
             return 1
         for listener in self.listeners:
             log.info("listening on %s", listener.name)
+        chown_logs(self.config)
+        if self.daemon:
+            self.startup = daemonize()
+            if self.pidfile is not None:
+                self.pidfile.update()
         for signum in MASTER_SIGNALS:
             signal.signal(signum, lambda signum, frame: self.signals.put(signum))
         set_title(f"porch: master {self.describe()}")
@@ -140,6 +165,8 @@ class Arbiter:
             status = self.supervise()
         finally:
             self.shutdown_listeners(self.listeners)
+            if self.pidfile is not None:
+                self.pidfile.release()
             log.info("master stopped")
             self.logs.close()
         return status
@@ -169,6 +196,7 @@ class Arbiter:
                 self.spawn_missing()
                 if not announced and all(worker.ready for worker in self.current_workers()):
                     notify_ready([listener.name for listener in self.listeners])
+                    self.startup.ready()
                     announced = True
             if watchdog and time.monotonic() - last_ping >= watchdog:
                 notify("WATCHDOG=1")
@@ -191,6 +219,7 @@ class Arbiter:
         elif signum == signal.SIGUSR1:
             assert self.logs is not None
             self.logs.reopen()
+            chown_logs(self.config)
             self.signal_workers(signal.SIGUSR1, lambda worker: True)
         elif signum == signal.SIGTTIN:
             self.target += 1
@@ -257,7 +286,11 @@ class Arbiter:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         master = os.getppid()
         set_title(f"porch: worker {self.describe()}")
+        self.startup.forget()
+        if self.pidfile is not None:
+            self.pidfile.forget()
         try:
+            drop_privileges(config.user, config.group)  # before any application code runs
             mine = {listener.sock for listener in listeners}
             for other in self.listeners:
                 if other.sock not in mine:
@@ -321,6 +354,7 @@ class Arbiter:
         """At start-up, a worker that cannot boot will never boot: stop instead of looping."""
         if self.generation in self.boot_failures:
             log.error("workers cannot boot with this configuration; stopping")
+            self.startup.failed(self.boot_errors[0])
             for line in self.boot_errors[0].splitlines():
                 print(f"porch: {line}", file=sys.stderr)
             self.stop(graceful=False)
@@ -388,6 +422,11 @@ class Arbiter:
             log.error("reload failed: keeping the running configuration")
             notify("READY=1")
             return
+        refusal = check_privileges(config)
+        if refusal is not None:
+            log.error("reload failed: %s; keeping the running configuration", refusal)
+            notify("READY=1")
+            return
         try:
             listeners = rebind(self.listeners, config.listen)
         except OSError as error:
@@ -416,6 +455,7 @@ class Arbiter:
         if self.logs is not None:
             self.logs.close()
         self.logs = Logs(config.log)
+        chown_logs(config)
         log.info("reloaded: generation %d serving, %d old workers retiring", generation, len(old_workers))
         notify_ready([listener.name for listener in listeners])
 
