@@ -58,8 +58,8 @@ class Runtime:
         def enqueue(signum: int, frame: FrameType | None) -> None:
             signals.put(signum)
 
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, enqueue)
+        for handled in HANDLED_SIGNALS:
+            signal.signal(handled, enqueue)
         acceptor = threading.Thread(target=self.server.serve_forever, name="porch-acceptor", daemon=True)
         acceptor.start()
         if heartbeat is not None:

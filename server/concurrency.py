@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from server.config import Config
 from server.connection import DRAIN_IDLE_SECONDS, Connection
 from server.listener import BoundListener
+from server.messages import Address
 from server.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class SelectorServer(socketserver.BaseServer):
                 self.handle_error(conn.sock, address)  # type: ignore[arg-type]
                 self.shutdown_request(conn)
 
-    def connection_for(self, sock: socket.socket, address: object, listener: BoundListener) -> Connection:
+    def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection:
         """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
         handshake left to the connection (never done here, on the acceptor's path)."""
         if sock.family != socket.AF_UNIX:
@@ -149,17 +150,17 @@ class SelectorServer(socketserver.BaseServer):
         """socketserver's hook, sent to the error log instead of stderr."""
         log.exception("error serving connection from %s", client_address)
 
-    def shutdown_request(self, request: object) -> None:
+    def shutdown_request(self, request: Connection | socket.socket) -> None:  # type: ignore[override]
         sock = request.sock if isinstance(request, Connection) else request
         try:
-            sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         self.close_request(request)
 
-    def close_request(self, request: object) -> None:
+    def close_request(self, request: Connection | socket.socket) -> None:  # type: ignore[override]
         sock = request.sock if isinstance(request, Connection) else request
-        sock.close()  # type: ignore[union-attr]
+        sock.close()
 
     def close_listeners(self) -> None:
         """Stop accepting: new connections are refused from now on."""
@@ -218,19 +219,7 @@ class ThreadPoolServer(SelectorServer):
                     pass
             except (BlockingIOError, InterruptedError):
                 pass
-            while True:
-                try:
-                    conn = self.returned.get_nowait()
-                except queue.Empty:
-                    break
-                if self._stop.is_set():
-                    conn.close()
-                    continue
-                conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to the selector
-                if conn.head_ready():
-                    self.dispatch(conn)
-                else:
-                    self.park(conn)
+            self.take_back()
             return
         conn: Connection = key.data
         state = conn.fill()
@@ -242,6 +231,22 @@ class ThreadPoolServer(SelectorServer):
             conn.close()
         else:
             self.dispatch(conn)
+
+    def take_back(self) -> None:
+        """Connections the workers handed back: serve the ready ones again, park the rest."""
+        while True:
+            try:
+                conn = self.returned.get_nowait()
+            except queue.Empty:
+                return
+            if self._stop.is_set():
+                conn.close()
+                continue
+            conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to the selector
+            if conn.head_ready():
+                self.dispatch(conn)
+            else:
+                self.park(conn)
 
     def dispatch(self, conn: Connection) -> None:
         with self.busy_lock:

@@ -27,7 +27,7 @@ from http import HTTPStatus
 
 from server.config import Config
 from server.errors import HTTPError, InternalServerError, ProtocolError, RequestTimeout
-from server.messages import FileRegion, Headers, Request, Response
+from server.messages import Address, FileRegion, Headers, Request, Response
 from server.pipeline import Pipeline, error_response
 from server.protocol import (
     LAST_CHUNK,
@@ -82,7 +82,7 @@ DATES = DateCache()
 class Connection:
     """One client connection and its buffered, not yet parsed bytes."""
 
-    def __init__(self, sock: socket.socket, client: object, server: object, scheme: str,
+    def __init__(self, sock: socket.socket, client: Address, server: Address, scheme: str,
                  pipeline: Pipeline, config: Config, draining: threading.Event) -> None:
         self.sock = sock
         self.draining = draining  # set when the server stops: answer with Connection: close
