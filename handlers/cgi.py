@@ -35,6 +35,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -459,7 +460,7 @@ class CGIHandler(Handler):
             stdin = self.script_input(request)
             try:
                 env = self.environment(request, target, stdin.content_length)
-                run = self._start(argv, target, env, stdin)
+                run = self._start(argv, target, env, stdin, request.client_gone)
             finally:
                 stdin.close()  # a spooled body: the child holds its own descriptor now
         except BaseException:
@@ -480,10 +481,12 @@ class CGIHandler(Handler):
                                      headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])
         return slot
 
-    def _start(self, argv: list[str], target: ScriptTarget, env: dict[str, str], stdin: ScriptInput) -> ScriptRun:
+    def _start(self, argv: list[str], target: ScriptTarget, env: dict[str, str], stdin: ScriptInput,
+               client_gone: Callable[[], bool]) -> ScriptRun:
         try:
             run = ScriptRun(argv, cwd=str(target.path.parent), env=env, stdin=stdin,
-                            timeout=self.options.timeout, tag=str(target.path), preexec=self.preexec)
+                            timeout=self.options.timeout, tag=str(target.path), preexec=self.preexec,
+                            client_gone=client_gone)
         except PermissionError as error:
             log.error("%s: cannot run: %s", target.path, error)
             raise Forbidden("this script cannot be run") from None

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from server.errors import GatewayTimeout
+from server.errors import ClientDisconnected, GatewayTimeout
 from server.logs import escape
 from server.messages import Body
 
@@ -50,6 +50,7 @@ BLOCK_BYTES = 65536
 STDERR_LINE_BYTES = 4096  # longer stderr lines are logged in pieces
 TERM_GRACE_SECONDS = 0.5  # between SIGTERM and SIGKILL when a script is stopped early
 STDERR_JOIN_SECONDS = 1.0
+CLIENT_CHECK_SECONDS = 1.0  # how often a silent script's client is checked for a hang-up
 STDIN_POLL_MILLISECONDS = 250  # how often a blocked feeder checks whether the run was stopped
 HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
@@ -172,9 +173,11 @@ class ScriptRun:
     """One running script and everything it holds: process group, pipes, threads."""
 
     def __init__(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: ScriptInput,
-                 timeout: float, tag: str, preexec: Callable[[], None] | None = None) -> None:
+                 timeout: float, tag: str, preexec: Callable[[], None] | None = None,
+                 client_gone: Callable[[], bool] = lambda: False) -> None:
         """Start the script; OSError (from exec) propagates with nothing left behind."""
         self.tag = tag
+        self.client_gone = client_gone
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self._closed = False
@@ -218,8 +221,12 @@ class ScriptRun:
                 if self._exited() and self._poller.poll(0):
                     return os.read(self._stdout_fd, BLOCK_BYTES)
                 raise self._time_out()
-            if self._poller.poll(math.ceil(remaining * 1000)):
+            if self._poller.poll(math.ceil(min(remaining, CLIENT_CHECK_SECONDS) * 1000)):
                 return os.read(self._stdout_fd, BLOCK_BYTES)
+            if self.client_gone():  # a silent script would otherwise run until its timeout
+                log.info("%s: the client went away; stopping the script", self.tag)
+                self._end()
+                raise ClientDisconnected()
 
     def finish(self) -> int:
         """After the end of stdout: wait for the exit (until the deadline), reap; the status.

@@ -17,6 +17,7 @@ place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Ser
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -26,7 +27,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from server.config import Config
-from server.errors import HTTPError, InternalServerError, ProtocolError, RequestTimeout
+from server.errors import ClientDisconnected, HTTPError, InternalServerError, ProtocolError, RequestTimeout
 from server.messages import Address, FileRegion, Headers, Request, Response
 from server.pipeline import Pipeline, error_response
 from server.protocol import (
@@ -304,7 +305,17 @@ class Connection:
             query=head.query, version=head.version, headers=head.headers, body=body,
             client=self.client, server=self.server, scheme=self.scheme,
             request_id=self.pipeline.request_id(head.headers, self.client), start=self.head_started,
+            client_gone=self.client_gone,
         )
+
+    def client_gone(self) -> bool:
+        """Whether the client closed or reset the connection (nginx counts a half-close too)."""
+        if self.buffer:
+            return False  # it sent more: a pipelined request is waiting
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLRDHUP)
+        return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+                   for _, events in poller.poll(0))
 
     def finish_body(self, request: Request, head: RequestHead) -> bool:
         """Discard a small unread body so the connection can be reused; else it must close."""
@@ -460,6 +471,8 @@ class Connection:
                     break
         except (OSError, ResponseAborted):
             raise
+        except ClientDisconnected as error:
+            raise ResponseAborted("the client went away") from error
         except Exception as error:
             log.exception("error while streaming the response body")
             raise ResponseAborted(str(error)) from error

@@ -128,6 +128,17 @@ class ProtocolError(HTTPError):
         self.status = status
 
 
+class ClientDisconnected(Exception):
+    """The client went away while its request was being served (nginx logs such a request as 499).
+
+    Raised by handlers that wait a long time (a silent CGI script) and notice it through
+    ``Request.client_gone``; the pipeline logs status 499 and the connection is closed.
+    """
+
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client closed the connection first"
+
+
 class InternalRedirect(Exception):
     """Raised by a handler to have the request served again at another local path.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, Union
 
@@ -103,6 +103,10 @@ class Body(Protocol):
         ...
 
 
+def _never() -> bool:
+    return False
+
+
 Address = Union[tuple[str, int], str]  # (host, port) for TCP; a path (or "") for Unix sockets
 
 
@@ -123,6 +127,9 @@ class Request:
     scheme: str = "http"
     request_id: str = ""
     start: float = field(default_factory=time.monotonic)
+    # Whether the client has closed its side (FIN, reset), for handlers that wait a long time;
+    # a quick poll of the connection, never a read.
+    client_gone: Callable[[], bool] = _never
 
     @property
     def host(self) -> str:

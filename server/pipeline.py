@@ -18,7 +18,13 @@ from urllib.parse import unquote
 
 from server.config import AccessRules, Config
 from server.dispatch import Router
-from server.errors import HTTPError, InternalRedirect, InternalServerError
+from server.errors import (
+    CLIENT_CLOSED_REQUEST,
+    ClientDisconnected,
+    HTTPError,
+    InternalRedirect,
+    InternalServerError,
+)
 from server.logs import Logs, client_host, current_request_id, escape
 from server.messages import Headers, Request, Response
 from server.validate import admitted, validate
@@ -106,6 +112,10 @@ class Pipeline:
                 except InternalRedirect as redirect:
                     request = redirected(request, redirect.target)
             raise InternalServerError("too many internal redirects")
+        except ClientDisconnected:
+            log.info("%s %s: the client went away", request.method, escape(request.target))
+            return Response(CLIENT_CLOSED_REQUEST, Headers([("Connection", "close")]), b"",
+                            reason="Client Closed Request")
         except HTTPError as error:
             if error.status >= 500:
                 log.error("%s %s: %s", request.method, escape(request.target), error)

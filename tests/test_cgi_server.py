@@ -468,6 +468,21 @@ class TestFailures:
         pid = int(body.split(b"\r\n")[1].split()[0])  # the first chunk starts with "PID\n"
         assert dead(pid, within=5)
 
+    def test_disconnect_stops_a_silent_script(self, porch, tmp_path: Path) -> None:
+        pid_file = tmp_path / "quiet.pid"
+        srv = porch({"mounts": [{"path": "/cgi-bin", "type": "cgi", "root": str(SCRIPTS),
+                                 "env": {"QUIET_PID_FILE": str(pid_file)}}]})
+        with srv.connect() as sock:
+            sock.sendall(b"GET /cgi-bin/quiet_then_talk.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                assert time.monotonic() < deadline, "the script did not start"
+                time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        assert dead(pid, within=4)  # not the script's 60 s timeout
+        lines = srv.wait_access_lines(1)
+        assert '" 499 ' in lines[-1]
+
 
 class TestSourceIsNeverServed:
     @pytest.mark.parametrize("target, status", [
