@@ -332,23 +332,22 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
     def service_actions(self) -> None:
         self.collect_children()
 
-    def on_drain(self) -> None:
+    def signal_children(self, signum: int) -> None:
         for pid in list(self.active_children or ()):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+    def on_drain(self) -> None:
+        self.signal_children(signal.SIGTERM)
 
     def drained(self) -> bool:
         return not self.active_children
 
     def server_close(self) -> None:
         """End children that are still running (after a drain timeout or an immediate stop)."""
-        for pid in list(self.active_children or ()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.signal_children(signal.SIGKILL)
         if self.active_children:
             self.collect_children(blocking=True)
         super().server_close()
