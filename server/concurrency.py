@@ -324,6 +324,7 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         for listener in self.listeners:
             listener.sock.close()
+        self.pipeline.new_id_sequence()
         if not request.complete_handshake():
             return
         request.sock.setblocking(True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import logging
 import os
@@ -128,6 +129,11 @@ class AccessRules:
         doc="networks (CIDR or address) that may connect; default everyone",
     )
     deny: tuple[CIDR, ...] = setting(default_factory=tuple, doc="networks refused with 403; deny wins over allow")
+
+    @functools.cached_property
+    def admits_everyone(self) -> bool:
+        """True for the default rules, so the per-request check can be skipped."""
+        return not self.deny and {str(net) for net in self.allow} >= {"0.0.0.0/0", "::/0"}
 
 
 @dataclass(frozen=True)

@@ -118,10 +118,19 @@ class Logs:
 
     def log_request(self, request: Request | None, client: str, request_line: str, status: int,
                     sent: int, duration: float, request_id: str) -> None:
-        """Write one access line; ``request`` is None for requests rejected before parsing."""
-        if self.access_enabled:
-            self.access.info(self.format_access(request, client, request_line, status, sent, duration,
-                                                request_id))
+        """Write one access line; ``request`` is None for requests rejected before parsing.
+
+        The line goes straight to the handlers' streams, under their locks (so USR1's reopen is
+        safe): a LogRecord, caller lookup and formatter per request would cost more than the
+        line itself."""
+        if not self.access_enabled:
+            return
+        line = self.format_access(request, client, request_line, status, sent, duration, request_id) + "\n"
+        for handler in self.access.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                with handler.lock:  # type: ignore[union-attr]
+                    handler.stream.write(line)
+                    handler.stream.flush()
 
 
 def client_host(client: object) -> str:
@@ -129,8 +138,28 @@ def client_host(client: object) -> str:
     return client[0] if isinstance(client, tuple) else "unix"
 
 
+class SecondCache:
+    """A time format applied at most once per second (access lines need it per request)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.text = time.strftime(self.pattern, time.localtime(second))
+            self.second = second
+        return self.text
+
+
+CLF_TIME = SecondCache("%d/%b/%Y:%H:%M:%S %z")
+ISO_TIME = SecondCache("%Y-%m-%dT%H:%M:%S%z")
+
+
 def _clf_time() -> str:
-    return time.strftime("%d/%b/%Y:%H:%M:%S %z")
+    return CLF_TIME.now()
 
 
 def _common(request: Request | None, client: str, request_line: str, status: int, sent: int) -> str:
@@ -159,7 +188,7 @@ def format_json(request: Request | None, client: str, request_line: str, status:
     """One JSON object per line; json.dumps escapes every control character."""
     headers = request.headers if request is not None else None
     return json.dumps({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": ISO_TIME.now(),
         "client": client,
         "request": request_line,
         "method": request.method if request else None,

@@ -9,6 +9,7 @@ is served again here as a GET of the new target, at most ``MAX_INTERNAL_REDIRECT
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -70,7 +71,14 @@ class Pipeline:
         self.logs = logs
         self.trusted_proxies = AccessRules(allow=config.trusted_proxies, deny=())
         self.in_flight: dict[int, Request] = {}  # for the heartbeat: what is being served
+        self.new_id_sequence()
         self.served = 0
+
+    def new_id_sequence(self) -> None:
+        """Request ids are a random prefix per process, then a counter; a forked child calls
+        this again so that it does not repeat its parent's ids."""
+        self.id_prefix = secrets.token_hex(4)
+        self.id_counter = itertools.count(secrets.randbelow(1 << 32))
 
     def request_id(self, headers: Headers, client: object) -> str:
         """The incoming X-Request-ID when a trusted proxy sent it, else a fresh one."""
@@ -78,7 +86,7 @@ class Pipeline:
         if incoming and self.config.trusted_proxies and isinstance(client, tuple):
             if admitted(self.trusted_proxies, client) and len(incoming) <= 200 and incoming.isprintable():
                 return incoming
-        return secrets.token_hex(8)
+        return f"{self.id_prefix}{next(self.id_counter) & 0xFFFFFFFF:08x}"
 
     def run(self, request: Request, send: Send) -> bool:
         """Serve one parsed request completely; returns False if the response could not be sent."""

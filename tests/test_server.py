@@ -348,3 +348,9 @@ def test_virtual_hosts_route_by_host_header(porch, tmp_path: Path) -> None:
     assert requests.get(srv.url, headers={"Host": "c.example"}).text == "site default"
     raw = srv.raw(b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n")
     assert raw.endswith(b"site a.example")  # RFC 9112 3.2.2: the absolute-form target wins
+
+
+def test_request_ids_are_unique_across_connections(server: PorchServer) -> None:
+    """Forked children and threads alike must never hand out the same id twice."""
+    ids = [requests.get(server.url + "/unique").json()["request_id"] for _ in range(30)]
+    assert len(set(ids)) == 30
