@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import selectors
+import select
 import signal
 import socket
 import socketserver
@@ -38,6 +38,7 @@ from server.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 EXPIRY_SCAN_SECONDS = 0.25
+ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
 ACCEPTS_PER_WAKEUP = 64
 
 
@@ -49,7 +50,8 @@ class SelectorServer(socketserver.BaseServer):
         self.listeners = list(listeners)
         self.pipeline = pipeline
         self.config = config
-        self.selector = selectors.DefaultSelector()
+        self.poller = select.epoll()
+        self.watched: dict[int, object] = {}  # fd -> its listener, connection, or None (wake-up)
         self.draining = threading.Event()
         self.listeners_open = True
         self.last_loop = 0.0  # when the acceptor loop last ran: the worker's heartbeat
@@ -58,7 +60,19 @@ class SelectorServer(socketserver.BaseServer):
         self._stopped.set()
         for listener in self.listeners:
             listener.sock.setblocking(False)
-            self.selector.register(listener.sock, selectors.EVENT_READ, listener)
+            self.watch(listener.sock.fileno(), listener, select.EPOLLIN)
+
+    def watch(self, fd: int, owner: object, events: int) -> None:
+        self.watched[fd] = owner
+        self.poller.register(fd, events)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd``; always before it is closed, so a reused number is never confused."""
+        self.watched.pop(fd, None)
+        try:
+            self.poller.unregister(fd)
+        except (OSError, ValueError):
+            pass
 
     def fileno(self) -> int:
         return self.listeners[0].sock.fileno()
@@ -75,13 +89,14 @@ class SelectorServer(socketserver.BaseServer):
                         self.on_drain()
                     if self.drained():
                         break
-                for key, _ in self.selector.select(poll_interval):
+                for fd, _ in self.poller.poll(poll_interval):
                     if self._stop.is_set():
                         break
-                    if isinstance(key.data, BoundListener):
-                        self.accept_from(key.data)
+                    owner = self.watched.get(fd)
+                    if isinstance(owner, BoundListener):
+                        self.accept_from(owner)
                     else:
-                        self.on_readable(key)
+                        self.on_readable(fd, owner)
                 self.service_actions()
         finally:
             self._stopped.set()
@@ -143,8 +158,8 @@ class SelectorServer(socketserver.BaseServer):
         return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config,
                           self.draining)
 
-    def on_readable(self, key: selectors.SelectorKey) -> None:
-        """A parked connection became readable (threading model only)."""
+    def on_readable(self, fd: int, owner: object) -> None:
+        """A watched descriptor other than a listener became readable (threading model only)."""
 
     def handle_error(self, request: object, client_address: object) -> None:
         """socketserver's hook, sent to the error log instead of stderr."""
@@ -166,31 +181,34 @@ class SelectorServer(socketserver.BaseServer):
         """Stop accepting: new connections are refused from now on."""
         self.listeners_open = False
         for listener in self.listeners:
-            try:
-                self.selector.unregister(listener.sock)
-            except (KeyError, ValueError):
-                pass
+            if listener.sock.fileno() >= 0:
+                self.unwatch(listener.sock.fileno())
             listener.sock.close()  # only this process's copy: the master owns the address
 
     def server_close(self) -> None:
         self.close_listeners()
-        self.selector.close()
+        self.poller.close()
 
 
 class ThreadPoolServer(SelectorServer):
-    """``threading``: idle connections in the selector, ready ones served by a bounded pool."""
+    """``threading``: idle connections in epoll, ready ones served by a bounded pool.
+
+    Connections are watched with ``EPOLLONESHOT``: once one is readable the kernel stops
+    reporting it, so a pool thread can own it without any bookkeeping on the acceptor, and
+    hands it back by re-arming it itself (one ``epoll_ctl``, no wake-up of the acceptor).  A
+    connection that already has its next request buffered (pipelining) stays on its thread.
+    """
 
     def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
         super().__init__(listeners, pipeline, config)
         self.ready: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
-        self.returned: queue.SimpleQueue[Connection] = queue.SimpleQueue()
-        self.parked: dict[int, Connection] = {}
+        self.parked: dict[int, Connection] = {}  # idle connections, owned by the acceptor
         self.busy = 0
         self.busy_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.watch(self._wake_r.fileno(), None, select.EPOLLIN)
         self.next_scan = time.monotonic() + EXPIRY_SCAN_SECONDS
         self.workers = [threading.Thread(target=self.work, name=f"porch-worker-{n}", daemon=True)
                         for n in range(config.threads)]
@@ -205,48 +223,41 @@ class ThreadPoolServer(SelectorServer):
 
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
         request.sock.setblocking(False)
-        self.park(request)
+        request.park()
+        self.parked[request.fd] = request
+        self.watch(request.fd, request, ONE_READ)
 
     def park(self, conn: Connection) -> None:
+        """Hand an idle connection back to the acceptor (from a pool thread)."""
         conn.park()
-        self.parked[conn.sock.fileno()] = conn
-        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self.parked[conn.fd] = conn
+        self.poller.modify(conn.fd, ONE_READ)  # last: from here on the acceptor owns it
 
-    def on_readable(self, key: selectors.SelectorKey) -> None:
-        if key.data is None:  # the wake-up channel: take back connections from the workers
+    def release(self, conn: Connection) -> None:
+        """Forget and close a connection (unwatched first: its number may be reused at once)."""
+        self.parked.pop(conn.fd, None)
+        self.unwatch(conn.fd)
+        conn.close()
+
+    def on_readable(self, fd: int, owner: object) -> None:
+        if owner is None:  # the wake-up channel (shutdown, drain)
             try:
                 while self._wake_r.recv(4096):
                     pass
             except (BlockingIOError, InterruptedError):
                 pass
-            self.take_back()
             return
-        conn: Connection = key.data
+        conn = self.parked.pop(fd, None)
+        if conn is None:
+            return
         state = conn.fill()
-        if state is False:
-            return
-        self.selector.unregister(conn.sock)
-        del self.parked[conn.sock.fileno()]
         if state is None:
-            conn.close()
-        else:
+            self.release(conn)
+        elif state:
             self.dispatch(conn)
-
-    def take_back(self) -> None:
-        """Connections the workers handed back: serve the ready ones again, park the rest."""
-        while True:
-            try:
-                conn = self.returned.get_nowait()
-            except queue.Empty:
-                return
-            if self._stop.is_set():
-                conn.close()
-                continue
-            conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to the selector
-            if conn.head_ready():
-                self.dispatch(conn)
-            else:
-                self.park(conn)
+        else:  # more of the head to come: watch again, keeping its deadline
+            self.parked[fd] = conn
+            self.poller.modify(fd, ONE_READ)
 
     def dispatch(self, conn: Connection) -> None:
         with self.busy_lock:
@@ -254,17 +265,19 @@ class ThreadPoolServer(SelectorServer):
         self.ready.put(conn)
 
     def work(self) -> None:
-        """A pool thread: serve ready connections, give live ones back to the acceptor."""
+        """A pool thread: serve ready connections, give idle ones back to the acceptor."""
         while (conn := self.ready.get()) is not None:
             try:
-                alive = conn.serve(wait=False)
+                while conn.serve(wait=False):
+                    conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to epoll
+                    if not conn.head_ready():
+                        self.park(conn)
+                        break
+                else:
+                    self.release(conn)
             except Exception:
                 self.handle_error(conn.sock, conn.client)
-                conn.close()
-                alive = False
-            if alive:
-                self.returned.put(conn)
-                self.wake()
+                self.release(conn)
             with self.busy_lock:
                 self.busy -= 1
 
@@ -275,26 +288,24 @@ class ThreadPoolServer(SelectorServer):
             return
         self.next_scan = now + EXPIRY_SCAN_SECONDS
         for fd, conn in list(self.parked.items()):
-            if conn.deadline <= now:
-                self.selector.unregister(conn.sock)
-                del self.parked[fd]
+            if conn.deadline <= now and self.parked.pop(fd, None) is conn:
+                self.unwatch(fd)
                 conn.expire()
 
     def on_drain(self) -> None:
         """Idle keep-alive connections get DRAIN_IDLE_SECONDS for one last request."""
         closing = time.monotonic() + DRAIN_IDLE_SECONDS
-        for conn in self.parked.values():
+        for conn in list(self.parked.values()):
             if not conn.buffer:
                 conn.deadline = min(conn.deadline, closing)
 
     def drained(self) -> bool:
         with self.busy_lock:
-            return not self.parked and self.busy == 0 and self.returned.empty()
+            return not self.parked and self.busy == 0
 
     def server_close(self) -> None:
-        for conn in self.parked.values():
-            conn.close()
-        self.parked.clear()
+        for conn in list(self.parked.values()):
+            self.release(conn)
         for _ in self.workers:
             self.ready.put(None)
         super().server_close()

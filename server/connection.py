@@ -86,6 +86,7 @@ class Connection:
     def __init__(self, sock: socket.socket, client: Address, server: Address, scheme: str,
                  pipeline: Pipeline, config: Config, draining: threading.Event) -> None:
         self.sock = sock
+        self.fd = sock.fileno()  # kept after close, to stop watching the right descriptor
         self.draining = draining  # set when the server stops: answer with Connection: close
         self.client = client
         self.server = server
@@ -225,19 +226,18 @@ class Connection:
     def serve(self, wait: bool) -> bool:
         """Answer requests until none is buffered (wait=False) or the connection ends.
 
-        Returns True if the connection is alive and idle (park it), False once it is closed.
+        Returns True if the connection is alive and idle (park it), False when it is done: the
+        caller closes it (after it stops watching the descriptor).
         """
         try:
             self.sock.settimeout(self.timeouts.body)
             while True:
                 end = self.wait_for_head() if wait else find_head_end(self.buffer, self.limits)
                 if end is None:
-                    self.close()
                     return False
                 if end < 0:
                     return True
                 if not self.serve_one(end):
-                    self.close()
                     return False
         except ProtocolError as error:
             self.reject(error)
@@ -245,7 +245,6 @@ class Connection:
             pass
         except Exception:
             log.exception("unexpected error on connection from %s", self.client)
-        self.close()
         return False
 
     def wait_for_head(self) -> int | None:
