@@ -17,6 +17,7 @@ place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Ser
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import ssl
@@ -44,6 +45,7 @@ from server.tls import failure_reason
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
+SMALL_FILE_BYTES = 32768  # file bodies up to this size are read and sent with their head
 DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
 DRAIN_TIMEOUT_SECONDS = 1.0
 # While the server drains, an idle keep-alive connection gets this long to send one more request
@@ -393,6 +395,12 @@ class Connection:
                     self.sock.sendall(body)
                 return len(body)
             if isinstance(body, FileRegion):
+                if body.length <= SMALL_FILE_BYTES:  # one write for head and body beats sendfile
+                    data = os.pread(body.file.fileno(), body.length, body.offset)
+                    if len(data) != body.length:
+                        raise ResponseAborted("file shorter than announced")
+                    self.sock.sendall(head + data)
+                    return len(data)
                 self.sock.sendall(head)
                 return self.send_file(body)
             return self.send_iterable(head, body, length, chunked)
