@@ -58,9 +58,15 @@ class SelectorServer(socketserver.BaseServer):
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
+        # With several workers on the same sockets, a new connection wakes one worker only
+        # (EPOLLEXCLUSIVE) and each takes one connection per wake-up, so load spreads evenly
+        # instead of the first worker to wake taking a whole burst.
+        shared = config.workers > 1
+        self.accepts_per_wakeup = 1 if shared else ACCEPTS_PER_WAKEUP
         for listener in self.listeners:
             listener.sock.setblocking(False)
-            self.watch(listener.sock.fileno(), listener, select.EPOLLIN)
+            self.watch(listener.sock.fileno(), listener,
+                       select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
 
     def watch(self, fd: int, owner: object, events: int) -> None:
         self.watched[fd] = owner
@@ -123,7 +129,7 @@ class SelectorServer(socketserver.BaseServer):
         """Interrupt the selector wait (subclasses with a wake-up channel override this)."""
 
     def accept_from(self, listener: BoundListener) -> None:
-        for _ in range(ACCEPTS_PER_WAKEUP):
+        for _ in range(self.accepts_per_wakeup):
             try:
                 sock, address = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
