@@ -1,0 +1,1 @@
+-- A plain keep-alive GET of the URL given on the command line.
