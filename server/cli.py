@@ -239,8 +239,7 @@ def stop(args: argparse.Namespace, pidfile: Path, config: Config | None, path: s
     pid = read_pid(pidfile)
     if pid is None:
         return not_running(pidfile)
-    if (problem := send(pid, signal.SIGTERM)) is not None:
-        print(f"porch: {problem}", file=sys.stderr)
+    if not deliver(pid, signal.SIGTERM):
         return 1
     if args.timeout is not None:
         timeout = args.timeout
@@ -275,8 +274,7 @@ def reload(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
         return 1
     for warning in report.splitlines()[1:]:
         print(warning, file=sys.stderr)
-    if (problem := send(pid, signal.SIGHUP)) is not None:
-        print(f"porch: {problem}", file=sys.stderr)
+    if not deliver(pid, signal.SIGHUP):
         return 1
     print(f"reload signalled (pid {pid})")
     return 0
@@ -287,11 +285,18 @@ def reopen(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
     pid = read_pid(pidfile)
     if pid is None:
         return not_running(pidfile)
-    if (problem := send(pid, signal.SIGUSR1)) is not None:
-        print(f"porch: {problem}", file=sys.stderr)
+    if not deliver(pid, signal.SIGUSR1):
         return 1
     print(f"log reopen signalled (pid {pid})")
     return 0
+
+
+def deliver(pid: int, signum: int) -> bool:
+    """Signal the server; False after saying why it could not be done."""
+    if (problem := send(pid, signum)) is not None:
+        print(f"porch: {problem}", file=sys.stderr)
+        return False
+    return True
 
 
 def not_running(pidfile: Path) -> int:

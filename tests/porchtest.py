@@ -15,13 +15,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 LISTENING = re.compile(r"listening on (\S+)")
 START_TIMEOUT_SECONDS = 15.0
+
+
+def wait_until(condition: Callable[[], Any], what: str = "condition", timeout: float = 10.0) -> Any:
+    """Poll ``condition`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.01)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 class PorchServer:

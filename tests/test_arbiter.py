@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,11 @@ import requests
 import yaml
 
 from porchtest import PorchServer
+from porchtest import wait_until as wait_for
 
 TESTS_DIR = Path(__file__).parent
 ENV = {"PYTHONPATH": str(TESTS_DIR)}
 
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker_pid(srv: PorchServer) -> int:

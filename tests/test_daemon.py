@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from porchtest import wait_until
 from server.config import config_from_mapping, load_config
 from server.daemon import (AlreadyRunning, DaemonError, Pidfile, check_privileges, check_root, chown_logs,
                            drop_privileges, process_gone, read_pid, root_warning)
@@ -32,14 +33,6 @@ needs_root = pytest.mark.skipif(not ROOT, reason="switching users needs root")
 NOBODY = pwd.getpwnam("nobody")
 WAIT_SECONDS = 10.0
 
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def dead_pid() -> int:

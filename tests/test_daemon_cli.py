@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from porchtest import wait_until
 from server.daemon import process_gone, read_pid
 
 PORCH = [sys.executable, "-m", "server"]
@@ -28,14 +29,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the root policy appli
 def porch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PORCH, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 # --- porch stop, reload, status, reopen -----------------------------------------------------

@@ -6,6 +6,7 @@ shown) while ``server.arbiter.Arbiter`` does not take the ``daemon=`` and ``pidf
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -23,7 +24,10 @@ import pytest
 import requests
 import yaml
 
+from porchtest import wait_until
 from server.daemon import process_gone, read_pid
+
+wait_for = functools.partial(wait_until, timeout=15.0)  # a daemon starts slower than a foreground server
 
 PORCH = [sys.executable, "-m", "server"]
 START_TIMEOUT_SECONDS = 60.0
@@ -46,17 +50,6 @@ pytestmark = pytest.mark.skipif(not arbiter_supports_daemon(),
 def porch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PORCH, *args], capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS, cwd=cwd)
 
-
-def wait_for(condition: Any, what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := condition():
-                return value
-        except (OSError, requests.RequestException):
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 class Site:
