@@ -4,10 +4,10 @@ Both share ``SelectorServer``: an acceptor loop on a selector over every listeni
 accepts, asks ``verify_request`` and hands the connection to ``process_request`` -- the
 ``socketserver`` contract, over several listeners.
 
-- ``ThreadPoolServer`` (``threading``): the acceptor also owns every *idle* connection (new, kept
-  alive, or still sending its head) and reads them without blocking.  Only a connection with a
-  complete head is queued for the bounded pool of ``threads`` workers, which serve it and give it
-  back.  A slow or idle client costs a file descriptor, never a thread.
+- ``ThreadPoolServer`` (``threading``): accepted connections wait in an epoll set that the
+  bounded pool of ``threads`` workers waits on itself; the thread woken for a readable
+  connection reads it and, once a head is complete, serves it on the spot.  A slow or idle
+  client costs a file descriptor, never a thread.
 - ``ForkingServer`` (``forking``): ``socketserver.ForkingMixIn``: a child process per connection,
   at most ``max_children`` at once, serving that connection's requests until it goes idle.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import select
 import signal
 import socket
@@ -34,12 +33,14 @@ from server.connection import DRAIN_IDLE_SECONDS, Connection
 from server.listener import BoundListener
 from server.messages import Address
 from server.pipeline import Pipeline
+from server.turns import Turns
 
 log = logging.getLogger(__name__)
 
 EXPIRY_SCAN_SECONDS = 0.25
 ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
 ACCEPTS_PER_WAKEUP = 64
+THREAD_STOP_SECONDS = 1.0  # how long server_close waits for the pool threads to leave
 
 
 class SelectorServer(socketserver.BaseServer):
@@ -51,7 +52,7 @@ class SelectorServer(socketserver.BaseServer):
         self.pipeline = pipeline
         self.config = config
         self.poller = select.epoll()
-        self.watched: dict[int, object] = {}  # fd -> its listener, connection, or None (wake-up)
+        self.watched: dict[int, object] = {}  # fd -> its listener, or None (the wake-up channel)
         self.draining = threading.Event()
         self.listeners_open = True
         self.last_loop = 0.0  # when the acceptor loop last ran: the worker's heartbeat
@@ -165,7 +166,7 @@ class SelectorServer(socketserver.BaseServer):
                           self.draining)
 
     def on_readable(self, fd: int, owner: object) -> None:
-        """A watched descriptor other than a listener became readable (threading model only)."""
+        """A watched descriptor other than a listener became readable (the wake-up channel)."""
 
     def handle_error(self, request: object, client_address: object) -> None:
         """socketserver's hook, sent to the error log instead of stderr."""
@@ -197,24 +198,29 @@ class SelectorServer(socketserver.BaseServer):
 
 
 class ThreadPoolServer(SelectorServer):
-    """``threading``: idle connections in epoll, ready ones served by a bounded pool.
+    """``threading``: idle connections in an epoll set that the pool threads wait on themselves.
 
-    Connections are watched with ``EPOLLONESHOT``: once one is readable the kernel stops
-    reporting it, so a pool thread can own it without any bookkeeping on the acceptor, and
-    hands it back by re-arming it itself (one ``epoll_ctl``, no wake-up of the acceptor).  A
-    connection that already has its next request buffered (pipelining) stays on its thread.
+    Leader/followers: every pool thread blocks in ``epoll_wait`` on the set of idle connections,
+    which are watched with ``EPOLLONESHOT`` -- once one is readable the kernel reports it to one
+    thread only and stops watching it.  That thread reads it, serves every complete request it
+    has (pipelining included) and re-arms it when it goes idle, so a request never changes
+    thread and no thread wakes another to serve it.  A connection whose head is incomplete is
+    re-armed after one non-blocking read: a slow client holds a thread for one ``recv``, never
+    longer.  The acceptor thread only accepts, and closes connections whose idle or header
+    deadline has passed; the atomic ``parked.pop`` decides who owns a connection.
     """
 
     def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
         super().__init__(listeners, pipeline, config)
-        self.ready: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
-        self.parked: dict[int, Connection] = {}  # idle connections, owned by the acceptor
-        self.busy = 0
-        self.busy_lock = threading.Lock()
+        self.idle = select.epoll()  # parked connections (EPOLLONESHOT) and the stop signal
+        self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
+        self.turns = Turns()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.watch(self._wake_r.fileno(), None, select.EPOLLIN)
+        self._stop_threads = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.idle.register(self._stop_threads, select.EPOLLIN)  # level-triggered: wakes them all
         self.next_scan = time.monotonic() + EXPIRY_SCAN_SECONDS
         self.workers = [threading.Thread(target=self.work, name=f"porch-worker-{n}", daemon=True)
                         for n in range(config.threads)]
@@ -231,61 +237,75 @@ class ThreadPoolServer(SelectorServer):
         request.sock.setblocking(False)
         request.park()
         self.parked[request.fd] = request
-        self.watch(request.fd, request, ONE_READ)
+        self.idle.register(request.fd, ONE_READ)
 
     def park(self, conn: Connection) -> None:
-        """Hand an idle connection back to the acceptor (from a pool thread)."""
+        """Make an idle connection wait in the epoll set again (from the thread that served it)."""
         conn.park()
         self.parked[conn.fd] = conn
-        self.poller.modify(conn.fd, ONE_READ)  # last: from here on the acceptor owns it
+        self.idle.modify(conn.fd, ONE_READ)  # last: from here on any thread may take it
 
     def release(self, conn: Connection) -> None:
         """Forget and close a connection (unwatched first: its number may be reused at once)."""
         self.parked.pop(conn.fd, None)
-        self.unwatch(conn.fd)
+        self.unwatch_idle(conn.fd)
         conn.close()
 
-    def on_readable(self, fd: int, owner: object) -> None:
-        if owner is None:  # the wake-up channel (shutdown, drain)
-            try:
-                while self._wake_r.recv(4096):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
-            return
-        conn = self.parked.pop(fd, None)
-        if conn is None:
-            return
-        state = conn.fill()
-        if state is None:
-            self.release(conn)
-        elif state:
-            self.dispatch(conn)
-        else:  # more of the head to come: watch again, keeping its deadline
-            self.parked[fd] = conn
-            self.poller.modify(fd, ONE_READ)
+    def unwatch_idle(self, fd: int) -> None:
+        try:
+            self.idle.unregister(fd)
+        except (OSError, ValueError):
+            pass
 
-    def dispatch(self, conn: Connection) -> None:
-        with self.busy_lock:
-            self.busy += 1
-        self.ready.put(conn)
+    def on_readable(self, fd: int, owner: object) -> None:
+        """The acceptor's wake-up channel (shutdown, drain): empty it."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def work(self) -> None:
-        """A pool thread: serve ready connections, give idle ones back to the acceptor."""
-        while (conn := self.ready.get()) is not None:
+        """A pool thread: lead when its turn comes, serve what it takes, re-arm what goes idle."""
+        self.turns.join()
+        was_serving = False
+        while self.turns.next_turn(was_serving):
+            was_serving = False
             try:
-                while conn.serve(wait=False):
-                    conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to epoll
-                    if not conn.head_ready():
-                        self.park(conn)
-                        break
-                else:
-                    self.release(conn)
-            except Exception:
-                self.handle_error(conn.sock, conn.client)
+                while not (events := self.idle.poll(-1, 1)):
+                    pass
+            except (OSError, ValueError):  # the set was closed: the server is going away
+                self.turns.stop()
+                return
+            for fd, _ in events:
+                if fd == self._stop_threads:
+                    self.turns.stop()
+                    return
+                self.turns.took_work()
+                was_serving = True
+                if (conn := self.parked.pop(fd, None)) is not None:  # else expired meanwhile
+                    self.serve_ready(conn)
+
+    def serve_ready(self, conn: Connection) -> None:
+        """Read what a readable connection sent and answer every complete request in it."""
+        try:
+            state = conn.fill()
+            if state is None:
                 self.release(conn)
-            with self.busy_lock:
-                self.busy -= 1
+                return
+            if not state:  # more of the head to come: watch again, keeping its deadline
+                self.parked[conn.fd] = conn
+                self.idle.modify(conn.fd, ONE_READ)
+                return
+            while conn.serve(wait=False):
+                conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to epoll
+                if not conn.head_ready():
+                    self.park(conn)
+                    return
+            self.release(conn)
+        except Exception:
+            self.handle_error(conn.sock, conn.client)
+            self.release(conn)
 
     def service_actions(self) -> None:
         """Close parked connections whose header or keep-alive deadline has passed."""
@@ -295,7 +315,7 @@ class ThreadPoolServer(SelectorServer):
         self.next_scan = now + EXPIRY_SCAN_SECONDS
         for fd, conn in list(self.parked.items()):
             if conn.deadline <= now and self.parked.pop(fd, None) is conn:
-                self.unwatch(fd)
+                self.unwatch_idle(fd)
                 conn.expire()
 
     def on_drain(self) -> None:
@@ -306,17 +326,21 @@ class ThreadPoolServer(SelectorServer):
                 conn.deadline = min(conn.deadline, closing)
 
     def drained(self) -> bool:
-        with self.busy_lock:
-            return not self.parked and self.busy == 0
+        return not self.parked and self.turns.busy() == 0
 
     def server_close(self) -> None:
         for conn in list(self.parked.values()):
             self.release(conn)
-        for _ in self.workers:
-            self.ready.put(None)
+        os.eventfd_write(self._stop_threads, 1)
         super().server_close()
         self._wake_r.close()
         self._wake_w.close()
+        deadline = time.monotonic() + THREAD_STOP_SECONDS
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if not any(worker.is_alive() for worker in self.workers):  # else one is stuck in a request
+            self.idle.close()
+            os.close(self._stop_threads)
 
 
 class ForkingServer(socketserver.ForkingMixIn, SelectorServer):

@@ -312,6 +312,46 @@ def test_slow_clients_do_not_hold_threads(porch) -> None:
             sock.close()
 
 
+def timed_gets(urls: list[str]) -> list[float]:
+    """GET every URL at once, each on its own connection; the seconds each took to answer."""
+    import concurrent.futures
+
+    def timed(url: str) -> float:
+        started = time.monotonic()
+        assert requests.get(url, timeout=10).status_code == 200
+        return time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        return list(pool.map(timed, urls))
+
+
+def test_blocked_work_lets_other_threads_in(porch) -> None:
+    """One thread at a time takes work, but a request that blocks lets the next thread in: four
+    requests sleeping 1 s on threads: 4 overlap, and a fast request is not queued behind them."""
+    srv = porch(echo_config("threading"), env={"PYTHONPATH": str(TESTS_DIR)})
+    fast: list[float] = []
+
+    def fast_request() -> None:
+        time.sleep(0.3)
+        fast.extend(timed_gets([srv.url + "/fast"]))
+
+    import threading
+    thread = threading.Thread(target=fast_request)
+    thread.start()
+    slow = timed_gets([srv.url + "/?sleep=1"] * 3)
+    thread.join()
+    assert max(slow) < 2.0, slow  # one after another would take 3 s
+    assert fast[0] < 0.7, fast
+
+
+def test_thread_pool_is_bounded(porch) -> None:
+    """threads: 4 means at most four requests in progress: a fifth sleeper waits for a thread."""
+    srv = porch(echo_config("threading"), env={"PYTHONPATH": str(TESTS_DIR)})
+    took = sorted(timed_gets([srv.url + "/?sleep=1"] * 5))
+    assert max(took[:4]) < 1.8, took
+    assert took[4] >= 1.9, took
+
+
 def test_term_lets_in_flight_request_finish(porch) -> None:
     import signal
     import threading
