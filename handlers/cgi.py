@@ -9,19 +9,22 @@ How this works::
       ├─ script_input()  stdin: nothing | the body through a pipe | a de-chunked body in a temp file
       ├─ environment()   the RFC 3875 meta-variables over a clean base (PATH, env, pass_env)
       ├─ ScriptRun       (cgi_process) own process group, stdin feeder, stderr → error log
-      └─ respond()       header block (cgi_output), then one of
-            document        → Response(status, fields, body=ScriptOutput streaming stdout)
+      └─ respond()       header block (cgi_output), plus whatever output is ready at once, then
+            document        → Response(status, fields, body=ScriptOutput streaming stdout), or
+                              body=bytes when the output had ended (< 64 KiB; the run is over)
             local redirect  → raise InternalRedirect: the pipeline serves that path (6.2.2)
             client redirect → 302 with Location (6.2.3)
-            nph-* script    → its own status line and fields, body streamed the same way
+            nph-* script    → its own status line and fields, body sent the same ways
 
 A mount is one of three shapes: ``root`` (every file below it is a script), ``root`` plus
 ``extensions`` (a static tree in which files with those extensions run as CGI, like Apache's
 ``AddHandler cgi-script``), or ``script`` (one program; everything below the mount prefix is its
 PATH_INFO -- how ``git-http-backend`` is deployed).  The response head goes out as soon as the
-script's header block is parsed; the body streams while the script runs.  Whatever ends the
-response -- its end, a timeout, the client leaving -- ``ScriptOutput.close()`` ends the script's
-whole process group and reaps it.
+script's header block is parsed; the body streams while the script runs -- unless the whole
+output was already there with the head: then the script is reaped and its place given back first,
+and head and body go out in one write with a Content-Length.  Whatever ends a streamed response
+-- its end, a timeout, the client leaving -- ``ScriptOutput.close()`` ends the script's whole
+process group and reaps it.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ from server.messages import Headers, Request, Response
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1  # told to clients turned away because max_concurrent scripts are running
+# Output this short that is complete once the header block is parsed is answered whole, with a
+# Content-Length; anything longer, or still being written, streams.
+WHOLE_BODY_BYTES = 65536
 # The names the server sets for every request (RFC 3875 section 4.1 plus the customary ones);
 # ``env`` and ``pass_env`` may not shadow them.
 META_VARIABLES = frozenset({
@@ -527,14 +533,21 @@ class CGIHandler(Handler):
         except MalformedOutput as problem:
             log.error("%s: malformed CGI response: %s", run.tag, problem)
             raise BadGateway() from None
+        more, ended = run.read_available(WHOLE_BODY_BYTES - len(rest))
+        rest += more
         if not target.nph and head.kind() is ResponseKind.LOCAL_REDIRECT:
-            if not rest:
+            if not rest and not ended:
                 rest = run.read()
             if not rest:  # 6.2.2: Location alone and no body: serve that local path instead
-                if status := run.finish():
-                    log.warning("%s: %s", run.tag, describe_exit(status))
+                run.conclude()
                 raise InternalRedirect(head.location or "/")  # handle() releases the run
             # A body after a local Location is not a local redirect; the client gets the 302.
+        if ended and not run.feeding and head.length_matches(len(rest)):
+            # The whole output is here: bytes go out with the head in one write, with a
+            # Content-Length (so no chunking), and a bytes body has no close() to end the run.
+            run.conclude()
+            self._end(run, slot)
+            return Response(head.response_status(), Headers(head.fields), rest, reason=head.reason)
         body = ScriptOutput(run, rest, lambda: self._release(run, slot))
         return Response(head.response_status(), Headers(head.fields), body, reason=head.reason)
 

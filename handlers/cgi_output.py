@@ -61,6 +61,11 @@ class CGIHead:
     def location(self) -> str | None:
         return self.get("location")
 
+    def length_matches(self, size: int) -> bool:
+        """Whether a body of ``size`` bytes agrees with the script's Content-Length, if it gave one."""
+        return all(value.isascii() and int(value) == size
+                   for name, value in self.fields if name.lower() == "content-length")
+
     def kind(self) -> ResponseKind:
         """Which RFC 3875 section 6.2 response this head starts (the body is not considered).
 

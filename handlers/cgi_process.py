@@ -3,19 +3,26 @@
 How this works::
 
     ScriptRun(argv, env, stdin) ──► Popen: no shell, own session (so its own process group)
-        ├─ feeder thread:  request body ──► stdin pipe, then closes it (only when there is a body)
-        ├─ stderr thread:  each stderr line ──► error log, tagged with the script
-        └─ read():         stdout, polled against the run's deadline (GatewayTimeout after it)
-    finish(): after end of output, wait for the exit (until the deadline), kill stragglers, reap
-    close():  SIGTERM to the group, a short grace, SIGKILL to the group, reap, join the threads
+        ├─ feeder thread:    request body ──► stdin pipe, then closes it (only when there is a body)
+        ├─ read():           stdout and stderr in one poll, against the run's deadline (then
+        │                    GatewayTimeout); each stderr line ──► error log, tagged with the script;
+        │                    after each second without output: is the client still there?
+        └─ read_available(): what stdout holds right now, never waiting (a short output goes whole)
+    finish(): after end of output, wait for the exit on a pidfd (until the deadline) logging
+              stderr, kill stragglers, reap, log stderr to its end
+    close():  SIGTERM to the group, a short grace, SIGKILL to the group, reap, log the rest of
+              stderr, join the feeder
 
-The script is never reaped before its group is signalled: ``waitid(WNOWAIT)`` sees the exit
+Stdout and stderr are read by the thread serving the request, in the same poll, so a script
+that fills its stderr pipe while the server waits for stdout cannot deadlock.  The script is
+never reaped before its group is signalled: a pidfd or ``waitid(WNOWAIT)`` sees the exit
 without reaping, so the pid -- which is the group id -- cannot have been reused by an unrelated
-process when ``killpg`` runs.  The feeder and stderr threads own their pipe ends and close them
-themselves, so no descriptor is closed under a thread that is still using it.
+process when ``killpg`` runs.  The feeder thread owns the stdin pipe and closes it itself, so
+no descriptor is closed under a thread that is still using it.
 
 ``ScriptOutput`` is the response body: it streams stdout to the connection, which always calls
-its ``close()`` (also when the client went away), so a script never outlives its request.
+its ``close()`` (also when the client went away), so a script never outlives its request.  (An
+output complete with its head is sent as bytes instead; the handler ends the run before that.)
 ``SlotPool`` caps how many scripts of one mount run at once in a worker, across its threads and
 its forked connection children alike.
 """
@@ -43,13 +50,14 @@ from typing import IO, Any
 from server.errors import ClientDisconnected, GatewayTimeout
 from server.logs import escape
 from server.messages import Body
+from server.turns import before_wait
 
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 65536
 STDERR_LINE_BYTES = 4096  # longer stderr lines are logged in pieces
 TERM_GRACE_SECONDS = 0.5  # between SIGTERM and SIGKILL when a script is stopped early
-STDERR_JOIN_SECONDS = 1.0
+STDERR_GRACE_SECONDS = 1.0  # for stderr's end after the group ended (a process left the group)
 CLIENT_CHECK_SECONDS = 1.0  # how often a silent script's client is checked for a hang-up
 STDIN_POLL_MILLISECONDS = 250  # how often a blocked feeder checks whether the run was stopped
 HAS_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
@@ -160,6 +168,11 @@ class ScriptInput:
             self.file.close()
 
 
+def milliseconds(seconds: float) -> int:
+    """A poll timeout: never negative, rounded up so that a wait does not end early."""
+    return max(0, math.ceil(seconds * 1000))
+
+
 def describe_exit(status: int) -> str:
     if status < 0:
         try:
@@ -170,7 +183,11 @@ def describe_exit(status: int) -> str:
 
 
 class ScriptRun:
-    """One running script and everything it holds: process group, pipes, threads."""
+    """One running script and everything it holds: process group, pipes, the feeder thread.
+
+    Only the thread serving the request reads stdout and stderr (``read``, ``read_available``,
+    ``finish``, ``close``); ``stop`` may come from another thread and only ends the group.
+    """
 
     def __init__(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: ScriptInput,
                  timeout: float, tag: str, preexec: Callable[[], None] | None = None,
@@ -183,8 +200,7 @@ class ScriptRun:
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.RLock()
-        self._threads: list[threading.Thread] = []
-        self._feeding = False  # once the feeder runs, it alone closes the stdin pipe
+        self._feeder: threading.Thread | None = None  # once it runs, it alone closes the stdin pipe
         stdin_arg: Any = subprocess.DEVNULL
         if stdin.file is not None:
             stdin_arg = stdin.file
@@ -193,19 +209,20 @@ class ScriptRun:
         self.proc = subprocess.Popen(  # RFC 3875 4.4: never the query string as arguments
             argv, stdin=stdin_arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
             env=env, close_fds=True, start_new_session=True, preexec_fn=preexec)
-        assert self.proc.stdout is not None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         self._stdout = self.proc.stdout
         self._stdout_fd = self._stdout.fileno()
-        self._poller = select.poll()
+        self._stderr_fd: int | None = self.proc.stderr.fileno()  # None once closed
+        self._stderr_pending = bytearray()  # the start of a stderr line not yet complete
+        self._poller = select.poll()  # stdout and stderr in one poll: neither pipe can fill up unread
         self._poller.register(self._stdout_fd, select.POLLIN)
-        try:
-            self._start(self._log_stderr, "stderr")
-            if stdin.body is not None:
-                self._start(self._feed, "stdin", stdin.body, stdin.first)
-                self._feeding = True
-        except BaseException:  # e.g. no thread could be started: leave nothing running
-            self.close()
-            raise
+        self._poller.register(self._stderr_fd, select.POLLIN)
+        if stdin.body is not None:
+            try:
+                self._start_feeder(stdin.body, stdin.first)
+            except BaseException:  # e.g. no thread could be started: leave nothing running
+                self.close()
+                raise
 
     # -- stdout -------------------------------------------------------------------------------
 
@@ -213,40 +230,128 @@ class ScriptRun:
         """The next bytes of stdout, b"" at its end; GatewayTimeout once the deadline passed.
 
         Output a finished script left in the pipe is still read after the deadline (the client
-        may simply be slow); a script still running then is killed.
+        may simply be slow); a script still running then is killed.  Stderr is logged meanwhile.
         """
+        check_at = time.monotonic() + CLIENT_CHECK_SECONDS
         while True:
-            remaining = self.deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = self.deadline - now
             if remaining <= 0:
-                if self._exited() and self._poller.poll(0):
+                if self._exited() and self._poll_stdout(0):
                     return os.read(self._stdout_fd, BLOCK_BYTES)
                 raise self._time_out()
-            if self._poller.poll(math.ceil(min(remaining, CLIENT_CHECK_SECONDS) * 1000)):
+            if now >= check_at:  # a script silent on stdout would otherwise run until its timeout
+                if self.client_gone():
+                    log.info("%s: the client went away; stopping the script", self.tag)
+                    self._end()
+                    raise ClientDisconnected()
+                check_at = now + CLIENT_CHECK_SECONDS
+            if self._poll_stdout(milliseconds(min(remaining, check_at - now))):
                 return os.read(self._stdout_fd, BLOCK_BYTES)
-            if self.client_gone():  # a silent script would otherwise run until its timeout
-                log.info("%s: the client went away; stopping the script", self.tag)
-                self._end()
-                raise ClientDisconnected()
+
+    def read_available(self, limit: int) -> tuple[bytes, bool]:
+        """What stdout holds right now (at most ``limit`` bytes), and whether it ended; never waits."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit and self._poll_stdout(0):
+            data = os.read(self._stdout_fd, min(BLOCK_BYTES, limit - size))
+            if not data:
+                return b"".join(chunks), True
+            chunks.append(data)
+            size += len(data)
+        return b"".join(chunks), False
 
     def finish(self) -> int:
         """After the end of stdout: wait for the exit (until the deadline), reap; the status.
 
-        The stderr thread is given a moment to log the script's last lines first, so the error
-        log reads in order.
+        Stderr is logged while waiting (a script blocked on a full stderr pipe would never exit)
+        and then to its end, so the error log has the script's last lines before its status.
         """
-        if not self._wait_exited(self.deadline):
+        if not self._wait_exited(self.deadline, log_stderr=True):
             log.warning("%s: still running after closing its output; stopped at its %gs timeout",
                         self.tag, self.timeout)
         self._end()
-        for thread in self._threads:
-            if thread.name.startswith("cgi-stderr"):
-                thread.join(STDERR_JOIN_SECONDS)
+        self._drain_stderr()
         return self.proc.returncode
+
+    def conclude(self) -> None:
+        """``finish()`` after a normal end of output, where only a failed exit is worth a line."""
+        if status := self.finish():
+            log.warning("%s: %s", self.tag, describe_exit(status))
+
+    @property
+    def feeding(self) -> bool:
+        """Whether the request body is still being copied to stdin (the feeder may be in body.read())."""
+        return self._feeder is not None and self._feeder.is_alive()
+
+    def _poll_stdout(self, timeout_ms: int) -> bool:
+        """Whether stdout is readable within ``timeout_ms``; stderr arriving meanwhile is logged."""
+        ready = False
+        if timeout_ms:
+            before_wait()
+        for fd, _ in self._poller.poll(timeout_ms):
+            if fd == self._stdout_fd:
+                ready = True
+            else:
+                self._read_stderr()
+        return ready
 
     def _time_out(self) -> GatewayTimeout:
         log.error("%s: stopped after running for its %gs timeout", self.tag, self.timeout)
         self._end()
         return GatewayTimeout(f"the script did not finish within {self.timeout:g}s")
+
+    # -- stderr -------------------------------------------------------------------------------
+
+    def _read_stderr(self) -> None:
+        """Log the complete lines stderr holds now; at its end, the rest too, and close it."""
+        assert self._stderr_fd is not None
+        data = os.read(self._stderr_fd, BLOCK_BYTES)
+        self._stderr_pending += data
+        self._log_stderr_lines(final=not data)
+        if not data:
+            self._close_stderr()
+
+    def _log_stderr_lines(self, final: bool) -> None:
+        """One log line per stderr line; longer lines in STDERR_LINE_BYTES pieces."""
+        pending = self._stderr_pending
+        start = 0
+        while start < len(pending):
+            newline = pending.find(b"\n", start, start + STDERR_LINE_BYTES)
+            if newline >= 0:
+                end = newline + 1
+            elif final or len(pending) - start >= STDERR_LINE_BYTES:
+                end = min(start + STDERR_LINE_BYTES, len(pending))
+            else:
+                break
+            text = pending[start:end].rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+            if text.strip():
+                log.warning("%s: %s", self.tag, escape(text))
+            start = end
+        del pending[:start]
+
+    def _drain_stderr(self) -> None:
+        """Log stderr to its end (the group is gone by now), then close it.
+
+        A process that left the group may still hold the pipe: it gets until the deadline, at
+        most STDERR_GRACE_SECONDS, and then the pipe is closed under it.
+        """
+        if self._stderr_fd is None:
+            return
+        until = min(self.deadline, time.monotonic() + STDERR_GRACE_SECONDS)
+        poller = select.poll()
+        poller.register(self._stderr_fd, select.POLLIN)
+        while self._stderr_fd is not None and poller.poll(milliseconds(until - time.monotonic())):
+            self._read_stderr()
+        if self._stderr_fd is not None:
+            self._log_stderr_lines(final=True)
+            self._close_stderr()
+
+    def _close_stderr(self) -> None:
+        assert self._stderr_fd is not None and self.proc.stderr is not None
+        self._poller.unregister(self._stderr_fd)
+        self._stderr_fd = None
+        self.proc.stderr.close()
 
     # -- the process group --------------------------------------------------------------------
 
@@ -261,15 +366,48 @@ class ScriptRun:
         except ChildProcessError:
             return True
 
-    def _wait_exited(self, until: float) -> bool:
-        delay = 0.001
-        while not self._exited():
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.05)
-        return True
+    def _wait_exited(self, until: float, log_stderr: bool = False) -> bool:
+        """Whether the script exited by ``until``, without reaping it; stderr logged meanwhile if asked.
+
+        A pidfd turns readable at the exit, so the wait is one poll; without one (not Linux, or
+        an old kernel) the exit is polled for with a growing pause.
+        """
+        if self._exited():
+            return True
+        pidfd = self._open_pidfd()
+        poller = select.poll()
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        if log_stderr and self._stderr_fd is not None:
+            poller.register(self._stderr_fd, select.POLLIN)
+        pause = 0.001
+        before_wait()
+        try:
+            while not self._exited():
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return False
+                wait = remaining if pidfd is not None else min(pause, remaining)
+                pause = min(pause * 2, 0.05)
+                for fd, _ in poller.poll(milliseconds(wait)):
+                    if fd != pidfd:
+                        self._read_stderr()
+                        if self._stderr_fd is None:
+                            poller.unregister(fd)
+            return True
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def _open_pidfd(self) -> int | None:
+        """A descriptor that turns readable when the script exits; None where there is none."""
+        with self._lock:  # not while _end reaps: the pid must still be the script's
+            if self.proc.returncode is not None:
+                return None
+            try:
+                return os.pidfd_open(self.proc.pid)
+            except (AttributeError, OSError):
+                return None
 
     def _signal_group(self, signum: int) -> None:
         try:
@@ -304,22 +442,23 @@ class ScriptRun:
         self._stop.set()
         self._end()
         self._stdout.close()
-        if self.proc.stdin is not None and not self._feeding:
-            self.proc.stdin.close()
-        for thread in self._threads:
+        self._drain_stderr()
+        if self._feeder is None:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        else:
             # The feeder may be inside body.read(); it must be done before the connection uses
-            # the request body again.  Socket timeouts bound that read; the stderr thread ends
-            # once every process holding the pipe is gone.
-            thread.join(None if thread.name.startswith("cgi-stdin") else STDERR_JOIN_SECONDS)
+            # the request body again.  Socket timeouts bound that read.
+            self._feeder.join()
 
-    # -- stdin and stderr threads ------------------------------------------------------------
+    # -- stdin --------------------------------------------------------------------------------
 
-    def _start(self, target: Callable[..., None], role: str, *args: object) -> None:
+    def _start_feeder(self, body: Body, first: bytes) -> None:
         context = contextvars.copy_context()  # keeps the request id on the log lines
-        thread = threading.Thread(target=context.run, args=(target, *args),
-                                  name=f"cgi-{role}-{self.proc.pid}", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        feeder = threading.Thread(target=context.run, args=(self._feed, body, first),
+                                  name=f"cgi-stdin-{self.proc.pid}", daemon=True)
+        feeder.start()
+        self._feeder = feeder
 
     def _feed(self, body: Body, first: bytes) -> None:
         """Copy the request body to stdin, then close it: the script sees end of file."""
@@ -353,19 +492,6 @@ class ScriptRun:
             except OSError:
                 pass
 
-    def _log_stderr(self) -> None:
-        stream = self.proc.stderr
-        assert stream is not None
-        try:
-            while line := stream.readline(STDERR_LINE_BYTES):
-                text = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
-                if text.strip():
-                    log.warning("%s: %s", self.tag, escape(text))
-        except (OSError, ValueError):
-            pass
-        finally:
-            stream.close()
-
 
 class ScriptOutput:
     """A response body streaming a script's stdout; ``close()`` always ends the script.
@@ -392,9 +518,7 @@ class ScriptOutput:
         data = self._run.read()
         if not data:
             self._ended = True
-            status = self._run.finish()
-            if status:
-                log.warning("%s: %s", self._run.tag, describe_exit(status))
+            self._run.conclude()
             raise StopIteration
         return data
 

@@ -214,7 +214,7 @@ class ThreadPoolServer(SelectorServer):
         super().__init__(listeners, pipeline, config)
         self.idle = select.epoll()  # parked connections (EPOLLONESHOT) and the stop signal
         self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
-        self.turns = Turns()
+        self.turns = Turns(len(os.sched_getaffinity(0)))
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

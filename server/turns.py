@@ -12,7 +12,8 @@ pays: the work is waiting (on a script, a slow client, a database), not computin
 - ``standby``: one more thread watches a vacant lead.  If nobody finished anything and nobody
   took the lead for a whole ``STANDBY_SECONDS`` period, the work in progress is blocked and the
   standby becomes the leader.  Code that knows it is about to wait calls ``before_wait()`` and
-  the standby takes over at once.  A standby that has seen nothing happen for a while dozes, and
+  the standby takes over at once -- while fewer threads serve than there are CPUs: past that,
+  more work in flight (CGI scripts, say) only divides the same cores, and the timer decides.  A standby that has seen nothing happen for a while dozes, and
   the next leader to take work wakes it.
 - the other threads wait to become the standby.
 """
@@ -38,7 +39,8 @@ def before_wait() -> None:
 class Turns:
     """The leader/standby/follower roles of a pool's threads (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: int) -> None:
+        self.cpus = cpus  # how many serving threads an announced wait may bring in at once
         lock = threading.Lock()
         self.followers = threading.Condition(lock)
         self.watch = threading.Condition(lock)
@@ -113,7 +115,7 @@ class Turns:
         if self.leading:  # a leader is already waiting for work: nothing to hand over
             return
         with self.followers:
-            if not self.leading and self.standby:
+            if not self.leading and self.standby and self.serving < self.cpus:
                 self.hand_over_wanted = True
                 self.watch.notify()
 

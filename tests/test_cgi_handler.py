@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from handlers.base import HandlerContext, OptionError
 from handlers.cgi import CGIHandler, CGIOptions, wire_text
-from handlers.cgi_process import ResourceLimits, ScriptOutput, SlotPool
+from handlers.cgi_process import STDERR_LINE_BYTES, ResourceLimits, ScriptInput, ScriptOutput, ScriptRun, SlotPool
 from server.config import Mount
 from server.errors import BadGateway, Forbidden, GatewayTimeout, InternalRedirect, InternalServerError, NotFound
 from server.messages import Headers, Request, Response
@@ -326,6 +327,175 @@ class TestRunning:
     def test_background_jobs_do_not_outlive_the_request(self, handler: CGIHandler) -> None:
         pid = int(run(handler, make_request("/cgi-bin/background.sh"))[1])
         assert not alive(pid)
+
+
+def make_script(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def script_lines(caplog: pytest.LogCaptureFixture, script: Path) -> list[str]:
+    """What the error log says about ``script``, in order, without the tag."""
+    prefix = f"{script}: "
+    return [record.getMessage()[len(prefix):] for record in caplog.records
+            if record.getMessage().startswith(prefix)]
+
+
+STDERR_FLOOD = r"""import sys
+for number in range(10000):
+    sys.stderr.write("stderr line %05d %s\n" % (number, "." * 90))
+sys.stderr.write("x" * 10000 + "\n")
+sys.stderr.flush()
+sys.stdout.write("Content-Type: text/plain\n\nafter the flood")
+sys.stdout.flush()
+sys.stderr.write("a last line without its newline")
+"""
+
+STDERR_AFTER_OUTPUT = r"""import os, sys
+os.write(1, b"Content-Type: text/plain\n\nbody first")
+os.close(1)
+for number in range(10000):
+    sys.stderr.write("late line %05d %s\n" % (number, "." * 90))
+"""
+
+EXITS_LATER = r"""#!/bin/sh
+printf 'Content-Type: text/plain\n\nbody'
+exec >&-
+sleep 0.3
+echo 'late words' >&2
+exit 4
+"""
+
+ESCAPES_WITH_STDERR = r"""import os, sys, time
+child = os.fork()
+if child == 0:  # leaves the group, keeps stderr open, never writes to stdout
+    os.setsid()
+    os.close(1)
+    time.sleep(10)
+    os._exit(0)
+sys.stdout.write("Content-Type: text/plain\n\n%d" % child)
+"""
+
+
+@pytest.fixture(params=["pidfd", "no pidfd"])
+def reaping(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of waiting for a script's exit: a pidfd, and polling where there is none."""
+    if request.param == "no pidfd":
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    return request.param
+
+
+class TestOutputAndStderr:
+    @pytest.mark.parametrize("name, text, whole", [
+        ("short.sh", "printf 'Content-Type: text/plain\\n\\nshort body'", True),
+        ("nph-short.sh", "printf 'HTTP/1.1 200 OK\\nContent-Type: text/plain\\n\\nshort body'", True),
+        ("agreeing.sh", "printf 'Content-Type: text/plain\\nContent-Length: 10\\n\\nshort body'", True),
+        ("liar.sh", "printf 'Content-Type: text/plain\\nContent-Length: 3\\n\\nshort body'", False),
+    ])
+    def test_output_complete_with_its_head_is_answered_whole(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             name: str, text: str, whole: bool) -> None:
+        script = make_script(tmp_path, name, f"#!/bin/sh\necho 'said on stderr' >&2\n{text}\n")
+        handler = build(root=tmp_path)
+        target = handler.resolve(make_request("/cgi-bin/" + name))
+        assert target is not None
+        run = ScriptRun([str(script)], cwd=str(tmp_path), env={}, stdin=ScriptInput(), timeout=10,
+                        tag=str(script))
+        assert dead(run.proc.pid)  # all its output is in the pipe before the handler reads any
+        pool = SlotPool(1)
+        slot = pool.acquire()
+        assert slot is not None
+        try:
+            with caplog.at_level(logging.WARNING):
+                response = handler.respond(target, run, slot)
+            if not whole:  # not the length it declared: streamed as ever, the connection cuts it
+                assert isinstance(response.body, ScriptOutput)
+                response.body.close()
+            assert response.status == 200 and (response.body == b"short body") is whole
+            assert run.proc.returncode == 0 and children() == []
+            assert script_lines(caplog, script) == ["said on stderr"]
+            assert pool.acquire() is not None  # the place was given back before the answer
+        finally:
+            pool.close()
+
+    def test_output_still_being_written_streams(self, tmp_path: Path) -> None:
+        make_script(tmp_path, "slow.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\none\\n'\n"
+                                         "sleep 0.5\nprintf 'two\\n'\n")
+        started = time.monotonic()
+        body = output(build(root=tmp_path).handle(make_request("/cgi-bin/slow.sh")))
+        try:
+            assert next(body) == b"one\n" and time.monotonic() - started < 0.4
+            assert b"".join(body) == b"two\n"
+        finally:
+            body.close()
+        assert children() == []
+
+    def test_a_mebibyte_of_stderr_before_stdout(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        script = make_script(tmp_path, "flood.py", STDERR_FLOOD)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            response, data = run(build(root=tmp_path, timeout=20), make_request("/cgi-bin/flood.py"))
+        assert (response.status, data) == (200, b"after the flood")
+        assert time.monotonic() - started < 10  # no deadlock until the timeout
+        lines = script_lines(caplog, script)
+        assert lines[:10000] == ["stderr line %05d %s" % (n, "." * 90) for n in range(10000)]
+        pieces = [STDERR_LINE_BYTES, STDERR_LINE_BYTES, 10000 - 2 * STDERR_LINE_BYTES]
+        assert lines[10000:] == ["x" * size for size in pieces] + ["a last line without its newline"]
+
+    def test_stderr_after_the_output_is_closed(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                               reaping: str) -> None:
+        script = make_script(tmp_path, "late.py", STDERR_AFTER_OUTPUT)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            response, data = run(build(root=tmp_path, timeout=20), make_request("/cgi-bin/late.py"))
+        assert data == b"body first" and time.monotonic() - started < 10
+        lines = script_lines(caplog, script)
+        assert len(lines) == 10000 and lines[-1].startswith("late line 09999 ")
+        assert children() == []
+
+    def test_exit_after_the_output_is_waited_for(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 reaping: str) -> None:
+        script = make_script(tmp_path, "later.sh", EXITS_LATER)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            assert run(build(root=tmp_path), make_request("/cgi-bin/later.sh"))[1] == b"body"
+        assert 0.3 <= time.monotonic() - started < 2
+        assert script_lines(caplog, script) == ["late words", "exited with status 4"]
+        assert children() == []
+
+    def test_running_on_after_the_output_is_stopped_at_the_timeout(self, tmp_path: Path, reaping: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+        make_script(tmp_path, "lingers.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nbye'\n"
+                                            "exec >&-\nexec sleep 30\n")
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            assert run(build(root=tmp_path, timeout=0.5), make_request("/cgi-bin/lingers.sh"))[1] == b"bye"
+        assert time.monotonic() - started < 2
+        assert "still running after closing its output" in caplog.text
+        assert children() == []
+
+    def test_stderr_held_by_an_escaped_process_is_not_waited_for(self, tmp_path: Path) -> None:
+        make_script(tmp_path, "escape.py", ESCAPES_WITH_STDERR)
+        started = time.monotonic()
+        escaped = int(run(build(root=tmp_path, timeout=20), make_request("/cgi-bin/escape.py"))[1])
+        try:
+            assert time.monotonic() - started < 5  # a grace for stderr, not the child's 10 s
+        finally:
+            os.kill(escaped, 9)
+
+
+def dead(pid: int, within: float = 5.0) -> bool:
+    """True once ``pid`` is a zombie (it exited) or gone."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def alive(pid: int, grace: float = 2.0) -> bool:

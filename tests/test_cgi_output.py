@@ -102,6 +102,13 @@ class TestParseCGIHead:
         head = parse_cgi_head(b"Content-Type: a/b\nDate: yesterday\nServer: x\nX-CGI-Thing: 1\n")
         assert head.fields == [("Content-Type", "a/b")]
 
+    def test_length_matches(self) -> None:
+        assert parse_cgi_head(b"Content-Type: a/b\n").length_matches(123)  # none declared
+        head = parse_cgi_head(b"Content-Type: a/b\nContent-Length: 5\n")
+        assert head.length_matches(5) and not head.length_matches(4)
+        assert not parse_cgi_head(b"Content-Type: a/b\nContent-Length: 5\nContent-Length: 6\n").length_matches(5)
+        assert not parse_cgi_head(b"Content-Type: a/b\nContent-Length: \xb2\n").length_matches(2)  # a latin-1 digit
+
     def test_latin1_values_survive(self) -> None:
         head = parse_cgi_head(b"Content-Type: a/b\nX-Name: caf\xe9\n")
         assert head.get("x-name") == "caf\xe9"

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import requests
@@ -42,6 +43,37 @@ def make_tree(root: Path) -> Path:
     return root
 
 
+# Writes 1,000 stderr lines at once, then answers and exits: the server logs those lines before
+# it reads stdout, so the script has nearly always exited by the time its head is parsed.
+WHOLE = r"""import os
+os.write(2, b"".join(b"noise %04d\n" % number for number in range(1000)))
+os.write(1, b"Content-Type: text/plain\n\nall at once")
+os._exit(0)
+"""
+# Streams: a line, a pause, another line.
+SLOW = r"""#!/bin/sh
+printf 'Content-Type: text/plain\n\none\n'
+sleep 0.5
+printf 'two\n'
+"""
+# A mebibyte on stderr before a byte on stdout: the stderr pipe fills while the server waits.
+FLOOD = r"""import sys
+for number in range(10000):
+    sys.stderr.write("flood line %05d %s\n" % (number, "." * 90))
+sys.stderr.flush()
+sys.stdout.write("Content-Type: text/plain\n\nafter the flood")
+"""
+
+
+def make_scripts(root: Path) -> Path:
+    """Scripts written for these tests (next to the shared ones in cgi_scripts)."""
+    root.mkdir()
+    for name, text in (("whole.py", WHOLE), ("slow.sh", SLOW), ("flood.py", FLOOD)):
+        (root / name).write_text(text)
+        (root / name).chmod(0o755)
+    return root
+
+
 def cgi_config(concurrency: str, tmp: Path) -> dict:
     www = tmp / "www"
     www.mkdir()
@@ -64,6 +96,8 @@ def cgi_config(concurrency: str, tmp: Path) -> dict:
             {"path": "/tree", "type": "cgi", "root": str(make_tree(tmp / "tree")), "extensions": [".cgi"]},
             {"path": "/auth", "type": "cgi", **script_mount, "pass_auth": True},
             {"path": "/tight", "type": "cgi", **script_mount, "max_header_bytes": 512},
+            {"path": "/made", "type": "cgi", "root": str(make_scripts(tmp / "made")), "interpreters": PY,
+             "timeout": 20},
         ],
     }
 
@@ -373,6 +407,52 @@ class TestResponses:
         assert growth < 3 * 1024, f"a server process grew by {growth} KiB"
 
 
+class TestWholeOrStreamed:
+    def test_output_complete_with_its_head_gets_a_content_length(self, server: PorchServer) -> None:
+        """Whether the script has exited once its head is parsed is a race (see WHOLE) that a
+        loaded machine can lose now and then; so a few tries, on one connection."""
+        with server.connect() as sock, sock.makefile("rb") as stream:
+            for _ in range(10):
+                sock.sendall(b"GET /made/whole.py HTTP/1.1\r\nHost: x\r\n\r\n")
+                head, body = read_response(stream)
+                assert head.startswith(b"HTTP/1.1 200 ") and body == b"all at once"
+                if b"\r\ncontent-length:" in head.lower():
+                    break
+            assert b"\r\nContent-Length: 11\r\n" in head
+            assert b"transfer-encoding" not in head.lower() and b"connection: close" not in head.lower()
+            sock.sendall(b"GET /made/whole.py HTTP/1.1\r\nHost: x\r\n\r\n")  # still open
+            assert read_response(stream)[1] == b"all at once"
+
+    def test_output_still_being_written_streams(self, server: PorchServer) -> None:
+        with server.connect() as sock:
+            sock.sendall(b"GET /made/slow.sh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            started = time.monotonic()
+            raw = b""
+            while b"one\n" not in raw:
+                raw += sock.recv(65536)
+            assert time.monotonic() - started < 0.4  # not held back until the script ends
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, body = split_response(raw)
+        assert b"\r\nTransfer-Encoding: chunked" in head and body == b"one\ntwo\n"
+
+
+def read_response(stream: IO[bytes]) -> tuple[bytes, bytes]:
+    """One response, framed by Content-Length or chunked, from a connection that stays open."""
+    lines = []
+    while (line := stream.readline()) != b"\r\n":
+        lines.append(line)
+    head = b"".join(lines).rstrip(b"\r\n")
+    fields = dict(line.rstrip(b"\r\n").lower().split(b": ", 1) for line in lines[1:])
+    if b"content-length" in fields:
+        return head, stream.read(int(fields[b"content-length"]))
+    body = b""
+    while size := int(stream.readline(), 16):
+        body += stream.read(size + 2)[:-2]
+    stream.readline()
+    return head, body
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -457,6 +537,19 @@ class TestFailures:
         log = server.error_text()
         assert f"{SCRIPTS}/stderr.sh: stderr line one" in log
         assert "\x1b" not in log and "\\x1b[31mwith escape" in log
+
+    def test_a_mebibyte_of_stderr_before_stdout(self, server: PorchServer) -> None:
+        started = time.monotonic()
+        response = requests.get(server.url + "/made/flood.py", timeout=30)
+        assert (response.status_code, response.text) == (200, "after the flood")
+        assert time.monotonic() - started < 10  # not stuck until the 20 s timeout
+        script = server.tmp / "made" / "flood.py"  # type: ignore[attr-defined]
+        last = f"{script}: flood line 09999 "
+        deadline = time.monotonic() + 5
+        while last not in server.error_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = server.error_text()
+        assert f"{script}: flood line 00000 " in log and last in log
 
     def test_disconnecting_client_kills_the_script(self, server: PorchServer) -> None:
         with server.connect() as sock:
@@ -563,6 +656,7 @@ def test_no_zombies_and_no_descriptor_leaks(server: PorchServer) -> None:
     """Runs last: everything the tests above started must be gone."""
     for _ in range(10):
         requests.get(server.url + "/cgi-bin/env.sh", headers={"Connection": "close"}, timeout=5)
+        requests.get(server.url + "/made/whole.py", headers={"Connection": "close"}, timeout=5)
     deadline = time.monotonic() + 5
     while True:
         zombies = [pid for pid in descendants(server.proc.pid) if state(pid) == "Z"]
