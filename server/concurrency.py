@@ -66,8 +66,11 @@ class SelectorServer(socketserver.BaseServer):
         self.accepts_per_wakeup = 1 if shared else ACCEPTS_PER_WAKEUP
         for listener in self.listeners:
             listener.sock.setblocking(False)
-            self.watch(listener.sock.fileno(), listener,
-                       select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
+            self.listen_on(listener, select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
+
+    def listen_on(self, listener: BoundListener, events: int) -> None:
+        """Watch a listening socket: here the acceptor loop accepts from it."""
+        self.watch(listener.sock.fileno(), listener, events)
 
     def watch(self, fd: int, owner: object, events: int) -> None:
         self.watched[fd] = owner
@@ -136,7 +139,8 @@ class SelectorServer(socketserver.BaseServer):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:  # EMFILE and friends: log, keep serving the rest
-                log.error("accept failed on %s: %s", listener.name, error)
+                if self.listeners_open:  # else closed under us by a drain: nothing to say
+                    log.error("accept failed on %s: %s", listener.name, error)
                 return
             if not self.verify_request(sock, address):  # type: ignore[arg-type]
                 self.shutdown_request(sock)  # type: ignore[arg-type]
@@ -206,13 +210,17 @@ class ThreadPoolServer(SelectorServer):
     has (pipelining included) and re-arms it when it goes idle, so a request never changes
     thread and no thread wakes another to serve it.  A connection whose head is incomplete is
     re-armed after one non-blocking read: a slow client holds a thread for one ``recv``, never
-    longer.  The acceptor thread only accepts, and closes connections whose idle or header
-    deadline has passed; the atomic ``parked.pop`` decides who owns a connection.
+    longer.  The listening sockets are in the same set: the leader accepts one connection and
+    serves it at once (its request has usually arrived with it).  The acceptor thread only closes
+    connections whose idle or header deadline has passed, and runs the drain; the atomic
+    ``parked.pop`` decides who owns a connection.
     """
 
     def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+        self.idle = select.epoll()  # listeners, parked connections (EPOLLONESHOT), the stop signal
+        self.listening: dict[int, BoundListener] = {}
         super().__init__(listeners, pipeline, config)
-        self.idle = select.epoll()  # parked connections (EPOLLONESHOT) and the stop signal
+        self.accepts_per_wakeup = 1  # the leader serves what it accepts: one at a time
         self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
         self.turns = Turns(len(os.sched_getaffinity(0)))
         self._wake_r, self._wake_w = socket.socketpair()
@@ -227,6 +235,17 @@ class ThreadPoolServer(SelectorServer):
         for worker in self.workers:
             worker.start()
 
+    def listen_on(self, listener: BoundListener, events: int) -> None:
+        """Listeners are in the pool's epoll set: the leader accepts and serves on one thread."""
+        self.listening[listener.sock.fileno()] = listener
+        self.idle.register(listener.sock.fileno(), events)
+
+    def close_listeners(self) -> None:
+        for fd in list(self.listening):
+            self.unwatch_idle(fd)
+        self.listening.clear()
+        super().close_listeners()
+
     def wake(self) -> None:
         try:
             self._wake_w.send(b"\0")
@@ -234,16 +253,22 @@ class ThreadPoolServer(SelectorServer):
             pass
 
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
+        """Serve a connection the leader just accepted, at once: its request is often there."""
         request.sock.setblocking(False)
-        request.park()
-        self.parked[request.fd] = request
-        self.idle.register(request.fd, ONE_READ)
+        self.serve_ready(request, new=True)
 
     def park(self, conn: Connection) -> None:
         """Make an idle connection wait in the epoll set again (from the thread that served it)."""
         conn.park()
         self.parked[conn.fd] = conn
-        self.idle.modify(conn.fd, ONE_READ)  # last: from here on any thread may take it
+        self.arm(conn.fd)  # last: from here on any thread may take it
+
+    def arm(self, fd: int) -> None:
+        """Watch a connection for its next readable moment (the first time, add it to the set)."""
+        try:
+            self.idle.modify(fd, ONE_READ)
+        except FileNotFoundError:
+            self.idle.register(fd, ONE_READ)
 
     def release(self, conn: Connection) -> None:
         """Forget and close a connection (unwatched first: its number may be reused at once)."""
@@ -283,19 +308,23 @@ class ThreadPoolServer(SelectorServer):
                     return
                 self.turns.took_work()
                 was_serving = True
-                if (conn := self.parked.pop(fd, None)) is not None:  # else expired meanwhile
+                if (listener := self.listening.get(fd)) is not None:
+                    self.accept_from(listener)
+                elif (conn := self.parked.pop(fd, None)) is not None:  # else expired meanwhile
                     self.serve_ready(conn)
 
-    def serve_ready(self, conn: Connection) -> None:
+    def serve_ready(self, conn: Connection, new: bool = False) -> None:
         """Read what a readable connection sent and answer every complete request in it."""
         try:
             state = conn.fill()
             if state is None:
                 self.release(conn)
                 return
-            if not state:  # more of the head to come: watch again, keeping its deadline
+            if not state:  # more of the head to come: watch it (again, keeping its deadline)
+                if new:
+                    conn.park()
                 self.parked[conn.fd] = conn
-                self.idle.modify(conn.fd, ONE_READ)
+                self.arm(conn.fd)
                 return
             while conn.serve(wait=False):
                 conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to epoll
