@@ -370,6 +370,7 @@ class ThreadPoolServer(SelectorServer):
         if not any(worker.is_alive() for worker in self.workers):  # else one is stuck in a request
             self.idle.close()
             os.close(self._stop_threads)
+            self.turns.close()
 
 
 class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
