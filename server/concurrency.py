@@ -254,7 +254,6 @@ class ThreadPoolServer(SelectorServer):
 
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
         """Serve a connection the leader just accepted, at once: its request is often there."""
-        request.sock.setblocking(False)
         self.serve_ready(request, new=True)
 
     def park(self, conn: Connection) -> None:
@@ -398,7 +397,6 @@ class ForkingServer(socketserver.ForkingMixIn, SelectorServer):
         self.pipeline.new_id_sequence()
         if not request.complete_handshake():
             return
-        request.sock.setblocking(True)
         request.serve(wait=True)
 
     def service_actions(self) -> None:

@@ -2,12 +2,15 @@
 
 Two callers drive a ``Connection``:
 
-- the acceptor of the threading model calls ``fill()`` (non-blocking) whenever the socket is
-  readable, until a complete request head is buffered; only then does a pool thread call
-  ``serve(wait=False)``, which answers every request whose head is already buffered (pipelining)
-  and hands the connection back to the acceptor when it goes idle;
-- a forked child calls ``serve(wait=True)``, which blocks for each next head itself, under the
+- a pool thread of the threading model calls ``fill()`` whenever the socket is readable, until a
+  complete request head is buffered, then ``serve(wait=False)``, which answers every request
+  whose head is already buffered (pipelining) and returns when the connection goes idle;
+- a forked child calls ``serve(wait=True)``, which waits for each next head itself, under the
   keep-alive and header timeouts.
+
+The socket is always non-blocking.  A read or write that cannot proceed waits in ``wait_io``
+(one poll, bounded by ``timeouts.body``), which first tells the thread pool that this thread is
+about to wait (``before_wait``); the common case -- data there, window open -- costs no poll.
 
 Either way each request runs through ``Pipeline.run`` with ``send_response`` as its writer: the one
 place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Server`` and
@@ -17,6 +20,7 @@ place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Ser
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import socket
@@ -41,10 +45,12 @@ from server.protocol import (
     serialize_response_head,
 )
 from server.tls import failure_reason
+from server.turns import before_wait
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
+SEND_FILE_BLOCK = 262144  # TLS: file bodies are encrypted and sent in blocks of this size
 SMALL_FILE_BYTES = 32768  # file bodies up to this size are read and sent with their head
 DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
 DRAIN_TIMEOUT_SECONDS = 1.0
@@ -88,6 +94,7 @@ class Connection:
     def __init__(self, sock: socket.socket, client: Address, server: Address, scheme: str,
                  pipeline: Pipeline, config: Config, draining: threading.Event) -> None:
         self.sock = sock
+        sock.setblocking(False)  # always: waits are ours (``wait_io``), so none costs a poll first
         self.fd = sock.fileno()  # kept after close, to stop watching the right descriptor
         self.draining = draining  # set when the server stops: answer with Connection: close
         self.client = client
@@ -96,6 +103,7 @@ class Connection:
         self.pipeline = pipeline
         self.limits = config.limits
         self.timeouts = config.timeouts
+        self.io_timeout = config.timeouts.body  # how long one read or write may wait
         self.server_header = config.server_header
         self.buffer = bytearray()
         self.deadline = time.monotonic() + self.timeouts.header
@@ -106,7 +114,7 @@ class Connection:
         self.handshaking = isinstance(sock, ssl.SSLSocket)  # a TLS handshake is still to be done
         self.handshake_started: float | None = None
 
-    # -- the acceptor's side: non-blocking reads until a head is complete --------------------
+    # -- before serving: non-blocking reads until a head is complete ----------------------------
 
     def fill(self) -> bool | None:
         """Read what is available.  True: a head (or a protocol error) is ready to serve;
@@ -143,8 +151,7 @@ class Connection:
             return True  # a worker writes the error response
 
     def park(self) -> None:
-        """Prepare for the acceptor: non-blocking, with the deadline of the state we are in."""
-        self.sock.setblocking(False)
+        """Going idle: set the deadline of the state we are in (a head started, or none)."""
         now = time.monotonic()
         self.deadline = now + (self.timeouts.header if self.buffer else self.timeouts.keepalive)
 
@@ -193,6 +200,7 @@ class Connection:
             self.close()
             return False
         self.handshaking = False
+        self.sock.setblocking(False)
         return True
 
     def handshake_failed(self, error: OSError) -> None:
@@ -206,7 +214,7 @@ class Connection:
         """Move plaintext the TLS layer has decrypted but not handed out into the buffer.
 
         A selector watches the socket, not OpenSSL's buffer: bytes left there when a small body
-        read took only part of a record would never wake the acceptor.  Call it before parking a
+        read took only part of a record would never wake a pool thread.  Call it before parking a
         TLS connection; returns the number of bytes moved.
         """
         moved = 0
@@ -232,7 +240,6 @@ class Connection:
         caller closes it (after it stops watching the descriptor).
         """
         try:
-            self.sock.settimeout(self.timeouts.body)
             while True:
                 end = self.wait_for_head() if wait else find_head_end(self.buffer, self.limits)
                 if end is None:
@@ -262,9 +269,8 @@ class Connection:
                 if self.buffer:
                     self.reject(RequestTimeout("the request head was not received in time"))
                 return None
-            self.sock.settimeout(min(remaining, IDLE_POLL_SECONDS))
             try:
-                data = self.sock.recv(RECV_BYTES)
+                data = self.recv(RECV_BYTES, min(remaining, IDLE_POLL_SECONDS))
             except TimeoutError:
                 continue
             if not data:
@@ -273,7 +279,6 @@ class Connection:
                 self.head_started = time.monotonic()
                 deadline = self.head_started + self.timeouts.header
             self.buffer += data
-        self.sock.settimeout(self.timeouts.body)
         return end
 
     def drain_deadline(self, now: float) -> float:
@@ -324,7 +329,7 @@ class Connection:
             return True
         if head.expect_continue and not self.continue_sent:
             return False  # the client may or may not send the body now: framing is unknown
-        self.sock.settimeout(DRAIN_TIMEOUT_SECONDS)
+        self.io_timeout = DRAIN_TIMEOUT_SECONDS
         try:
             request.body.limit = None
             drained = 0
@@ -334,7 +339,7 @@ class Connection:
         except (HTTPError, OSError):
             return False
         finally:
-            self.sock.settimeout(self.timeouts.body)
+            self.io_timeout = self.timeouts.body
 
     # -- the Source interface the body readers pull from -------------------------------------
 
@@ -344,7 +349,7 @@ class Connection:
             del self.buffer[:size]
             return data
         try:
-            return self.sock.recv(min(size, RECV_BYTES))
+            return self.recv(min(size, RECV_BYTES))
         except TimeoutError:
             raise RequestTimeout("the request body was not received in time") from None
 
@@ -357,7 +362,7 @@ class Connection:
                 del self.buffer[:cut]
                 return data
             try:
-                more = self.sock.recv(RECV_BYTES)
+                more = self.recv(RECV_BYTES)
             except TimeoutError:
                 raise RequestTimeout("the request body was not received in time") from None
             if not more:
@@ -369,7 +374,7 @@ class Connection:
     def send_continue(self) -> None:
         """RFC 9110 10.1.1: the interim 100 response, sent when the handler first reads the body."""
         self.continue_sent = True
-        self.sock.sendall(CONTINUE)
+        self.send_all(CONTINUE)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -387,21 +392,21 @@ class Connection:
                 response.body = body = error_response(InternalServerError()).body
                 head, length, chunked = self.response_head(request, response)
             if request.method == "HEAD" or response.status in NO_BODY_STATUSES:
-                self.sock.sendall(head)
+                self.send_all(head)
                 return 0
             if isinstance(body, (bytes, bytearray)):
-                self.sock.sendall(head + body if len(body) < 65536 else head)
+                self.send_all(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
-                    self.sock.sendall(body)
+                    self.send_all(body)
                 return len(body)
             if isinstance(body, FileRegion):
                 if body.length <= SMALL_FILE_BYTES:  # one write for head and body beats sendfile
                     data = os.pread(body.file.fileno(), body.length, body.offset)
                     if len(data) != body.length:
                         raise ResponseAborted("file shorter than announced")
-                    self.sock.sendall(head + data)
+                    self.send_all(head + data)
                     return len(data)
-                self.sock.sendall(head)
+                self.send_all(head)
                 return self.send_file(body)
             return self.send_iterable(head, body, length, chunked)
         finally:
@@ -455,10 +460,63 @@ class Connection:
         return serialize_response_head(request.version, status, response.reason, headers), length, chunked
 
     def send_file(self, region: FileRegion) -> int:
-        sent = self.sock.sendfile(region.file, region.offset, region.length) if region.length else 0
-        if sent != region.length:
-            raise ResponseAborted("file shorter than announced")
-        return sent
+        """``sendfile(2)`` on plain sockets; through the TLS layer in blocks otherwise."""
+        offset, end = region.offset, region.offset + region.length
+        source = region.file.fileno()
+        while offset < end:
+            if isinstance(self.sock, ssl.SSLSocket):
+                block = os.pread(source, min(SEND_FILE_BLOCK, end - offset), offset)
+                if block:
+                    self.send_all(block)
+                sent = len(block)
+            else:
+                try:
+                    sent = os.sendfile(self.fd, source, offset, end - offset)
+                except BlockingIOError:
+                    self.wait_io(select.POLLOUT)
+                    continue
+            if not sent:
+                raise ResponseAborted("file shorter than announced")
+            offset += sent
+        return region.length
+
+    # -- waiting: the socket never blocks; these wait for it, each wait bounded by io_timeout ---
+
+    def recv(self, size: int, timeout: float | None = None) -> bytes:
+        """Up to ``size`` bytes, waiting for them (TimeoutError after ``io_timeout``)."""
+        while True:
+            try:
+                return self.sock.recv(size)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                self.wait_io(select.POLLIN, timeout)
+            except ssl.SSLWantWriteError:
+                self.wait_io(select.POLLOUT, timeout)
+
+    def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data``, waiting for the client to read when its window is full."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                self.wait_io(select.POLLOUT)
+                continue
+            except ssl.SSLWantReadError:
+                self.wait_io(select.POLLIN)
+                continue
+            view = view[sent:]
+
+    def wait_io(self, events: int, timeout: float | None = None) -> None:
+        """Wait until the socket is ready for ``events``; TimeoutError if it is not in time.
+
+        Another pool thread may take new work meanwhile (``before_wait``).
+        """
+        before_wait()
+        poller = select.poll()
+        poller.register(self.fd, events)
+        limit = self.io_timeout if timeout is None else timeout
+        if not poller.poll(max(0, math.ceil(limit * 1000))):
+            raise TimeoutError("timed out")
 
     def send_iterable(self, head: bytes, body: Iterable[bytes], length: int | None, chunked: bool) -> int:
         """Stream an iterable body; exactly ``length`` bytes when known (PEP 3333 truncation)."""
@@ -472,7 +530,7 @@ class Connection:
                     chunk = chunk[: length - sent]
                 sent += len(chunk)
                 pending += encode_chunk(chunk) if chunked else chunk
-                self.sock.sendall(pending)
+                self.send_all(pending)
                 pending = b""
                 if length is not None and sent >= length:
                     break
@@ -486,7 +544,7 @@ class Connection:
         if chunked:
             pending += LAST_CHUNK
         if pending:
-            self.sock.sendall(pending)
+            self.send_all(pending)
         if length is not None and sent < length:
             raise ResponseAborted(f"body ended after {sent} of {length} bytes")
         return sent
@@ -503,8 +561,8 @@ class Connection:
         payload = serialize_response_head("HTTP/1.1", response.status, None, headers) + response.body  # type: ignore[operator]
         sent = 0
         try:
-            self.sock.settimeout(1.0)
-            self.sock.sendall(payload)
+            self.io_timeout = 1.0
+            self.send_all(payload)
             sent = len(response.body)  # type: ignore[arg-type]
         except OSError:
             pass

@@ -344,6 +344,31 @@ def test_blocked_work_lets_other_threads_in(porch) -> None:
     assert fast[0] < 0.7, fast
 
 
+def test_clients_that_stop_reading_do_not_stop_the_others(porch, tmp_path: Path) -> None:
+    """Three clients fetch 20 MiB each and read nothing: their threads wait for the window to
+    open, and the fourth thread still answers everyone else at once."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "big.bin").write_bytes(b"\0" * (20 << 20))
+    (root / "small.txt").write_text("small")
+    srv = porch({"threads": 4, "timeouts": {"body": 5},
+                 "mounts": [{"path": "/", "type": "static", "root": str(root)}]})
+    stalled = []
+    try:
+        for _ in range(3):
+            sock = srv.connect()
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append(sock)
+        time.sleep(0.3)
+        for _ in range(20):
+            started = time.monotonic()
+            assert requests.get(srv.url + "/small.txt", timeout=5).text == "small"
+            assert time.monotonic() - started < 0.5
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 def test_thread_pool_is_bounded(porch) -> None:
     """threads: 4 means at most four requests in progress: a fifth sleeper waits for a thread."""
     srv = porch(echo_config("threading"), env={"PYTHONPATH": str(TESTS_DIR)})
