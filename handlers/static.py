@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote, unquote
 
 from handlers.base import Handler, HandlerContext, OptionError
+from handlers.static_cache import SmallFiles
 from server.config import existing_directory, setting
 from server.errors import (
     Forbidden,
@@ -142,6 +143,7 @@ class StaticHandler(Handler):
             raise OptionError("cache_control", "must not contain control characters")
         self.types = self.content_types(options.mime_types, options.charset)
         self.cache_headers = [("Cache-Control", options.cache_control)] if options.cache_control else []
+        self.small_files = SmallFiles()
         # O_NONBLOCK: never hang on a FIFO swapped in after the stat.
         self.open_flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
         if not self.follow_symlinks:
@@ -265,11 +267,9 @@ class StaticHandler(Handler):
         content_type = self.content_type(name)
         extra = self.cache_headers
         if self.options.precompressed:
-            try:
-                gz_path, gz_info = self.entry(path + ".gz")
-            except (OSError, ValueError, HTTPError):
-                gz_info = None
-            if gz_info is not None and stat.S_ISREG(gz_info.st_mode):
+            sibling = self.small_files.sibling(path, lambda: self.gz_sibling(path))
+            if sibling is not None:
+                gz_path, gz_info = sibling
                 extra = [*extra, ("Vary", "Accept-Encoding")]
                 if accepts_gzip(fields.get("accept-encoding")):
                     path, info = gz_path, gz_info
@@ -291,9 +291,12 @@ class StaticHandler(Handler):
             ranges = byte_ranges(fields["range"], size)
             if ranges is not None and not ranges:
                 raise RangeNotSatisfiable(size)
-        file = self.open(path)
         if not ranges or len(ranges) > MAX_RANGES:
-            return Response(HTTPStatus.OK, Headers(headers), FileRegion(file, 0, size))
+            data = self.small_files.content(path, info, lambda: self.read(path, size))
+            if data is not None:
+                return Response(HTTPStatus.OK, Headers(headers), data)
+            return Response(HTTPStatus.OK, Headers(headers), FileRegion(self.open(path), 0, size))
+        file = self.open(path)
         if len(ranges) == 1:
             start, end = ranges[0]
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
@@ -323,6 +326,19 @@ class StaticHandler(Handler):
             return True
         date = http_date(since)
         return date is not None and modified <= date
+
+    def gz_sibling(self, path: str) -> tuple[str, os.stat_result] | None:
+        """The regular file ``path``.gz (resolved as a request for it would be), or None."""
+        try:
+            gz_path, gz_info = self.entry(path + ".gz")
+        except (OSError, ValueError, HTTPError):
+            return None
+        return (gz_path, gz_info) if stat.S_ISREG(gz_info.st_mode) else None
+
+    def read(self, path: str, size: int) -> bytes:
+        """The first ``size`` bytes of a small file, opened as ``open`` does."""
+        with self.open(path) as file:
+            return os.pread(file.fileno(), size, 0)
 
     def open(self, path: str) -> BinaryIO:
         """Open for sendfile; a file gone (or swapped for a link) since the stat is a 404."""

@@ -8,6 +8,8 @@ normalise them first, and the secret placed next to the root must never appear i
 from __future__ import annotations
 
 import gzip
+import os
+import time
 import hashlib
 import http.client
 import re
@@ -332,3 +334,53 @@ class TestDefaultSite:
         response = requests.get(server.url + "/www/" + name, timeout=5)
         assert response.status_code == 200 and response.headers["Content-Type"] == expected
         assert response.content == (WWW / name).read_bytes()
+
+
+class TestSmallFilesInMemory:
+    """Small files are kept in memory per worker; a change on disk is seen on the next request."""
+
+    @pytest.fixture
+    def site(self, porch, tmp_path: Path, concurrency: str) -> tuple[PorchServer, Path]:
+        root = tmp_path / "site"
+        root.mkdir()
+        (root / "note.txt").write_bytes(b"first version")
+        return porch({"concurrency": concurrency, "threads": 1,
+                      "mounts": [{"path": "/", "type": "static", "root": str(root)}]}), root
+
+    def test_rewritten_in_place_with_the_same_size(self, site: tuple[PorchServer, Path]) -> None:
+        srv, root = site
+        with requests.Session() as session:
+            assert session.get(srv.url + "/note.txt").content == b"first version"
+            (root / "note.txt").write_bytes(b"later version")
+            assert session.get(srv.url + "/note.txt").content == b"later version"
+
+    def test_replaced_by_a_file_with_the_same_size_and_time(self, site: tuple[PorchServer, Path]) -> None:
+        srv, root = site
+        note = root / "note.txt"
+        with requests.Session() as session:
+            assert session.get(srv.url + "/note.txt").content == b"first version"
+            stat = note.stat()
+            spare = root / "spare.tmp"
+            spare.write_bytes(b"other version")
+            os.utime(spare, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            os.replace(spare, note)  # a new inode: the only thing that tells them apart
+            response = session.get(srv.url + "/note.txt")
+            assert response.content == b"other version"
+            assert response.headers["Content-Length"] == "13"
+
+    def test_a_gz_sibling_added_later_is_used_within_a_second(self, site: tuple[PorchServer, Path]) -> None:
+        srv, root = site
+        with requests.Session() as session:
+            assert "Content-Encoding" not in session.get(srv.url + "/note.txt").headers
+            (root / "note.txt.gz").write_bytes(gzip.compress(b"first version"))
+            time.sleep(1.1)
+            response = session.get(srv.url + "/note.txt")
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert response.content == b"first version"  # requests decodes it
+
+    def test_removed_file_is_404(self, site: tuple[PorchServer, Path]) -> None:
+        srv, root = site
+        with requests.Session() as session:
+            assert session.get(srv.url + "/note.txt").status_code == 200
+            (root / "note.txt").unlink()
+            assert session.get(srv.url + "/note.txt").status_code == 404

@@ -99,10 +99,17 @@ class TestFiles:
         assert headers.get("Last-Modified") == formatdate(int(info.st_mtime), usegmt=True)
         assert "Cache-Control" not in headers and "Vary" not in headers
 
-    def test_body_is_a_file_region_for_sendfile(self, tree: Tree) -> None:
-        response = handler(tree.root).handle(request("/data.bin"))
+    def test_small_files_are_bytes_kept_in_memory(self, tree: Tree) -> None:
+        files = handler(tree.root)
+        first = files.handle(request("/data.bin")).body
+        assert first == DATA
+        assert files.handle(request("/data.bin")).body is first  # not read again
+
+    def test_bigger_files_are_a_file_region_for_sendfile(self, tmp_path: Path) -> None:
+        (tmp_path / "big.bin").write_bytes(DATA * 40)  # 40 KiB: above what is kept in memory
+        response = handler(tmp_path).handle(request("/big.bin"))
         assert isinstance(response.body, FileRegion)
-        assert (response.body.offset, response.body.length) == (0, len(DATA))
+        assert (response.body.offset, response.body.length) == (0, len(DATA) * 40)
         response.body.file.close()
 
     def test_head_never_opens_the_file_and_declares_the_length(self, tree: Tree) -> None:
@@ -113,7 +120,7 @@ class TestFiles:
     def test_empty_file(self, tree: Tree) -> None:
         response, body = serve(handler(tree.root), "/empty.txt")
         assert response.status == 200 and body == b""
-        assert isinstance(response.body, FileRegion) and response.body.length == 0
+        assert response.body == b""
 
     @pytest.mark.parametrize(("name", "expected"), [
         ("notes.md", "text/markdown; charset=utf-8"),
