@@ -182,19 +182,18 @@ def method_signatures(func: Any) -> list[list[str]] | str:
     return [[result, *types[:count]] for count in range(required, len(types) + 1)]
 
 
-def check_arguments(method: str, func: Any, params: tuple[Any, ...]) -> None:
-    """Fault -32602 when ``params`` cannot be bound to ``func``, before anything runs.
-
-    This tells a caller's mistake (wrong argument count) apart from a bug in the function.
-    """
+def binding_error(func: Any, params: tuple[Any, ...]) -> str | None:
+    """Why ``params`` cannot be bound to ``func``'s parameters; None if they can (or if the
+    signature cannot be known)."""
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
-        return
+        return None
     try:
         signature.bind(*params)
     except TypeError as exc:
-        raise Fault(INVALID_METHOD_PARAMS, f"{method}: {exc}") from None
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,8 +272,15 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         try:
             if func is None:
                 return instance._dispatch(method, args)
-            check_arguments(method, func, args)
-            return func(*args)
+            try:
+                return func(*args)
+            except TypeError:
+                # Python checks the arguments before the body runs, so a call that cannot bind
+                # ran nothing: the caller's mistake (-32602), told apart from a bug in the
+                # function only now, at no cost to the calls that succeed.
+                if (problem := binding_error(func, args)) is not None:
+                    raise Fault(INVALID_METHOD_PARAMS, f"{method}: {problem}") from None
+                raise
         except Fault as fault:
             logger.debug("XML-RPC method %s answered fault %s", escape(method), fault.faultCode)
             raise
