@@ -103,9 +103,10 @@ class Pipeline:
         finally:
             del self.in_flight[key]
             self.served += 1
-            status = response.status if response is not None else 500
-            self.logs.log_request(request, client_host(request.client), request_line(request), status,
-                                  sent, time.monotonic() - request.start, request.request_id)
+            if self.logs.access_enabled:  # else not even the line's parts are worth building
+                status = response.status if response is not None else 500
+                self.logs.log_request(request, client_host(request.client), request_line(request), status,
+                                      sent, time.monotonic() - request.start, request.request_id)
             current_request_id.reset(token)
         return complete
 
