@@ -24,6 +24,7 @@ touched), into a plain dict from extension to the full Content-Type value.
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import logging
 import mimetypes
@@ -276,7 +277,7 @@ class StaticHandler(Handler):
                     extra.append(("Content-Encoding", "gzip"))
         size = info.st_size
         modified = min(info.st_mtime_ns // 1_000_000_000, int(time.time()))  # RFC 9110 8.8.2.1
-        last_modified = email.utils.formatdate(modified, usegmt=True)
+        last_modified = http_date_text(modified)
         etag = f'"{size:x}-{info.st_mtime_ns:x}-{info.st_ino:x}"'
         if self.not_modified(fields, etag, modified, last_modified):
             headers = [("ETag", etag), ("Last-Modified", last_modified), *extra]
@@ -472,6 +473,12 @@ def etag_in(field_value: str, etag: str, weak: bool) -> bool:
         if match.group(2) == etag and (weak or not match.group(1)):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def http_date_text(seconds: int) -> str:
+    """An IMF-fixdate; files share few distinct modification times, so they are kept."""
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 def http_date(value: str) -> int | None:

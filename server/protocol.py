@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 from abc import ABC, abstractmethod
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
@@ -69,6 +69,9 @@ _CHUNK_LINE = re.compile(
 )
 _TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9112 4: reason-phrase characters
 _VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")  # what would split a response head
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+_VALID_NAMES: set[str] = set()  # response field names already checked (handlers reuse a few)
+MAX_REMEMBERED_NAMES = 1024
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 
 
@@ -585,27 +588,35 @@ def body_reader(head: RequestHead, source: Source, limit: int | None,
 
 
 def serialize_response_head(version: str, status: int, reason: str | None,
-                            headers: Iterable[tuple[str, str]]) -> bytes:
-    """The status line and header section (RFC 9112 4 and 5), refusing header injection."""
+                            headers: Sequence[tuple[str, str]]) -> bytes:
+    """The status line and header section (RFC 9112 4 and 5), refusing header injection.
+
+    Field names already seen valid are remembered, and the values are checked together in one
+    scan: this runs for every response.
+    """
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise ValueError(f"unsupported HTTP version {version!r}")
     code = int(status)
     if not 100 <= code <= 999:  # RFC 9112 4: status-code = 3DIGIT
         raise ValueError(f"invalid status code {status!r}")
     if reason is None:
-        try:
-            reason = HTTPStatus(code).phrase
-        except ValueError:
-            reason = ""
+        reason = _PHRASES.get(code, "")
     elif _TEXT_FORBIDDEN.search(reason):  # RFC 9112 4: reason-phrase has no CR, LF or CTL
         raise ValueError(f"invalid reason phrase {reason!r}")
     lines = [f"{version} {code} {reason}\r\n"]
+    values = []
     for name, value in headers:
-        if not _TOKEN.fullmatch(name):  # RFC 9110 5.1: field-name = token
-            raise ValueError(f"invalid header name {name!r}")
-        if _VALUE_FORBIDDEN.search(value):  # RFC 9110 5.5: CR, LF and NUL would split the head
-            raise ValueError(f"invalid character in value of header {name!r}")
+        if name not in _VALID_NAMES:
+            if not _TOKEN.fullmatch(name):  # RFC 9110 5.1: field-name = token
+                raise ValueError(f"invalid header name {name!r}")
+            if len(_VALID_NAMES) < MAX_REMEMBERED_NAMES:
+                _VALID_NAMES.add(name)
+        values.append(value)
         lines.append(f"{name}: {value}\r\n")
+    if _VALUE_FORBIDDEN.search("".join(values)):  # RFC 9110 5.5: CR, LF, NUL would split the head
+        for name, value in headers:
+            if _VALUE_FORBIDDEN.search(value):
+                raise ValueError(f"invalid character in value of header {name!r}")
     lines.append("\r\n")
     return "".join(lines).encode("latin-1")  # characters beyond latin-1: UnicodeEncodeError
 

@@ -3,6 +3,7 @@ errors, access rules, logs and request ids."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -294,12 +295,7 @@ def test_slow_clients_do_not_hold_threads(porch) -> None:
     """100 clients trickling a head byte by byte must not delay a normal request (threads: 4)."""
     srv = porch(echo_config("threading", timeouts={"header": 30, "keepalive": 30}),
                 env={"PYTHONPATH": str(TESTS_DIR)})
-    slow = []
-    try:
-        for _ in range(100):
-            sock = srv.connect()
-            sock.sendall(b"G")
-            slow.append(sock)
+    with connections_sending(srv, 100, b"G") as slow:
         for _ in range(2):
             for sock in slow:
                 sock.sendall(b"E")
@@ -307,8 +303,20 @@ def test_slow_clients_do_not_hold_threads(porch) -> None:
             started = time.monotonic()
             assert requests.get(srv.url + "/fast", timeout=5).status_code == 200
             assert time.monotonic() - started < 1.0
+
+
+@contextlib.contextmanager
+def connections_sending(srv: PorchServer, count: int, data: bytes) -> Iterator[list[socket.socket]]:
+    """``count`` connections that sent ``data`` and then nothing more; closed afterwards."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = srv.connect()
+            sock.sendall(data)
+            socks.append(sock)
+        yield socks
     finally:
-        for sock in slow:
+        for sock in socks:
             sock.close()
 
 
@@ -353,20 +361,12 @@ def test_clients_that_stop_reading_do_not_stop_the_others(porch, tmp_path: Path)
     (root / "small.txt").write_text("small")
     srv = porch({"threads": 4, "timeouts": {"body": 5},
                  "mounts": [{"path": "/", "type": "static", "root": str(root)}]})
-    stalled = []
-    try:
-        for _ in range(3):
-            sock = srv.connect()
-            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-            stalled.append(sock)
+    with connections_sending(srv, 3, b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"):
         time.sleep(0.3)
         for _ in range(20):
             started = time.monotonic()
             assert requests.get(srv.url + "/small.txt", timeout=5).text == "small"
             assert time.monotonic() - started < 0.5
-    finally:
-        for sock in stalled:
-            sock.close()
 
 
 def test_thread_pool_is_bounded(porch) -> None:
