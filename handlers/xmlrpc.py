@@ -514,7 +514,9 @@ def _check_media_type(headers: Headers) -> None:
 
 def _request_coding(headers: Headers) -> bool:
     """True for a gzip body, False for identity; 415 with Accept-Encoding otherwise (RFC 7694)."""
-    value = headers.joined("content-encoding") or ""
+    value = headers.joined("content-encoding")
+    if not value:
+        return False
     codings = [c.strip().lower() for c in value.split(",")]
     codings = [c for c in codings if c not in ("", "identity")]
     if not codings:
