@@ -26,7 +26,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from server.config import Config
 from server.connection import DRAIN_IDLE_SECONDS, Connection
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 EXPIRY_SCAN_SECONDS = 0.25
 ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
 ACCEPTS_PER_WAKEUP = 64
+SHARED_ACCEPTS_PER_WAKEUP = 4  # with other workers on the socket: take a few, leave them the rest
 THREAD_STOP_SECONDS = 1.0  # how long server_close waits for the pool threads to leave
 
 
@@ -60,10 +61,10 @@ class SelectorServer(socketserver.BaseServer):
         self._stopped = threading.Event()
         self._stopped.set()
         # With several workers on the same sockets, a new connection wakes one worker only
-        # (EPOLLEXCLUSIVE) and each takes one connection per wake-up, so load spreads evenly
-        # instead of the first worker to wake taking a whole burst.
+        # (EPOLLEXCLUSIVE) and each takes at most a few connections per wake-up, so load spreads
+        # evenly instead of the first worker to wake taking a whole burst.
         shared = config.workers > 1
-        self.accepts_per_wakeup = 1 if shared else ACCEPTS_PER_WAKEUP
+        self.accepts_per_wakeup = SHARED_ACCEPTS_PER_WAKEUP if shared else ACCEPTS_PER_WAKEUP
         for listener in self.listeners:
             listener.sock.setblocking(False)
             self.listen_on(listener, select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
@@ -133,6 +134,15 @@ class SelectorServer(socketserver.BaseServer):
         """Interrupt the selector wait (subclasses with a wake-up channel override this)."""
 
     def accept_from(self, listener: BoundListener) -> None:
+        for conn in self.accepted(listener):
+            try:
+                self.process_request(conn, conn.client)  # type: ignore[arg-type]
+            except Exception:
+                self.handle_error(conn.sock, conn.client)  # type: ignore[arg-type]
+                self.shutdown_request(conn)
+
+    def accepted(self, listener: BoundListener) -> Iterator[Connection]:
+        """Up to ``accepts_per_wakeup`` new connections that ``verify_request`` admits."""
         for _ in range(self.accepts_per_wakeup):
             try:
                 sock, address = listener.sock.accept()
@@ -146,16 +156,10 @@ class SelectorServer(socketserver.BaseServer):
                 self.shutdown_request(sock)  # type: ignore[arg-type]
                 continue
             try:
-                conn = self.connection_for(sock, address, listener)
+                yield self.connection_for(sock, address, listener)
             except OSError as error:  # the client left before its connection was set up
                 log.debug("dropped a connection from %s on %s: %s", address, listener.name, error)
                 sock.close()
-                continue
-            try:
-                self.process_request(conn, address)  # type: ignore[arg-type]
-            except Exception:
-                self.handle_error(conn.sock, address)  # type: ignore[arg-type]
-                self.shutdown_request(conn)
 
     def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection:
         """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
@@ -220,7 +224,6 @@ class ThreadPoolServer(SelectorServer):
         self.idle = select.epoll()  # listeners, parked connections (EPOLLONESHOT), the stop signal
         self.listening: dict[int, BoundListener] = {}
         super().__init__(listeners, pipeline, config)
-        self.accepts_per_wakeup = 1  # the leader serves what it accepts: one at a time
         self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
         self.turns = Turns(len(os.sched_getaffinity(0)))
         self._wake_r, self._wake_w = socket.socketpair()
@@ -252,8 +255,23 @@ class ThreadPoolServer(SelectorServer):
         except (BlockingIOError, OSError):
             pass
 
+    def accept_from(self, listener: BoundListener) -> None:
+        """Accept what is pending (a few at a time when workers share the socket): the first
+        is served at once -- its request is often there already -- the others join the set,
+        so a burst of new clients is not let in one per turn of the leader."""
+        first: Connection | None = None
+        for conn in self.accepted(listener):
+            if first is None:
+                first = conn
+            else:
+                conn.park()
+                self.parked[conn.fd] = conn
+                self.arm(conn.fd)
+        if first is not None:
+            self.process_request(first, first.client)
+
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
-        """Serve a connection the leader just accepted, at once: its request is often there."""
+        """Serve a connection the leader just accepted, at once."""
         self.serve_ready(request, new=True)
 
     def park(self, conn: Connection) -> None:

@@ -624,8 +624,9 @@ class TestLimits:
 
     def test_concurrency_cap(self, server: PorchServer) -> None:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            slow = [pool.submit(requests.get, server.url + "/limited/sleep.sh?2", timeout=10) for _ in range(2)]
-            deadline = time.monotonic() + 5
+            # Long enough sleeps that a loaded machine still has both running at one moment.
+            slow = [pool.submit(requests.get, server.url + "/limited/sleep.sh?4", timeout=20) for _ in range(2)]
+            deadline = time.monotonic() + 10
             while sum(b"sleep.sh" in cmdline(pid) for pid in scripts_of(server)) < 2:
                 assert time.monotonic() < deadline, "the two slow scripts never ran"
                 time.sleep(0.02)

@@ -369,6 +369,28 @@ def test_clients_that_stop_reading_do_not_stop_the_others(porch, tmp_path: Path)
             assert time.monotonic() - started < 0.5
 
 
+def test_a_burst_of_new_connections_is_let_in_at_once(porch) -> None:
+    """16 clients connect together and each sends three slow requests on its connection; all
+    are accepted promptly rather than one per round of the busy threads, so every first
+    request is answered within the time four threads need for sixteen of them."""
+    import concurrent.futures
+
+    srv = porch(echo_config("threading"), env={"PYTHONPATH": str(TESTS_DIR)})
+
+    def client(_: int) -> float:
+        with requests.Session() as session:
+            started = time.monotonic()
+            assert session.get(srv.url + "/?sleep=0.2", timeout=30).status_code == 200
+            first = time.monotonic() - started
+            for _ in range(2):
+                assert session.get(srv.url + "/?sleep=0.2", timeout=30).status_code == 200
+            return first
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        firsts = list(pool.map(client, range(16)))
+    assert max(firsts) < 1.5, sorted(firsts)  # 16 x 0.2 s on 4 threads: 0.8 s
+
+
 def test_thread_pool_is_bounded(porch) -> None:
     """threads: 4 means at most four requests in progress: a fifth sleeper waits for a thread."""
     srv = porch(echo_config("threading"), env={"PYTHONPATH": str(TESTS_DIR)})
