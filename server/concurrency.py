@@ -208,16 +208,16 @@ class SelectorServer(socketserver.BaseServer):
 class ThreadPoolServer(SelectorServer):
     """``threading``: idle connections in an epoll set that the pool threads wait on themselves.
 
-    Leader/followers: every pool thread blocks in ``epoll_wait`` on the set of idle connections,
-    which are watched with ``EPOLLONESHOT`` -- once one is readable the kernel reports it to one
-    thread only and stops watching it.  That thread reads it, serves every complete request it
-    has (pipelining included) and re-arms it when it goes idle, so a request never changes
-    thread and no thread wakes another to serve it.  A connection whose head is incomplete is
-    re-armed after one non-blocking read: a slow client holds a thread for one ``recv``, never
-    longer.  The listening sockets are in the same set: the leader accepts one connection and
-    serves it at once (its request has usually arrived with it).  The acceptor thread only closes
-    connections whose idle or header deadline has passed, and runs the drain; the atomic
-    ``parked.pop`` decides who owns a connection.
+    Leader/followers: the pool thread whose turn it is (``server.turns``) waits in ``epoll_wait``
+    on the set of idle connections, which are watched with ``EPOLLONESHOT`` -- once one is
+    readable the kernel reports it once and stops watching it.  The thread that took it reads it,
+    serves every complete request it has (pipelining included) and re-arms it when it goes idle,
+    so a request never changes thread and no thread wakes another to serve it.  A connection
+    whose head is incomplete is re-armed after one non-blocking read: a slow client holds a thread
+    for one ``recv``, never longer.  The listening sockets are in the same set: the leader accepts
+    what is pending and serves the first at once (its request has usually arrived with it).  The
+    acceptor thread only closes connections whose idle or header deadline has passed, and runs the
+    drain; the atomic ``parked.pop`` decides who owns a connection.
     """
 
     def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
