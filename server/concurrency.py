@@ -96,7 +96,7 @@ class SelectorServer(socketserver.BaseServer):
                 self.last_loop = time.monotonic()
                 if self.draining.is_set():
                     if self.listeners_open:
-                        self.close_listeners()
+                        self.close_listeners(sweep=True)
                         self.on_drain()
                     if self.drained():
                         break
@@ -135,11 +135,7 @@ class SelectorServer(socketserver.BaseServer):
 
     def accept_from(self, listener: BoundListener) -> None:
         for conn in self.accepted(listener):
-            try:
-                self.process_request(conn, conn.client)  # type: ignore[arg-type]
-            except Exception:
-                self.handle_error(conn.sock, conn.client)  # type: ignore[arg-type]
-                self.shutdown_request(conn)
+            self.adopt(conn)
 
     def accepted(self, listener: BoundListener) -> Iterator[Connection]:
         """Up to ``accepts_per_wakeup`` new connections that ``verify_request`` admits."""
@@ -192,13 +188,31 @@ class SelectorServer(socketserver.BaseServer):
         sock = request.sock if isinstance(request, Connection) else request
         sock.close()
 
-    def close_listeners(self) -> None:
-        """Stop accepting: new connections are refused from now on."""
+    def close_listeners(self, sweep: bool = False) -> None:
+        """Stop accepting: new connections go to the other workers (or are refused) from now on.
+
+        With ``sweep`` (a drain), what is already pending is accepted and served first: when
+        workers share a socket, the kernel wakes one of them for a new connection
+        (EPOLLEXCLUSIVE), and if that was this worker, just before it stopped watching, nobody
+        else would be woken for that connection.
+        """
         self.listeners_open = False
         for listener in self.listeners:
             if listener.sock.fileno() >= 0:
                 self.unwatch(listener.sock.fileno())
+                if sweep:
+                    self.accepts_per_wakeup = ACCEPTS_PER_WAKEUP
+                    for conn in self.accepted(listener):
+                        self.adopt(conn)
             listener.sock.close()  # only this process's copy: the master owns the address
+
+    def adopt(self, conn: Connection) -> None:
+        """Take on a connection accepted while the listeners close (it is answered, then closed)."""
+        try:
+            self.process_request(conn, conn.client)  # type: ignore[arg-type]
+        except Exception:
+            self.handle_error(conn.sock, conn.client)  # type: ignore[arg-type]
+            self.shutdown_request(conn)
 
     def server_close(self) -> None:
         self.close_listeners()
@@ -243,11 +257,17 @@ class ThreadPoolServer(SelectorServer):
         self.listening[listener.sock.fileno()] = listener
         self.idle.register(listener.sock.fileno(), events)
 
-    def close_listeners(self) -> None:
+    def close_listeners(self, sweep: bool = False) -> None:
         for fd in list(self.listening):
             self.unwatch_idle(fd)
         self.listening.clear()
-        super().close_listeners()
+        super().close_listeners(sweep)
+
+    def adopt(self, conn: Connection) -> None:
+        """A connection swept up while draining waits in the set like any other."""
+        conn.park()
+        self.parked[conn.fd] = conn
+        self.arm(conn.fd)
 
     def wake(self) -> None:
         try:
@@ -264,9 +284,7 @@ class ThreadPoolServer(SelectorServer):
             if first is None:
                 first = conn
             else:
-                conn.park()
-                self.parked[conn.fd] = conn
-                self.arm(conn.fd)
+                self.adopt(conn)
         if first is not None:
             self.process_request(first, first.client)
 

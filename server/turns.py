@@ -10,12 +10,12 @@ computing.
 
 - ``leader``: at most one thread waits on the epoll set; it gives the lead up when it takes a
   connection (``took_work``) and comes back for it when done (``next_turn``).
-- ``standby``: one more thread watches a vacant lead.  Every ``STANDBY_SECONDS`` it measures how
-  much of the period the pool's threads ran or were ready to run (the kernel's per-thread
-  schedstat: on-CPU plus run-queue time; a thread waiting for the GIL is neither).  Under
+- ``standby``: one more thread watches a vacant lead.  It measures how much of a window of at
+  least ``WINDOW_SECONDS`` the pool's threads ran or were ready to run (each thread's CPU clock
+  plus schedstat's run-queue time; a thread waiting for the GIL is neither).  Under
   ``BUSY_SHARE`` the serving threads are mostly waiting, and the standby becomes the leader;
   above it they are computing, another thread would only share the GIL, and the standby checks
-  less often (up to ``MAX_STANDBY_SECONDS``).  Code that knows it is about to wait calls
+  less often (every ``STANDBY_SECONDS``, doubling up to ``MAX_STANDBY_SECONDS``).  Code that knows it is about to wait calls
   ``before_wait()`` and the standby takes over at once -- while fewer threads serve than there
   are CPUs: past that, more work in flight (CGI scripts, say) only divides the same cores.  A
   standby that sees the lead taken for a while dozes, and the next leader to take work wakes it.
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 STANDBY_SECONDS = 0.002  # how soon a vacant lead is checked on
+WINDOW_SECONDS = 0.01  # the shortest span the serving threads' share of it is judged over
 MAX_STANDBY_SECONDS = 0.016  # the check interval while the serving threads keep the GIL busy
 BUSY_SHARE = 0.75  # below this share of a period running, the serving threads are waiting
 DOZE_AFTER_CHECKS = 100  # checks seeing the lead taken before the standby stops checking
@@ -58,33 +59,39 @@ class Turns:
         self.hand_over_wanted = False
         self.stopping = False
         self.serving = 0  # threads between took_work() and their next next_turn()
-        self.clocks: list[int] = []  # each pool thread's schedstat, or [] where there is none
+        self.clocks: list[tuple[int, int]] = []  # each pool thread's CPU clock and schedstat
 
     def join(self) -> None:
         """Enrol the calling pool thread: its run time counts, its ``before_wait()`` reaches us."""
         _local.hand_over = self.hand_over
         try:
-            clock = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
+            stats = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
         except OSError:
             return
         with self.followers:
-            self.clocks.append(clock)
+            self.clocks.append((time.pthread_getcpuclockid(threading.get_ident()), stats))
 
-    def busy_seconds(self) -> float:
-        """How long the pool's threads have run or been ready to run (on a run queue)."""
+    def sample(self) -> tuple[float, float]:
+        """(busy, now): how long the pool's threads have run or been ready to run (on a run
+        queue), and the monotonic time it was read at.
+
+        CPU time comes from each thread's CPU clock, which counts the slice running right now
+        (schedstat's own figure only moves at ticks and switches), read together with the clock
+        before anything can release the GIL; run-queue time comes from schedstat after.
+        """
         if not self.clocks:
-            return time.process_time()  # no schedstat: the process's CPU time will do
-        total = 0
-        for clock in self.clocks:
-            on_cpu, queued = os.pread(clock, 64, 0).split()[:2]
-            total += int(on_cpu) + int(queued)
-        return total / 1e9
+            return time.process_time(), time.monotonic()  # no schedstat: the process's CPU time
+        now = time.monotonic()
+        total = sum(time.clock_gettime_ns(clock) for clock, _ in self.clocks)
+        for _, stats in self.clocks:
+            total += int(os.pread(stats, 64, 0).split()[1])
+        return total / 1e9, now
 
     def close(self) -> None:
         """Release the schedstat descriptors (the pool's threads have stopped)."""
         with self.followers:
-            for clock in self.clocks:
-                os.close(clock)
+            for _, stats in self.clocks:
+                os.close(stats)
             self.clocks.clear()
 
     def next_turn(self, was_serving: bool) -> bool:
@@ -108,25 +115,30 @@ class Turns:
             return take
 
     def keep_watch(self) -> bool:
-        """The standby's loop (lock held): True to take the vacant lead, False to stop."""
+        """The standby's loop (lock held): True to take the vacant lead, False to stop.
+
+        The share is judged over a window of at least ``WINDOW_SECONDS`` since the lead was found
+        vacant: the kernel adds run-queue time in lumps, so shorter windows would mislead.
+        """
         interval = STANDBY_SECONDS
         taken = 0  # consecutive checks that found the lead taken
-        last: tuple[float, float] | None = None  # (busy, wall) at the last check with it vacant
+        start: tuple[float, float] | None = None  # (busy, wall) when this window began
         while not self.stopping:
             if self.hand_over_wanted:
                 self.hand_over_wanted = False
                 if not self.leading:
                     return True
             if self.leading:
-                last, interval, taken = None, STANDBY_SECONDS, taken + 1
+                start, interval, taken = None, STANDBY_SECONDS, taken + 1
             else:
                 taken = 0
-                now = (self.busy_seconds(), time.monotonic())
-                if last is not None:
-                    if now[0] - last[0] < BUSY_SHARE * (now[1] - last[1]):
+                now = self.sample()
+                if start is None:
+                    start = now
+                elif now[1] - start[1] >= WINDOW_SECONDS:
+                    if now[0] - start[0] < BUSY_SHARE * (now[1] - start[1]):
                         return True  # the serving threads left the GIL idle: they are waiting
-                    interval = min(interval * 2, MAX_STANDBY_SECONDS)
-                last = now
+                    start, interval = now, min(interval * 2, MAX_STANDBY_SECONDS)
             if taken >= DOZE_AFTER_CHECKS:
                 self.dozing = True
                 self.watch.wait()

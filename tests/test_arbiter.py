@@ -55,7 +55,7 @@ def test_killed_worker_is_replaced(porch, tmp_path: Path) -> None:
     pid = worker_pid(srv)
     os.kill(pid, signal.SIGKILL)
     new_pid = wait_for(lambda: worker_pid(srv) != pid and worker_pid(srv), what="a new worker")
-    assert new_pid != pid and requests.get(srv.url + "/").text == "one"
+    assert new_pid != pid and requests.get(srv.url + "/", timeout=10).text == "one"
     assert f"worker {pid} died (signal SIGKILL)" in srv.error_text()
 
 
@@ -66,7 +66,7 @@ def test_master_runs_the_configured_number_of_workers(porch, tmp_path: Path) -> 
     wait_for(lambda: len(children(srv.proc.pid)) == 4, what="4 workers after TTIN")
     srv.signal(signal.SIGTTOU)
     wait_for(lambda: len(children(srv.proc.pid)) == 3, what="3 workers after TTOU")
-    assert requests.get(srv.url + "/").text == "one"
+    assert requests.get(srv.url + "/", timeout=10).text == "one"
 
 
 def test_hup_applies_a_changed_config(porch, tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_hup_applies_a_changed_config(porch, tmp_path: Path) -> None:
     old_workers = children(srv.proc.pid)
     rewrite(srv, site(tmp_path, "after"))
     srv.signal(signal.SIGHUP)
-    wait_for(lambda: requests.get(srv.url + "/").text == "after", what="the new config")
+    wait_for(lambda: requests.get(srv.url + "/", timeout=10).text == "after", what="the new config")
     wait_for(lambda: not (children(srv.proc.pid) & old_workers), what="old workers to retire")
 
 
@@ -84,7 +84,7 @@ def test_hup_with_a_broken_config_keeps_serving(porch, tmp_path: Path) -> None:
     srv.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed" in srv.error_text(), what="the reload error")
     assert f"{srv.config_path}:" in srv.error_text() and "threads:" in srv.error_text()
-    assert requests.get(srv.url + "/").text == "steady"
+    assert requests.get(srv.url + "/", timeout=10).text == "steady"
 
 
 def test_hup_with_an_app_that_cannot_import_keeps_serving(porch, tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_hup_with_an_app_that_cannot_import_keeps_serving(porch, tmp_path: Path)
     srv.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed" in srv.error_text(), what="the reload error")
     assert "this app cannot start" in srv.error_text()
-    assert requests.get(srv.url + "/").text == "steady"
+    assert requests.get(srv.url + "/", timeout=10).text == "steady"
     assert requests.get(srv.url + "/app").status_code == 404
 
 
@@ -151,7 +151,7 @@ def test_no_request_fails_through_three_reloads(porch, tmp_path: Path) -> None:
             thread.join(30)
     assert not failures, failures[:5]
     assert sum(counts) > 100
-    assert requests.get(srv.url + "/").text == "v3"
+    assert requests.get(srv.url + "/", timeout=10).text == "v3"
 
 
 def test_usr1_reopens_logs_without_losing_lines(porch, tmp_path: Path) -> None:

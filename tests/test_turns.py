@@ -1,0 +1,83 @@
+"""Turn-taking in the thread pool (server/turns.py), with real threads and the kernel's accounting:
+a second thread is let in when the serving thread waits, not while it computes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from server.turns import Turns, before_wait
+
+
+def serve_with_standby(cpus: int, work: Callable[[threading.Event], object]) -> tuple[object, Turns]:
+    """Two pool threads: the first leads, takes a connection and runs ``work(promoted)``; the
+    second waits for its turn and sets ``promoted`` when it becomes the leader.  Returns what
+    ``work`` returned."""
+    turns = Turns(cpus)
+    promoted = threading.Event()
+    result: list[object] = []
+
+    def first() -> None:
+        turns.join()
+        assert turns.next_turn(False)
+        threading.Thread(target=second, daemon=True).start()
+        while not turns.standby:  # the second thread waits on the lead this one holds
+            time.sleep(0.001)
+        turns.took_work()  # it serves now: the lead is vacant
+        result.append(work(promoted))
+
+    def second() -> None:
+        turns.join()
+        if turns.next_turn(False):
+            promoted.set()
+
+    leader = threading.Thread(target=first)
+    leader.start()
+    leader.join()
+    turns.stop()
+    turns.close()
+    return result[0], turns
+
+
+def spin(seconds: float) -> None:
+    """Compute (hold the GIL) for ``seconds``."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        sum(range(1000))
+
+
+def test_no_second_thread_while_the_first_computes() -> None:
+    def work(promoted: threading.Event) -> bool:
+        spin(0.4)
+        return promoted.is_set()
+
+    assert serve_with_standby(1, work)[0] is False
+
+
+def test_a_second_thread_once_the_first_waits() -> None:
+    def work(promoted: threading.Event) -> bool:
+        spin(0.1)
+        # A wait porch cannot see (an application's database call, say): the standby measures
+        # that the serving thread leaves the GIL idle and takes the lead within a few periods.
+        return promoted.wait(0.3)
+
+    assert serve_with_standby(1, work)[0] is True
+
+
+def test_an_announced_wait_lets_the_next_thread_in_at_once() -> None:
+    def work(promoted: threading.Event) -> bool:
+        before_wait()  # one thread serves, fewer than the CPUs: hand over now
+        spin(0.1)  # computing: only the announcement can have let the standby in
+        return promoted.is_set()
+
+    assert serve_with_standby(2, work)[0] is True
+
+
+def test_announced_waits_bring_in_no_more_threads_than_cpus() -> None:
+    def work(promoted: threading.Event) -> bool:
+        before_wait()  # one thread already serves and there is one CPU
+        spin(0.3)
+        return promoted.is_set()
+
+    assert serve_with_standby(1, work)[0] is False
