@@ -137,9 +137,9 @@ class SelectorServer(socketserver.BaseServer):
         for conn in self.accepted(listener):
             self.adopt(conn)
 
-    def accepted(self, listener: BoundListener) -> Iterator[Connection]:
-        """Up to ``accepts_per_wakeup`` new connections that ``verify_request`` admits."""
-        for _ in range(self.accepts_per_wakeup):
+    def accepted(self, listener: BoundListener, limit: int | None = None) -> Iterator[Connection]:
+        """Up to ``limit`` (else ``accepts_per_wakeup``) new connections ``verify_request`` admits."""
+        for _ in range(self.accepts_per_wakeup if limit is None else limit):
             try:
                 sock, address = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -201,8 +201,7 @@ class SelectorServer(socketserver.BaseServer):
             if listener.sock.fileno() >= 0:
                 self.unwatch(listener.sock.fileno())
                 if sweep:
-                    self.accepts_per_wakeup = ACCEPTS_PER_WAKEUP
-                    for conn in self.accepted(listener):
+                    for conn in self.accepted(listener, ACCEPTS_PER_WAKEUP):
                         self.adopt(conn)
             listener.sock.close()  # only this process's copy: the master owns the address
 
@@ -264,10 +263,8 @@ class ThreadPoolServer(SelectorServer):
         super().close_listeners(sweep)
 
     def adopt(self, conn: Connection) -> None:
-        """A connection swept up while draining waits in the set like any other."""
-        conn.park()
-        self.parked[conn.fd] = conn
-        self.arm(conn.fd)
+        """A newly accepted connection not served at once waits in the set like any other."""
+        self.park(conn)
 
     def wake(self) -> None:
         try:
@@ -292,9 +289,11 @@ class ThreadPoolServer(SelectorServer):
         """Serve a connection the leader just accepted, at once."""
         self.serve_ready(request, new=True)
 
-    def park(self, conn: Connection) -> None:
-        """Make an idle connection wait in the epoll set again (from the thread that served it)."""
-        conn.park()
+    def park(self, conn: Connection, deadline_set: bool = False) -> None:
+        """Make an idle connection wait in the epoll set (again); ``deadline_set`` keeps the
+        deadline of a head already started."""
+        if not deadline_set:
+            conn.park()
         self.parked[conn.fd] = conn
         self.arm(conn.fd)  # last: from here on any thread may take it
 
@@ -356,10 +355,7 @@ class ThreadPoolServer(SelectorServer):
                 self.release(conn)
                 return
             if not state:  # more of the head to come: watch it (again, keeping its deadline)
-                if new:
-                    conn.park()
-                self.parked[conn.fd] = conn
-                self.arm(conn.fd)
+                self.park(conn, deadline_set=not new)
                 return
             while conn.serve(wait=False):
                 conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to epoll
