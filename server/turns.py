@@ -82,9 +82,17 @@ class Turns:
         if not self.clocks:
             return time.process_time(), time.monotonic()  # no schedstat: the process's CPU time
         now = time.monotonic()
-        total = sum(time.clock_gettime_ns(clock) for clock, _ in self.clocks)
+        total = 0
+        for clock, _ in self.clocks:
+            try:
+                total += time.clock_gettime_ns(clock)
+            except OSError:  # a thread that has left (the pool is stopping)
+                pass
         for _, stats in self.clocks:
-            total += int(os.pread(stats, 64, 0).split()[1])
+            try:
+                total += int(os.pread(stats, 64, 0).split()[1])
+            except OSError:
+                pass
         return total / 1e9, now
 
     def close(self) -> None:
