@@ -3,7 +3,8 @@
 How this works::
 
     POST body ─read (max_body)→ gunzip if Content-Encoding: gzip (bounded by max_body too)
-      → parse: expat → xmlrpc.client.Unmarshaller (DTDs refused, root must be <methodCall>)
+      → parse (xmlrpc_call): plain scalar calls by one regex, anything else by
+        expat → xmlrpc.client.Unmarshaller (DTDs refused, root must be <methodCall>)
       → Dispatcher._dispatch: registered functions first, then the instance's public methods
       → xmlrpc.client.dumps → gzip when the client accepts it and the answer is big enough
       → 200 text/xml
@@ -38,19 +39,18 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from xml.parsers import expat
 from xmlrpc.client import (
     INTERNAL_ERROR,
     INVALID_METHOD_PARAMS,
     INVALID_XMLRPC,
     METHOD_NOT_FOUND,
-    NOT_WELLFORMED_ERROR,
     Fault,
 )
 from xmlrpc.server import SimpleXMLRPCDispatcher, resolve_dotted_attribute
 
 from handlers import extend_pythonpath, load_object, refuse_shadowing
 from handlers.base import Handler, HandlerContext, OptionError
+from handlers.xmlrpc_call import parse_call
 from server.config import positive, setting
 from server.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
 from server.logs import escape
@@ -79,10 +79,6 @@ SIGNATURE_TYPES: dict[Any, str] = {
 UNKNOWN_SIGNATURE = "undef"  # the customary non-array answer when no signature is known
 
 
-class DoctypeRefused(Exception):
-    """A request carried a document type declaration; XML-RPC never needs one."""
-
-
 def _check_gzip_threshold(value: int | None) -> None:
     if value is not None and value < 0:
         raise ValueError(f"must be 0 or more (or null to never compress), got {value}")
@@ -93,53 +89,6 @@ def _check_encoding(value: str) -> None:
         codecs.lookup(value)
     except LookupError:
         raise ValueError(f"unknown encoding {value!r}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing a methodCall
-
-
-def parse_call(data: bytes, use_builtin_types: bool) -> tuple[tuple[Any, ...], str]:
-    """``(params, method_name)`` of a methodCall document; a Fault says what is wrong with it.
-
-    The stdlib's own parser glue (``xmlrpc.client.getparser``) is rebuilt here in a few lines
-    only to refuse DTDs, so no entity can be declared, let alone expanded (billion laughs,
-    external entities), whatever the expat version.
-    """
-    unmarshaller = xmlrpc.client.Unmarshaller(use_builtin_types=use_builtin_types)
-    parser = expat.ParserCreate(None, None)
-    tags: list[str] = []
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        tags.append(tag)
-        unmarshaller.start(tag, attrs)
-
-    def refuse_doctype(*_: object) -> None:
-        raise DoctypeRefused()
-
-    parser.StartDoctypeDeclHandler = refuse_doctype
-    parser.StartElementHandler = start
-    parser.EndElementHandler = unmarshaller.end
-    parser.CharacterDataHandler = unmarshaller.data
-    unmarshaller.xml(None, None)  # type: ignore[arg-type]  # as ExpatParser: expat gives str
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise Fault(NOT_WELLFORMED_ERROR, f"parse error: not well formed: {exc}") from None
-    except DoctypeRefused:
-        raise Fault(INVALID_XMLRPC, "document type declarations are not allowed") from None
-    except Exception as exc:  # a value the unmarshaller cannot convert: <int>x</int>, bad base64
-        raise Fault(INVALID_XMLRPC, f"invalid value: {type(exc).__name__}: {exc}") from None
-    method = unmarshaller.getmethodname()
-    if not tags or tags[0] != "methodCall" or not isinstance(method, str) or not method:
-        raise Fault(INVALID_XMLRPC, "expected a <methodCall> with a <methodName>")
-    if "fault" in tags or ("value" in tags and "params" not in tags):
-        raise Fault(INVALID_XMLRPC, "a methodCall carries its values in <params>")
-    try:
-        params = unmarshaller.close()  # <params> may be left out when there are none
-    except Exception as exc:
-        raise Fault(INVALID_XMLRPC, f"invalid methodCall: {type(exc).__name__}") from None
-    return tuple(params), method
 
 
 # ---------------------------------------------------------------------------------------------
