@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 EXPIRY_SCAN_SECONDS = 0.25
 ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
 ACCEPTS_PER_WAKEUP = 64
-SHARED_ACCEPTS_PER_WAKEUP = 4  # with other workers on the socket: take a few, leave them the rest
+SHARED_ACCEPTS_PER_WAKEUP = 1  # with other workers on the socket: take one, leave them the rest
 THREAD_STOP_SECONDS = 1.0  # how long server_close waits for the pool threads to leave
 
 
@@ -61,8 +61,9 @@ class SelectorServer(socketserver.BaseServer):
         self._stopped = threading.Event()
         self._stopped.set()
         # With several workers on the same sockets, a new connection wakes one worker only
-        # (EPOLLEXCLUSIVE) and each takes at most a few connections per wake-up, so load spreads
-        # evenly instead of the first worker to wake taking a whole burst.
+        # (EPOLLEXCLUSIVE) and takes one connection per wake-up, so load spreads evenly instead
+        # of the first worker to wake taking a whole burst (and a connection never waits in one
+        # worker's set while another worker is free).
         shared = config.workers > 1
         self.accepts_per_wakeup = SHARED_ACCEPTS_PER_WAKEUP if shared else ACCEPTS_PER_WAKEUP
         for listener in self.listeners:
@@ -273,7 +274,7 @@ class ThreadPoolServer(SelectorServer):
             pass
 
     def accept_from(self, listener: BoundListener) -> None:
-        """Accept what is pending (a few at a time when workers share the socket): the first
+        """Accept what is pending (one at a time when workers share the socket): the first
         is served at once -- its request is often there already -- the others join the set,
         so a burst of new clients is not let in one per turn of the leader."""
         first: Connection | None = None
@@ -295,19 +296,21 @@ class ThreadPoolServer(SelectorServer):
         if not deadline_set:
             conn.park()
         self.parked[conn.fd] = conn
-        self.arm(conn.fd)  # last: from here on any thread may take it
+        self.arm(conn)  # last: from here on any thread may take it
 
-    def arm(self, fd: int) -> None:
+    def arm(self, conn: Connection) -> None:
         """Watch a connection for its next readable moment (the first time, add it to the set)."""
-        try:
-            self.idle.modify(fd, ONE_READ)
-        except FileNotFoundError:
-            self.idle.register(fd, ONE_READ)
+        if conn.in_idle_set:
+            self.idle.modify(conn.fd, ONE_READ)
+        else:
+            conn.in_idle_set = True
+            self.idle.register(conn.fd, ONE_READ)
 
     def release(self, conn: Connection) -> None:
         """Forget and close a connection (unwatched first: its number may be reused at once)."""
         self.parked.pop(conn.fd, None)
-        self.unwatch_idle(conn.fd)
+        if conn.in_idle_set:  # most connections that close were never idle: no syscall for them
+            self.unwatch_idle(conn.fd)
         conn.close()
 
     def unwatch_idle(self, fd: int) -> None:

@@ -113,6 +113,7 @@ class Connection:
         self.drain_started: float | None = None
         self.handshaking = isinstance(sock, ssl.SSLSocket)  # a TLS handshake is still to be done
         self.handshake_started: float | None = None
+        self.in_idle_set = False  # registered in a pool's epoll set (``ThreadPoolServer.arm``)
 
     # -- before serving: non-blocking reads until a head is complete ----------------------------
 
