@@ -89,6 +89,12 @@ NO_BODY_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
 # HTTP_PROXY, which proxy-discovery code reads as a setting (httpoxy, CVE-2016-5385).
 NOT_HTTP_VARIABLES = frozenset({"content-type", "content-length", "proxy"})
 CONTROL_CHARACTERS = {i: f"\\x{i:02x}" for i in (*range(0x09), *range(0x0a, 0x20), 0x7f)}
+# Statuses and header names an application sent before and that passed: apps reuse a handful,
+# and remembering them saves a regex or two per header on every request.  Bounded, so an app
+# that makes up names cannot grow them without end (past the bound, names are just checked).
+MAX_REMEMBERED = 1024
+_VALID_STATUSES: dict[str, tuple[int, str]] = {}
+_VALID_NAMES: dict[str, str] = {}  # name -> its lower-case form
 
 
 class ApplicationError(Exception):
@@ -287,12 +293,16 @@ class FileWrapper:
 
 def check_status(status: object) -> tuple[int, str]:
     """The code and reason of a PEP 3333 status string; ApplicationError if it is not one."""
+    if type(status) is str and (known := _VALID_STATUSES.get(status)) is not None:
+        return known
     match = STATUS_LINE.fullmatch(status) if isinstance(status, str) else None
     if match is None:
         raise ApplicationError(f"invalid status {status!r}: expected a str like '200 OK'")
     code = int(match.group(1))
     if code < HTTPStatus.OK:  # RFC 9110 section 15.2: a 1xx is never a final response
         raise ApplicationError(f"invalid status {status!r}: an application cannot send a 1xx status")
+    if len(_VALID_STATUSES) < MAX_REMEMBERED:
+        _VALID_STATUSES[match.string] = (code, match.group(2))
     return code, match.group(2)
 
 
@@ -307,18 +317,26 @@ def check_headers(headers: object) -> int | None:
                 and isinstance(item[0], str) and isinstance(item[1], str)):
             raise ApplicationError(f"invalid header {item!r}: expected a (str, str) tuple")
         name, value = item
-        if not TOKEN.fullmatch(name):
-            raise ApplicationError(f"invalid header name {name!r}")
+        lower = _VALID_NAMES.get(name) or _checked_name(name)
         if not FIELD_VALUE.fullmatch(value):
             raise ApplicationError(f"invalid value for header {name}: {value!r}")
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            raise ApplicationError(f"hop-by-hop header {name!r} is the server's to send (PEP 3333)")
         if lower == "content-length":
             if not value.isdigit() or not value.isascii() or (length is not None and int(value) != length):
                 raise ApplicationError(f"invalid Content-Length {value!r}")
             length = int(value)
     return length
+
+
+def _checked_name(name: str) -> str:
+    """The lower-case form of a header name an application may send; ApplicationError if not."""
+    if not TOKEN.fullmatch(name):
+        raise ApplicationError(f"invalid header name {name!r}")
+    lower = name.lower()
+    if lower in HOP_BY_HOP:
+        raise ApplicationError(f"hop-by-hop header {name!r} is the server's to send (PEP 3333)")
+    if len(_VALID_NAMES) < MAX_REMEMBERED and type(name) is str:
+        _VALID_NAMES[name] = lower
+    return lower
 
 
 def close_iterable(result: object) -> None:

@@ -377,6 +377,28 @@ class TestStartResponseRules:
                               ("Content-Length", "5"), ("content-length", "5")]) == 5
         assert check_headers([]) is None
 
+    def test_remembered_names_and_statuses_admit_nothing_new(self) -> None:
+        """Statuses and names that passed are remembered (bounded); values are checked every time."""
+        from handlers import wsgi
+        assert check_status("200 OK") == (200, "OK") == check_status("200 OK")
+        for bad in ("200 OK\x00", "200 OK\r\nX: y"):
+            with pytest.raises(ApplicationError):
+                check_status(bad)
+        assert check_headers([("Content-Type", "text/plain")]) is None
+        with pytest.raises(ApplicationError):
+            check_headers([("Content-Type", "text/plain\r\nSet-Cookie: a=1")])
+        with pytest.raises(ApplicationError):
+            check_headers([("Connection", "close")])  # never remembered, however often sent
+        with pytest.raises(ApplicationError):
+            check_headers([("Connection", "close")])
+        for n in range(wsgi.MAX_REMEMBERED + 10):
+            check_headers([(f"X-Made-Up-{n}", "1")])
+            check_status(f"299 Reason {n}")
+        assert len(wsgi._VALID_NAMES) <= wsgi.MAX_REMEMBERED
+        assert len(wsgi._VALID_STATUSES) <= wsgi.MAX_REMEMBERED
+        with pytest.raises(ApplicationError):
+            check_headers([("X-Made-Up-Bad Name", "1")])
+
     @pytest.mark.parametrize("target", ["/status?status=200", "/status?status=600+Odd",
                                         "/header?name=Connection&value=close",
                                         "/header?name=X-A&value=a%0D%0AX-Injected:+1"])
