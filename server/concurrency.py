@@ -68,6 +68,10 @@ class SelectorServer(socketserver.BaseServer):
         self.accepts_per_wakeup = SHARED_ACCEPTS_PER_WAKEUP if shared else ACCEPTS_PER_WAKEUP
         for listener in self.listeners:
             listener.sock.setblocking(False)
+            if listener.sock.family != socket.AF_UNIX:
+                # Linux copies TCP_NODELAY from the listening socket to every socket accept()
+                # returns: one setsockopt here instead of one per connection.
+                listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.listen_on(listener, select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
 
     def listen_on(self, listener: BoundListener, events: int) -> None:
@@ -161,9 +165,7 @@ class SelectorServer(socketserver.BaseServer):
     def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection:
         """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
         handshake left to the connection (never done here, on the acceptor's path)."""
-        if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        else:
+        if sock.family == socket.AF_UNIX:  # TCP sockets come with TCP_NODELAY: see __init__
             address = ""
         if listener.tls is not None:
             sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,11 @@ import pytest
 import requests
 
 from conftest import CONCURRENCY_MODELS
-from porchtest import PorchServer
+from porchtest import PorchServer, wait_until
+from server.builder import build_server
+from server.concurrency import ThreadPoolServer
+from server.config import config_from_mapping
+from server.listener import bind_all
 
 TESTS_DIR = Path(__file__).parent
 ECHO = "core_handlers:EchoHandler"
@@ -441,3 +446,24 @@ def test_request_ids_are_unique_across_connections(server: PorchServer) -> None:
     """Forked children and threads alike must never hand out the same id twice."""
     ids = [requests.get(server.url + "/unique").json()["request_id"] for _ in range(30)]
     assert len(set(ids)) == 30
+
+
+def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path) -> None:
+    """TCP_NODELAY is set once on the listening socket and Linux copies it to what accept()
+    returns; a kernel that did not would make every small response wait for an ACK."""
+    config = config_from_mapping({"listen": ["127.0.0.1:0"], "threads": 2,
+                                  "mounts": [{"path": "/", "type": "status"}]},
+                                 source="<test>", base_dir=tmp_path)
+    runtime = build_server(config, bind_all(config.listen))
+    server = runtime.server
+    assert isinstance(server, ThreadPoolServer)
+    acceptor = threading.Thread(target=server.serve_forever, daemon=True)
+    acceptor.start()
+    try:
+        with socket.create_connection(runtime.listeners[0].sock.getsockname()[:2], timeout=5) as client:
+            client.sendall(b"GET / HTTP/1.1\r\n")  # an unfinished head: the connection waits, parked
+            parked = wait_until(lambda: list(server.parked.values()), "the connection to be parked")
+            assert parked[0].sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.shutdown()
+        runtime.close()
