@@ -71,6 +71,7 @@ _TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9112 4: reason-
 _VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")  # what would split a response head
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _VALID_NAMES: set[str] = set()  # response field names already checked (handlers reuse a few)
+_VALID_HOSTS: set[str] = set()  # Host values already checked (a server is asked for a few names)
 MAX_REMEMBERED_NAMES = 1024
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 
@@ -202,7 +203,11 @@ def parse_head(data: bytes, limits: Limits) -> RequestHead:
     if len(hosts) > 1:
         raise ProtocolError("more than one Host header field")
     if hosts:
-        _check_authority(hosts[0], port_required=False, what="Host header")
+        host = hosts[0]
+        if host not in _VALID_HOSTS:
+            _check_authority(host, port_required=False, what="Host header")
+            if len(_VALID_HOSTS) < MAX_REMEMBERED_NAMES:
+                _VALID_HOSTS.add(host)
     elif version == "HTTP/1.1":
         raise ProtocolError("HTTP/1.1 request without Host header")
     if authority is not None:

@@ -313,6 +313,17 @@ def test_invalid_hosts(host: str) -> None:
     assert rejected(request("GET / HTTP/1.1", host=host)) == BAD
 
 
+def test_remembered_hosts_are_bounded_and_admit_no_bad_one() -> None:
+    """Host values that passed are remembered (at most MAX_REMEMBERED_NAMES); others are checked."""
+    from server import protocol
+    for n in range(protocol.MAX_REMEMBERED_NAMES + 5):
+        assert parse(request("GET / HTTP/1.1", host=f"h{n}.example")).headers.get("host") == f"h{n}.example"
+    assert len(protocol._VALID_HOSTS) <= protocol.MAX_REMEMBERED_NAMES
+    assert parse(request("GET / HTTP/1.1", host="h0.example"))  # remembered, still served
+    for host in ("h0.example:99999", "h0.example/x", "h1.example:x"):
+        assert rejected(request("GET / HTTP/1.1", host=host)) == BAD
+
+
 def test_host_rules() -> None:
     assert rejected(request("GET / HTTP/1.1", host=None)) == BAD
     assert rejected(request("GET / HTTP/1.1", "Host: b.example")) == BAD
