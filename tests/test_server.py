@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import re
 import socket
 import threading
@@ -23,6 +24,7 @@ from server.builder import build_server
 from server.concurrency import ThreadPoolServer
 from server.config import config_from_mapping
 from server.listener import bind_all
+from server.logs import ACCESS_LOGGER, ERROR_LOGGER, PACKAGE_LOGGERS
 
 TESTS_DIR = Path(__file__).parent
 ECHO = "core_handlers:EchoHandler"
@@ -448,7 +450,18 @@ def test_request_ids_are_unique_across_connections(server: PorchServer) -> None:
     assert len(set(ids)) == 30
 
 
-def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path) -> None:
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """An in-process server configures porch's loggers (handlers, no propagation); undo it after."""
+    loggers = [logging.getLogger(name) for name in (ACCESS_LOGGER, ERROR_LOGGER, *PACKAGE_LOGGERS)]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, (handlers, level, propagate) in zip(loggers, saved):
+        logger.handlers, logger.propagate = handlers, propagate
+        logger.setLevel(level)
+
+
+def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path, logging_restored: None) -> None:
     """TCP_NODELAY is set once on the listening socket and Linux copies it to what accept()
     returns; a kernel that did not would make every small response wait for an ACK."""
     config = config_from_mapping({"listen": ["127.0.0.1:0"], "threads": 2,
