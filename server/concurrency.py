@@ -33,7 +33,7 @@ from server.connection import DRAIN_IDLE_SECONDS, Connection
 from server.listener import BoundListener
 from server.messages import Address
 from server.pipeline import Pipeline
-from server.turns import Turns
+from server.turns import Turns, gil_enabled
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class ThreadPoolServer(SelectorServer):
         self.listening: dict[int, BoundListener] = {}
         super().__init__(listeners, pipeline, config)
         self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
-        self.turns = Turns(len(os.sched_getaffinity(0)))
+        self.turns = Turns(len(os.sched_getaffinity(0)), exclusive=gil_enabled())
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

@@ -20,11 +20,16 @@ computing.
   are CPUs: past that, more work in flight (CGI scripts, say) only divides the same cores.  A
   standby that sees the lead taken for a while dozes, and the next leader to take work wakes it.
 - the other threads wait to become the standby.
+
+Without a GIL (a free-threaded CPython build) threads do compute in parallel and none of this
+pays: every pool thread leads at once (``exclusive=False``), and the kernel's ``EPOLLONESHOT``
+hands each ready connection to one of them.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +43,12 @@ DOZE_AFTER_CHECKS = 100  # checks seeing the lead taken before the standby stops
 _local = threading.local()
 
 
+def gil_enabled() -> bool:
+    """Whether this interpreter runs Python code one thread at a time (CPython < 3.13: always)."""
+    is_enabled: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else is_enabled()
+
+
 def before_wait() -> None:
     """Say that this thread is about to wait for I/O, so another one may take new work now."""
     hand_over: Callable[[], None] | None = getattr(_local, "hand_over", None)
@@ -48,8 +59,9 @@ def before_wait() -> None:
 class Turns:
     """The leader/standby/follower roles of a pool's threads (see the module docstring)."""
 
-    def __init__(self, cpus: int) -> None:
+    def __init__(self, cpus: int, exclusive: bool = True) -> None:
         self.cpus = cpus  # how many serving threads an announced wait may bring in at once
+        self.exclusive = exclusive  # one leader at a time (under a GIL); else every thread leads
         lock = threading.Lock()
         self.followers = threading.Condition(lock)
         self.watch = threading.Condition(lock)
@@ -107,6 +119,8 @@ class Turns:
         with self.followers:
             if was_serving:
                 self.serving -= 1
+            if not self.exclusive:
+                return not self.stopping
             if not self.leading and not self.stopping:
                 self.leading = True
                 return True

@@ -81,3 +81,28 @@ def test_announced_waits_bring_in_no_more_threads_than_cpus() -> None:
         return promoted.is_set()
 
     assert serve_with_standby(1, work)[0] is False
+
+
+def test_without_a_gil_every_thread_leads_at_once() -> None:
+    """Free-threaded builds: threads compute in parallel, so none waits for a turn."""
+    turns = Turns(2, exclusive=False)
+    leading = threading.Barrier(4, timeout=5)  # passes only once all four lead together
+    done: list[bool] = []
+
+    def pool_thread() -> None:
+        turns.join()
+        assert turns.next_turn(False)
+        turns.took_work()
+        leading.wait()
+        done.append(turns.next_turn(True))  # and leads again after serving, until the stop
+
+    threads = [threading.Thread(target=pool_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert done == [True] * 4 and turns.busy() == 0
+    turns.stop()
+    assert turns.next_turn(False) is False
+    turns.close()
+
