@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
 import os
 import random
 import resource
@@ -50,7 +49,7 @@ from typing import IO, Any
 from server.errors import ClientDisconnected, GatewayTimeout
 from server.logs import escape
 from server.messages import Body
-from server.turns import before_wait
+from server.turns import before_wait, milliseconds
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +165,6 @@ class ScriptInput:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-
-
-def milliseconds(seconds: float) -> int:
-    """A poll timeout: never negative, rounded up so that a wait does not end early."""
-    return max(0, math.ceil(seconds * 1000))
 
 
 def describe_exit(status: int) -> str:

@@ -6,8 +6,8 @@ A small static file costs more in system calls -- open, fstat, pread, close, and
 modification time in nanoseconds) is what the request's own stat found: a file that changed is
 read again on its next request, so nothing stale is ever served.  That a file has no ".gz"
 sibling is remembered for ``SIBLING_SECONDS``, so a compressed copy added later is used within a
-second (a sibling that exists is stat'ed on every request, like the file).  One per static mount and worker process, bounded in entries; the
-oldest entry goes first.
+second (a sibling that exists is stat'ed on every request, like the file).  One per static mount
+and worker process, bounded in entries; the oldest entry goes first.
 """
 
 from __future__ import annotations

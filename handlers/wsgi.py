@@ -53,6 +53,7 @@ from handlers.base import Handler, HandlerContext, OptionError
 from server.config import setting
 from server.logs import client_host
 from server.messages import Body, FileRegion, Headers, Request, Response
+from server.protocol import MAX_REMEMBERED_NAMES
 
 if TYPE_CHECKING:
     from server.config import Mount
@@ -92,7 +93,6 @@ CONTROL_CHARACTERS = {i: f"\\x{i:02x}" for i in (*range(0x09), *range(0x0a, 0x20
 # Statuses and header names an application sent before and that passed: apps reuse a handful,
 # and remembering them saves a regex or two per header on every request.  Bounded, so an app
 # that makes up names cannot grow them without end (past the bound, names are just checked).
-MAX_REMEMBERED = 1024
 _VALID_STATUSES: dict[str, tuple[int, str]] = {}
 _VALID_NAMES: dict[str, str] = {}  # name -> its lower-case form
 
@@ -301,7 +301,7 @@ def check_status(status: object) -> tuple[int, str]:
     code = int(match.group(1))
     if code < HTTPStatus.OK:  # RFC 9110 section 15.2: a 1xx is never a final response
         raise ApplicationError(f"invalid status {status!r}: an application cannot send a 1xx status")
-    if len(_VALID_STATUSES) < MAX_REMEMBERED:
+    if len(_VALID_STATUSES) < MAX_REMEMBERED_NAMES:
         _VALID_STATUSES[match.string] = (code, match.group(2))
     return code, match.group(2)
 
@@ -334,7 +334,7 @@ def _checked_name(name: str) -> str:
     lower = name.lower()
     if lower in HOP_BY_HOP:
         raise ApplicationError(f"hop-by-hop header {name!r} is the server's to send (PEP 3333)")
-    if len(_VALID_NAMES) < MAX_REMEMBERED and type(name) is str:
+    if len(_VALID_NAMES) < MAX_REMEMBERED_NAMES and type(name) is str:
         _VALID_NAMES[name] = lower
     return lower
 

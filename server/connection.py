@@ -20,7 +20,6 @@ place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Ser
 from __future__ import annotations
 
 import logging
-import math
 import os
 import select
 import socket
@@ -45,7 +44,7 @@ from server.protocol import (
     serialize_response_head,
 )
 from server.tls import failure_reason
-from server.turns import before_wait
+from server.turns import before_wait, milliseconds
 
 log = logging.getLogger(__name__)
 
@@ -516,7 +515,7 @@ class Connection:
         poller = select.poll()
         poller.register(self.fd, events)
         limit = self.io_timeout if timeout is None else timeout
-        if not poller.poll(max(0, math.ceil(limit * 1000))):
+        if not poller.poll(milliseconds(limit)):
             raise TimeoutError("timed out")
 
     def send_iterable(self, head: bytes, body: Iterable[bytes], length: int | None, chunked: bool) -> int:

@@ -28,6 +28,7 @@ hands each ready connection to one of them.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -47,6 +48,11 @@ def gil_enabled() -> bool:
     """Whether this interpreter runs Python code one thread at a time (CPython < 3.13: always)."""
     is_enabled: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
     return True if is_enabled is None else is_enabled()
+
+
+def milliseconds(seconds: float) -> int:
+    """A poll timeout: never negative, rounded up so that a wait does not end early."""
+    return max(0, math.ceil(seconds * 1000))
 
 
 def before_wait() -> None:

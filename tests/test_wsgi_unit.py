@@ -391,11 +391,11 @@ class TestStartResponseRules:
             check_headers([("Connection", "close")])  # never remembered, however often sent
         with pytest.raises(ApplicationError):
             check_headers([("Connection", "close")])
-        for n in range(wsgi.MAX_REMEMBERED + 10):
+        for n in range(wsgi.MAX_REMEMBERED_NAMES + 10):
             check_headers([(f"X-Made-Up-{n}", "1")])
             check_status(f"299 Reason {n}")
-        assert len(wsgi._VALID_NAMES) <= wsgi.MAX_REMEMBERED
-        assert len(wsgi._VALID_STATUSES) <= wsgi.MAX_REMEMBERED
+        assert len(wsgi._VALID_NAMES) <= wsgi.MAX_REMEMBERED_NAMES
+        assert len(wsgi._VALID_STATUSES) <= wsgi.MAX_REMEMBERED_NAMES
         with pytest.raises(ApplicationError):
             check_headers([("X-Made-Up-Bad Name", "1")])
 
