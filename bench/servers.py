@@ -97,7 +97,7 @@ def porch(config: str, workers: int, threads: int, keepalive: float | None = Non
                "BENCH_THREADS": str(threads)}
         if keepalive is not None:
             env["BENCH_KEEPALIVE"] = str(keepalive)
-        return Command([sys.executable, "-m", "server", "-c", str(paths.bench / "configs" / config)], env, paths.repo)
+        return Command([sys.executable, "-m", "porch", "-c", str(paths.bench / "configs" / config)], env, paths.repo)
     return build
 
 

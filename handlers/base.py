@@ -1,7 +1,7 @@
 """The handler interface: what every handler type is and how it is built.
 
 A handler class declares its options as a frozen dataclass named ``Options`` (fields declared
-with ``server.config.setting``), is built once per mount before any socket is bound -- so a
+with ``porch.config.settings.setting``), is built once per mount before any socket is bound -- so a
 handler that cannot be built is a config error at start-up, never a 500 per request -- and then
 answers ``handle(request) -> Response`` concurrently, from many threads or processes.  It never
 touches the socket.  Raising an ``HTTPError`` answers with its status; any other exception
@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from server.messages import Request, Response
+from porch.http.messages import Request, Response
 
 if TYPE_CHECKING:
-    from server.config import Mount
+    from porch.config.settings import Mount
 
 
 class OptionError(ValueError):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from handlers.base import Handler
-from server.config import setting
-from server.messages import Headers, Request, Response
+from porch.handlers.base import Handler
+from porch.config.settings import setting
+from porch.http.messages import Headers, Request, Response
 
 
 @dataclass(frozen=True)

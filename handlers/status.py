@@ -10,9 +10,9 @@ import json
 import os
 import time
 
-from handlers.base import Handler, HandlerContext
-from server.config import Mount
-from server.messages import Headers, Request, Response
+from porch.handlers.base import Handler, HandlerContext
+from porch.config.settings import Mount
+from porch.http.messages import Headers, Request, Response
 
 
 class StatusHandler(Handler):

@@ -48,15 +48,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from handlers import extend_pythonpath, load_object, refuse_shadowing
-from handlers.base import Handler, HandlerContext, OptionError
-from server.config import setting
-from server.logs import client_host
-from server.messages import Body, FileRegion, Headers, Request, Response
-from server.protocol import MAX_REMEMBERED_NAMES
+from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
+from porch.handlers.base import Handler, HandlerContext, OptionError
+from porch.config.settings import setting
+from porch.http.messages import client_host
+from porch.http.messages import Body, FileRegion, Headers, Request, Response
+from porch.http.protocol import MAX_REMEMBERED_NAMES
 
 if TYPE_CHECKING:
-    from server.config import Mount
+    from porch.config.settings import Mount
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""``python -m server`` is the ``porch`` command."""
+"""``python -m porch`` is the ``porch`` command."""
 
 import sys
 
-from server.cli import main
+from porch.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@
 
 The control commands find the pidfile with ``--pidfile FILE`` or the ``pidfile`` key of the
 config (``-c FILE``, default ./config/porch.yaml), and trust it only while it is locked
-(``server.daemon``): a stale pidfile never makes porch signal an unrelated process.
+(``porch.master.daemon``): a stale pidfile never makes porch signal an unrelated process.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from server import __version__
-from server.config import Config, check_config, config_from_mapping, load_config
-from server.config_yaml import read_yaml
-from server.daemon import check_privileges, process_gone, read_pid
-from server.errors import ConfigError, ConfigProblem
+from porch import __version__
+from porch.config.settings import Config
+from porch.handlers.build import check_config
+from porch.config.load import config_from_mapping, load_config
+from porch.config.yaml_nodes import read_yaml
+from porch.master.daemon import check_privileges, process_gone, read_pid
+from porch.config.settings import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG = Path("config") / "porch.yaml"
 DEFAULT_PORT = 8000
@@ -151,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
         os.umask(int(config.umask, 8))
     path = config_path(args)
     reload_config = reloader(os.path.abspath(path), args.bind) if path else None
-    from server.arbiter import Arbiter
+    from porch.master.arbiter import Arbiter
 
     return Arbiter(config, reload_config, daemon=args.daemon, pidfile=pidfile).run()
 

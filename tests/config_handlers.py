@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from handlers import load_object
-from handlers.base import Handler, HandlerContext, OptionError
-from server.config import CIDR, Mount, existing_directory, positive, setting
-from server.messages import Headers, Request, Response
+from porch.handlers.user_code import load_object
+from porch.handlers.base import Handler, HandlerContext, OptionError
+from porch.config.settings import CIDR, Mount, existing_directory, positive, setting
+from porch.http.messages import Headers, Request, Response
 
 closed: list[str] = []  # mount paths of handlers whose close() ran, in order
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs
 
-from handlers.base import Handler
-from server.messages import Headers, Request, Response
+from porch.handlers.base import Handler
+from porch.http.messages import Headers, Request, Response
 
 
 class EchoHandler(Handler):

@@ -1,7 +1,7 @@
 """Start a real porch server process for a test and talk to it.
 
 ``PorchServer.start(config, tmp_dir)`` writes ``config`` (a dict, merged over test defaults) to a
-YAML file, runs ``python -m server -c FILE`` with the access and error logs in ``tmp_dir``, waits
+YAML file, runs ``python -m porch -c FILE`` with the access and error logs in ``tmp_dir``, waits
 for the "listening on" line in the error log and exposes the bound address.  Listeners default
 to ``127.0.0.1:0`` so tests never fight over ports.
 """
@@ -79,7 +79,7 @@ class PorchServer:
         for log in (access_log, error_log):
             log.unlink(missing_ok=True)
         with open(tmp_dir / "stdout.log", "wb") as stdout, open(tmp_dir / "stderr.log", "wb") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "server", "-c", str(config_path), *args],
+            proc = subprocess.Popen([sys.executable, "-m", "porch", "-c", str(config_path), *args],
                                     stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})},
                                     cwd=tmp_dir)
         server = cls(proc, config_path, access_log, error_log)

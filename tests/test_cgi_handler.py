@@ -16,13 +16,27 @@ from urllib.parse import unquote
 
 import pytest
 
-from handlers.base import HandlerContext, OptionError
-from handlers.cgi import CGIHandler, CGIOptions, wire_text
-from handlers.cgi_process import STDERR_LINE_BYTES, ResourceLimits, ScriptInput, ScriptOutput, ScriptRun, SlotPool
-from server.config import Mount
-from server.errors import BadGateway, Forbidden, GatewayTimeout, InternalRedirect, InternalServerError, NotFound
-from server.messages import Headers, Request, Response
-from server.protocol import ChunkedBody, ContentLengthBody
+from porch.handlers.base import HandlerContext, OptionError
+from porch.handlers.cgi.handler import CGIHandler, CGIOptions, wire_text
+from porch.handlers.cgi.process import (
+    STDERR_LINE_BYTES,
+    ResourceLimits,
+    ScriptInput,
+    ScriptOutput,
+    ScriptRun,
+    SlotPool,
+)
+from porch.config.settings import Mount
+from porch.http.errors import (
+    BadGateway,
+    Forbidden,
+    GatewayTimeout,
+    InternalRedirect,
+    InternalServerError,
+    NotFound,
+)
+from porch.http.messages import Headers, Request, Response
+from porch.http.protocol import ChunkedBody, ContentLengthBody
 
 SCRIPTS = Path(__file__).parent / "cgi_scripts"
 PY = {".py": sys.executable}

@@ -1,4 +1,4 @@
-"""The CGI response parser (handlers.cgi_output): tables of script output plus a fuzz invariant."""
+"""The CGI response parser (porch.handlers.cgi.output): tables of script output plus a fuzz invariant."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.cgi_output import (
+from porch.handlers.cgi.output import (
     CGIHead,
     HeaderBlockReader,
     MalformedOutput,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-import server
+import porch
 
 REPO = Path(__file__).resolve().parent.parent
-PORCH = [sys.executable, "-m", "server"]
+PORCH = [sys.executable, "-m", "porch"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -48,7 +48,7 @@ def serving(*args: str, cwd: Path | None = None) -> Iterator[str]:
 
 def test_version() -> None:
     result = run("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"porch {server.__version__}"
+    assert result.returncode == 0 and result.stdout.strip() == f"porch {porch.__version__}"
 
 
 def test_help_lists_commands() -> None:

@@ -21,24 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import config_handlers
-from handlers.base import HandlerContext
-from server.config import (
-    AccessRules,
-    Config,
-    Limits,
-    Listener,
-    LogSettings,
-    TLSSettings,
-    Timeouts,
-    build_handlers,
-    check_config,
-    config_from_mapping,
-    load_config,
-    parse_address,
-    settings_reference,
-)
-from server.config_yaml import expand
-from server.errors import ConfigError
+from porch.handlers.base import HandlerContext
+from porch.config.settings import AccessRules, Config, Limits, Listener, LogSettings, TLSSettings, Timeouts
+from porch.handlers.build import build_handlers, check_config
+from porch.config.load import config_from_mapping, load_config, parse_address, settings_reference
+from porch.config.yaml_nodes import expand
+from porch.config.settings import ConfigError
 
 ECHO = "config_handlers:EchoHandler"
 REPO = Path(__file__).resolve().parent.parent
@@ -814,7 +802,7 @@ def test_readme_reference_is_current() -> None:
     readme = REPO / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     assert README_MARKER in text, f"README.md lost its {README_MARKER} marker"
-    assert settings_reference() in text, "README.md: paste the output of server.config.settings_reference()"
+    assert settings_reference() in text, "README.md: paste the output of porch.config.load.settings_reference()"
 
 
 def test_the_examples_exist() -> None:

@@ -23,10 +23,20 @@ from typing import Any
 import pytest
 
 from porchtest import wait_until
-from server.config import config_from_mapping, load_config
-from server.daemon import (AlreadyRunning, DaemonError, Pidfile, check_privileges, check_root, chown_logs,
-                           drop_privileges, process_gone, read_pid, root_warning)
-from server.errors import ConfigError
+from porch.config.load import config_from_mapping, load_config
+from porch.master.daemon import (
+    AlreadyRunning,
+    DaemonError,
+    Pidfile,
+    check_privileges,
+    check_root,
+    chown_logs,
+    drop_privileges,
+    process_gone,
+    read_pid,
+    root_warning,
+)
+from porch.config.settings import ConfigError
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="switching users needs root")
@@ -85,7 +95,7 @@ def test_a_second_porch_is_refused_with_pid_and_path(tmp_path: Path) -> None:
     held = Pidfile(path)
     held.acquire()
     try:
-        other = subprocess.run([sys.executable, "-c", "import sys; from server.daemon import Pidfile\n"
+        other = subprocess.run([sys.executable, "-c", "import sys; from porch.master.daemon import Pidfile\n"
                                 "Pidfile(sys.argv[1]).acquire()", str(path)], capture_output=True, text=True)
         assert other.returncode != 0
         assert f"porch is already running (pid {os.getpid()}, pidfile {path})" in other.stderr
@@ -104,7 +114,7 @@ def test_a_stale_pidfile_is_replaced(tmp_path: Path, content: str, caplog: pytes
     path.write_text(text[content])
     assert read_pid(path) is None
     held = Pidfile(path)
-    with caplog.at_level(logging.INFO, logger="server.daemon"):
+    with caplog.at_level(logging.INFO, logger="porch.master.daemon"):
         held.acquire()
     try:
         assert path.read_text() == f"{os.getpid()}\n"
@@ -185,7 +195,7 @@ def test_readers_never_see_a_half_written_pidfile(tmp_path: Path) -> None:
 
 RACER = r"""
 import os, sys, time
-from server.daemon import AlreadyRunning, Pidfile
+from porch.master.daemon import AlreadyRunning, Pidfile
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)
 try:
@@ -236,7 +246,7 @@ def test_a_zombie_counts_as_gone() -> None:
 
 DAEMON = r"""
 import os, sys, time
-from server.daemon import Pidfile, daemonize
+from porch.master.daemon import Pidfile, daemonize
 pidfile, report, mode = sys.argv[1:4]
 held = Pidfile(pidfile)
 held.acquire()

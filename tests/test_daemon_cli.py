@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from porchtest import wait_until
-from server.daemon import process_gone, read_pid
+from porch.master.daemon import process_gone, read_pid
 
-PORCH = [sys.executable, "-m", "server"]
+PORCH = [sys.executable, "-m", "porch"]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the root policy applies to root only")
 
 
@@ -35,7 +35,7 @@ def porch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
 
 HOLDER = r"""
 import signal, sys, time
-from server.daemon import Pidfile
+from porch.master.daemon import Pidfile
 pidfile, record, mode = sys.argv[1:4]
 held = Pidfile(pidfile)
 

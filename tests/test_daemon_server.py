@@ -1,7 +1,7 @@
 """A real porch in daemon mode: ``porch --daemon``, then status, requests, reopen, reload, stop.
 
-These run the whole chain -- CLI, arbiter, ``server.daemon`` -- and are skipped (with the reason
-shown) while ``server.arbiter.Arbiter`` does not take the ``daemon=`` and ``pidfile=`` keywords.
+These run the whole chain -- CLI, arbiter, ``porch.master.daemon`` -- and are skipped (with the reason
+shown) while ``porch.master.arbiter.Arbiter`` does not take the ``daemon=`` and ``pidfile=`` keywords.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ import requests
 import yaml
 
 from porchtest import wait_until
-from server.daemon import process_gone, read_pid
+from porch.master.daemon import process_gone, read_pid
 
 wait_for = functools.partial(wait_until, timeout=15.0)  # a daemon starts slower than a foreground server
 
-PORCH = [sys.executable, "-m", "server"]
+PORCH = [sys.executable, "-m", "porch"]
 START_TIMEOUT_SECONDS = 60.0
 
 
 def arbiter_supports_daemon() -> bool:
     """Whether the arbiter takes the keywords the CLI passes for --daemon and --pidfile."""
     try:
-        from server.arbiter import Arbiter
+        from porch.master.arbiter import Arbiter
     except ImportError:
         return False
     parameters = inspect.signature(Arbiter).parameters
@@ -44,7 +44,7 @@ def arbiter_supports_daemon() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not arbiter_supports_daemon(),
-                                reason="server.arbiter.Arbiter does not take daemon= and pidfile= yet")
+                                reason="porch.master.arbiter.Arbiter does not take daemon= and pidfile= yet")
 
 
 def porch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -25,15 +25,15 @@ import yaml
 from certs import make_pki
 from conftest import CONCURRENCY_MODELS, need_program
 from porchtest import PorchServer
-from server.config import Listener, TLSSettings
-from server.listener import BoundListener, ListenError, bind, bind_all, inherited_sockets, matches, rebind
-from server.notify import notify, notify_ready, notify_reloading, watchdog_interval
+from porch.config.settings import Listener, TLSSettings
+from porch.net.listener import BoundListener, ListenError, bind, bind_all, inherited_sockets, matches, rebind
+from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
 
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent
 ECHO = "core_handlers:EchoHandler"
 ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-ARBITER = REPO / "server" / "arbiter.py"
+ARBITER = REPO / "server" / "master" / "arbiter.py"
 
 
 def arbiter_calls(name: str) -> bool:
@@ -46,7 +46,7 @@ def echo(listen: list[Any], **extra: Any) -> dict[str, Any]:
 
 
 def porch_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "porch", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=20, env={**os.environ, **ENV})
 
 
@@ -244,7 +244,7 @@ def start_activated(config: dict[str, Any], directory: Path, sock: socket.socket
     config_path = directory / "porch.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     fd = sock.fileno()
-    script = 'LISTEN_PID=$$ exec "$0" -m server -c "$1"'  # exec keeps the pid the variable names
+    script = 'LISTEN_PID=$$ exec "$0" -m porch -c "$1"'  # exec keeps the pid the variable names
     with open(directory / "stdout.log", "wb") as stdout, open(directory / "stderr.log", "wb") as stderr:
         proc = subprocess.Popen(["sh", "-c", script, sys.executable, str(config_path)], cwd=directory,
                                 env={**os.environ, **ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"},
@@ -310,7 +310,7 @@ def test_tls_settings_apply_to_an_inherited_socket(activation_socket: socket.soc
 
 def test_inherited_sockets_come_from_the_environment_which_is_then_cleared(activation_socket: socket.socket) -> None:
     """In a child process, as systemd starts one: fd 3, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES."""
-    code = ("import json, os; from server.listener import inherited_sockets, socket_address; "
+    code = ("import json, os; from porch.net.listener import inherited_sockets, socket_address; "
             "found = inherited_sockets(); "
             "print(json.dumps([[s.fileno(), list(socket_address(s))] for s in found] + "
             "[[k for k in os.environ if k.startswith('LISTEN_')]]))")

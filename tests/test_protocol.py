@@ -1,4 +1,4 @@
-"""Unit tests of server.protocol: tables of byte strings in, RequestHead or ProtocolError out."""
+"""Unit tests of porch.http.protocol: tables of byte strings in, RequestHead or ProtocolError out."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from server.config import Limits
-from server.errors import PayloadTooLarge, ProtocolError
-from server.protocol import (
+from porch.config.settings import Limits
+from porch.http.errors import PayloadTooLarge, ProtocolError
+from porch.http.protocol import (
     LAST_CHUNK,
     ChunkedBody,
     ContentLengthBody,
@@ -315,7 +315,7 @@ def test_invalid_hosts(host: str) -> None:
 
 def test_remembered_hosts_are_bounded_and_admit_no_bad_one() -> None:
     """Host values that passed are remembered (at most MAX_REMEMBERED_NAMES); others are checked."""
-    from server import protocol
+    from porch.http import protocol
     for n in range(protocol.MAX_REMEMBERED_NAMES + 5):
         assert parse(request("GET / HTTP/1.1", host=f"h{n}.example")).headers.get("host") == f"h{n}.example"
     assert len(protocol._VALID_HOSTS) <= protocol.MAX_REMEMBERED_NAMES

@@ -1,4 +1,4 @@
-"""Properties of server.protocol, checked with hypothesis (derandomized, so CI is deterministic).
+"""Properties of porch.http.protocol, checked with hypothesis (derandomized, so CI is deterministic).
 
 1. Any bytes -- random, or a valid request mutated -- either parse (head and body) or raise an
    ``HTTPError`` (``ProtocolError`` / ``PayloadTooLarge``), never any other exception.
@@ -14,9 +14,9 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.config import Limits
-from server.errors import HTTPError
-from server.protocol import LAST_CHUNK, ChunkedBody, body_reader, encode_chunk, find_head_end, parse_head
+from porch.config.settings import Limits
+from porch.http.errors import HTTPError
+from porch.http.protocol import LAST_CHUNK, ChunkedBody, body_reader, encode_chunk, find_head_end, parse_head
 from test_request_corpus import VALID, PieceSource
 
 DETERMINISTIC = settings(derandomize=True, max_examples=300, deadline=None, database=None,

@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 from porchtest import PorchServer
-from server.config import Limits
-from server.errors import HTTPError
-from server.messages import Body
-from server.protocol import ChunkedBody, RequestHead, body_reader, find_head_end, parse_head
+from porch.config.settings import Limits
+from porch.http.errors import HTTPError
+from porch.http.messages import Body
+from porch.http.protocol import ChunkedBody, RequestHead, body_reader, find_head_end, parse_head
 
 CORPUS = Path(__file__).parent / "requests"
 LIMITS_CONFIG: dict[str, int] = json.loads((CORPUS / "limits.json").read_text())

@@ -20,11 +20,11 @@ import requests
 
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer, wait_until
-from server.builder import build_server
-from server.concurrency import ThreadPoolServer
-from server.config import config_from_mapping
-from server.listener import bind_all
-from server.logs import ACCESS_LOGGER, ERROR_LOGGER, PACKAGE_LOGGERS
+from porch.workers.runtime import build_server
+from porch.workers.concurrency import ThreadPoolServer
+from porch.config.load import config_from_mapping
+from porch.net.listener import bind_all
+from porch.spine.logs import ACCESS_LOGGER, ERROR_LOGGER, PACKAGE_LOGGERS
 
 TESTS_DIR = Path(__file__).parent
 ECHO = "core_handlers:EchoHandler"

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.base import HandlerContext, OptionError
-from handlers.static import (
+from porch.handlers.base import HandlerContext, OptionError
+from porch.handlers.static.handler import (
     MAX_RANGES,
     MultipartRanges,
     StaticHandler,
@@ -29,9 +29,9 @@ from handlers.static import (
     etag_in,
     with_charset,
 )
-from server.config import Mount
-from server.errors import HTTPError
-from server.messages import FileRegion, Headers, Request, Response
+from porch.config.settings import Mount
+from porch.http.errors import HTTPError
+from porch.http.messages import FileRegion, Headers, Request, Response
 from static_tree import DATA, HELLO, HIDDEN, OLD_MTIME, PAGE, SECRET, Tree, make_tree
 
 

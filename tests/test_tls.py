@@ -21,8 +21,8 @@ import requests
 from certs import Pki, make_pki
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer
-from server.config import TLSSettings
-from server.tls import TLSSetupError, server_context
+from porch.config.settings import TLSSettings
+from porch.net.tls import TLSSetupError, server_context
 
 TESTS_DIR = Path(__file__).parent
 ECHO = "core_handlers:EchoHandler"
@@ -184,7 +184,7 @@ def test_the_failed_handshake_is_logged_at_info(server: PorchServer, pki: Pki) -
         sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         read_until_closed(sock)
     deadline = time.monotonic() + 3
-    needle = f"[INFO] [-] server.connection: TLS handshake with 127.0.0.1:{local_port} failed: http request"
+    needle = f"[INFO] [-] porch.net.connection: TLS handshake with 127.0.0.1:{local_port} failed: http request"
     while needle not in server.error_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert needle in server.error_text()
@@ -269,7 +269,7 @@ def write_config(directory: Path, listener: dict[str, object]) -> Path:
 
 
 def porch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "porch", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=20)
 
 

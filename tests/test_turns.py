@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.turns import Turns, before_wait
+from porch.workers.turns import Turns, before_wait
 
 
 def serve_with_standby(cpus: int, work: Callable[[threading.Event], object]) -> tuple[object, Turns]:

@@ -352,7 +352,7 @@ class TestConfigErrors:
         config.write_text("listen: ['127.0.0.1:0']\nmounts:\n"
                           "  - {path: /, type: wsgi, app: 'wsgitest_broken:application', "
                           f"pythonpath: ['{APPS_DIR}']}}\n")
-        result = subprocess.run([sys.executable, "-m", "server", "-c", str(config)],
+        result = subprocess.run([sys.executable, "-m", "porch", "-c", str(config)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 1
         assert f"{config}:3: mounts[0].app" in result.stderr, result.stderr
@@ -367,7 +367,7 @@ class TestConfigErrors:
                           "  - {path: /bad, type: wsgi, app: 'wsgitest_broken:application', "
                           f"pythonpath: ['{APPS_DIR}']}}\n"
                           "  - {path: /missing, type: wsgi, app: 'no_such_module_xyz:app'}\n")
-        result = subprocess.run([sys.executable, "-m", "server", "check", "-c", str(config)],
+        result = subprocess.run([sys.executable, "-m", "porch", "check", "-c", str(config)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 1
         assert f"{config}:4: mounts[1].app" in result.stderr, result.stderr

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from handlers.base import HandlerContext, OptionError
-from handlers.wsgi import (
+from porch.handlers.base import HandlerContext, OptionError
+from porch.handlers.wsgi import (
     AppBody,
     ApplicationError,
     ErrorStream,
@@ -34,10 +34,10 @@ from handlers.wsgi import (
     check_headers,
     check_status,
 )
-from server.config import Limits, Mount
-from server.errors import ProtocolError
-from server.messages import Address, FileRegion, Request, Response
-from server.protocol import body_reader, find_head_end, parse_head
+from porch.config.settings import Limits, Mount
+from porch.http.errors import ProtocolError
+from porch.http.messages import Address, FileRegion, Request, Response
+from porch.http.protocol import body_reader, find_head_end, parse_head
 
 APPS_DIR = Path(__file__).parent / "wsgi_apps"
 CORE = "wsgitest_core:application"
@@ -379,7 +379,7 @@ class TestStartResponseRules:
 
     def test_remembered_names_and_statuses_admit_nothing_new(self) -> None:
         """Statuses and names that passed are remembered (bounded); values are checked every time."""
-        from handlers import wsgi
+        from porch.handlers import wsgi
         assert check_status("200 OK") == (200, "OK") == check_status("200 OK")
         for bad in ("200 OK\x00", "200 OK\r\nX: y"):
             with pytest.raises(ApplicationError):
@@ -554,15 +554,15 @@ class TestBody:
 
 class TestErrorStream:
     def test_lines_go_to_the_error_log(self, root: WSGIHandler, caplog: pytest.LogCaptureFixture) -> None:
-        with caplog.at_level(logging.INFO, logger="handlers.wsgi"):
+        with caplog.at_level(logging.INFO, logger="porch.handlers.wsgi"):
             serve(root, get("/errors"))
-        messages = [r.getMessage() for r in caplog.records if r.name == "handlers.wsgi"]
+        messages = [r.getMessage() for r in caplog.records if r.name == "porch.handlers.wsgi"]
         assert messages == ["/: first line from the app", "/: second line", "/: forged",
                             "/: [fake] log line", "/: unterminated"]
 
     def test_control_characters_escaped(self, caplog: pytest.LogCaptureFixture) -> None:
         stream = ErrorStream("/x")
-        with caplog.at_level(logging.INFO, logger="handlers.wsgi"):
+        with caplog.at_level(logging.INFO, logger="porch.handlers.wsgi"):
             stream.write("a\x1b[31mred\rb\n")
         assert caplog.records[-1].getMessage() == "/x: a\\x1b[31mred\\x0db"
 

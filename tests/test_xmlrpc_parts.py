@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.xmlrpc import accepts_gzip, gunzip, method_signatures
-from handlers.xmlrpc_call import parse_call, read_call, read_plain_call
-from server.errors import BadRequest, PayloadTooLarge
-from server.messages import Headers
+from porch.handlers.xmlrpc.handler import accepts_gzip, gunzip, method_signatures
+from porch.handlers.xmlrpc.call import parse_call, read_call, read_plain_call
+from porch.http.errors import BadRequest, PayloadTooLarge
+from porch.http.messages import Headers
 
 
 def test_gunzip_multi_member_and_exact_limit() -> None:

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from handlers.base import HandlerContext, OptionError
-from handlers.xmlrpc import UnsupportedMediaType, XMLRPCHandler
-from server.config import Mount
-from server.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
-from server.messages import Headers, Request, Response
+from porch.handlers.base import HandlerContext, OptionError
+from porch.handlers.xmlrpc.handler import UnsupportedMediaType, XMLRPCHandler
+from porch.config.settings import Mount
+from porch.http.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from porch.http.messages import Headers, Request, Response
 
 FUNCS_DIR = Path(__file__).parent / "rpc_funcs"
 DEMO_DIR = Path(__file__).parent.parent / "apps"
@@ -312,7 +312,7 @@ def test_nil_only_when_allowed(handler: XMLRPCHandler) -> None:
 
 def test_returning_none_without_allow_none_is_an_internal_fault(
         handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="handlers.xmlrpc"):
+    with caplog.at_level(logging.ERROR, logger="porch.handlers.xmlrpc.handler"):
         fault = fault_of(handler, xmlrpc.client.dumps((), "return_none").encode())
     assert fault.faultCode == -32603
     assert "cannot marshal None" in fault.faultString
@@ -324,12 +324,12 @@ def test_returning_none_without_allow_none_is_an_internal_fault(
 
 def test_exception_becomes_fault_with_traceback_only_in_the_log(
         handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="handlers.xmlrpc"):
+    with caplog.at_level(logging.ERROR, logger="porch.handlers.xmlrpc.handler"):
         fault = fault_of(handler, xmlrpc.client.dumps(("kaput",), "fail").encode())
     assert fault.faultCode == 1
     assert fault.faultString == "<class 'ValueError'>:kaput"
     assert "Traceback" not in fault.faultString
-    record = next(r for r in caplog.records if r.name == "handlers.xmlrpc")
+    record = next(r for r in caplog.records if r.name == "porch.handlers.xmlrpc.handler")
     assert record.exc_info is not None and "fail" in record.getMessage()
     assert 'raise ValueError(message)' in caplog.text
 
@@ -472,7 +472,7 @@ def test_instance_with_its_own_dispatch(caplog: pytest.LogCaptureFixture) -> Non
     assert "anything" in call(router, "system.listMethods")
     assert call(router, "system.methodHelp", "whatever") == "help for whatever"
     assert call(router, "system.methodSignature", "whatever") == "undef"
-    with caplog.at_level(logging.ERROR, logger="handlers.xmlrpc"):
+    with caplog.at_level(logging.ERROR, logger="porch.handlers.xmlrpc.handler"):
         fault = fault_of(router, xmlrpc.client.dumps((), "boom").encode())
     assert fault.faultString == "<class 'RuntimeError'>:router exploded"
     assert "router exploded" in caplog.text
@@ -517,7 +517,7 @@ def test_multicall(handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture) -> 
         {"methodName": "echo", "params": "not an array"},
         {"methodName": "echo", "params": ["last"]},
     ]
-    with caplog.at_level(logging.ERROR, logger="handlers.xmlrpc"):
+    with caplog.at_level(logging.ERROR, logger="porch.handlers.xmlrpc.handler"):
         results = call(handler, "system.multicall", calls)
     assert results[0] == [3]
     assert results[1] == {"faultCode": 1, "faultString": "<class 'ValueError'>:in multicall"}

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 warnings.simplefilter("error", wsgiref.validate.WSGIWarning)
-log = logging.getLogger("handlers.wsgi.testapp")  # a "handlers" logger reaches the error log
+log = logging.getLogger("porch.testapp")  # a "porch" logger reaches the error log
 
 
 def _unraisable(info: Any) -> None:

@@ -1,0 +1,1 @@
+"""Config: the settings declared once, YAML loading with lines, conversion, and `porch check`'s report."""

@@ -1,0 +1,112 @@
+"""What ``porch check`` adds to loading: building handlers in a child process, and its report.
+
+How this works: ``porch.handlers.build.check_config`` loads the file in its own process, then
+calls ``problems_in_child(path, timeout, handler_problems)``, which starts ``python -c`` with
+this interpreter's ``sys.path`` and the builder's import name.  The child imports the builder,
+runs it on the file (loading it again and building, then closing, every handler), and writes
+the problems as JSON on a private copy of its stdout -- its real stdout and
+stderr both go to stderr, so whatever an application prints cannot corrupt the report -- then
+leaves with ``os._exit`` so that no atexit hook or stray thread of an application can hold it.
+An application that crashes the interpreter, calls ``os._exit`` or never finishes importing
+becomes a problem here instead of taking ``porch check`` down.  ``summary`` and ``warning_line``
+render the result; ``traceback_tail`` shortens the traceback of a failed import for a message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from porch.config.settings import Config, ConfigProblem
+
+Builder = Callable[[str], list[ConfigProblem]]
+
+TRACEBACK_FRAMES = 3  # innermost frames of a failed import shown in a problem
+STDERR_LINES = 10  # lines of a crashed child's stderr shown in the problem
+
+_CHILD_SOURCE = ("import json, sys; request = json.loads(sys.stdin.readline()); sys.path[:] = request['sys_path']; "
+                 "from porch.config.check import child_main; child_main(request)")
+
+
+def traceback_tail(exc: BaseException) -> str:
+    """The innermost frames of ``exc``'s traceback (import machinery left out), indented."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<frozen")]
+    text = "".join(traceback.format_list(frames[-TRACEBACK_FRAMES:]))
+    text += "".join(traceback.format_exception_only(type(exc), exc))
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
+
+
+def cause_tail(exc: BaseException) -> str:
+    """For an error raised ``from`` another: that one's traceback tail, on following lines."""
+    return "\n" + traceback_tail(exc.__cause__) if exc.__cause__ is not None else ""
+
+
+def child_main(request: dict[str, Any]) -> None:
+    """The child's side: build, report the problems as JSON, and exit at once."""
+    module, _, name = request["builder"].partition(":")
+    builder: Builder = getattr(importlib.import_module(module), name)
+    report = os.dup(1)
+    os.dup2(2, 1)
+    problems = builder(request["path"])
+    with os.fdopen(report, "w", encoding="utf-8") as out:
+        json.dump([dataclasses.asdict(problem) for problem in problems], out)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def problems_in_child(path: str | Path, timeout: float, builder: Builder) -> list[ConfigProblem]:
+    """``builder(path)`` run in a fresh interpreter; killed after ``timeout``.
+
+    ``builder`` must be a module-level function: the child imports it by its name.
+    """
+    display = str(path)
+    where = f"{builder.__module__}:{builder.__qualname__}"
+    request = json.dumps({"path": display, "sys_path": sys.path, "builder": where}) + "\n"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_SOURCE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = child.communicate(request.encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # its own session: whatever it started goes too
+        child.communicate()
+        return [ConfigProblem(display, None, "", f"building the handlers took longer than {timeout:g} seconds "
+                                                 "(does an application wait for something while being imported?)")]
+    try:
+        return [ConfigProblem(**item) for item in json.loads(out)]
+    except (ValueError, TypeError):
+        code = child.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        lines = err.decode(errors="replace").rstrip().splitlines()[-STDERR_LINES:]
+        tail = "".join("\n    " + line for line in lines)
+        return [ConfigProblem(display, None, "", f"the process building the handlers {how}"
+                                                 + (":" + tail if tail else ""))]
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def summary(config: Config, display: str) -> str:
+    """``FILE OK: 1 listener (127.0.0.1:8000), threading x1 worker, 2 mounts (/ static, /app wsgi)``."""
+    listeners = ", ".join(listener.address + (" tls" if listener.tls else "") for listener in config.listen)
+    mounts = ", ".join(f"{mount.host or ''}{mount.path} {mount.type}" for mount in config.mounts)
+    return (f"{display} OK: {_count(len(config.listen), 'listener')}" + (f" ({listeners})" if listeners else "")
+            + f", {config.concurrency} x{_count(config.workers, 'worker')}, {_count(len(config.mounts), 'mount')}"
+            + (f" ({mounts})" if mounts else ""))
+
+
+def warning_line(problem: ConfigProblem) -> str:
+    """A warning as compilers write them: ``file:line: warning: key: message``."""
+    where = f"{problem.file}:{problem.line}" if problem.line is not None else problem.file
+    key = f"{problem.key}: " if problem.key else ""
+    return f"{where}: warning: {key}{problem.message}"

@@ -1,0 +1,278 @@
+"""The settings porch understands, each declared once: type, default, check and a one-line doc.
+
+Every setting is a dataclass field declared with ``setting(default, doc=..., check=...)``: its
+type comes from the annotation, its default and doc from the declaration.  The loader
+(``porch.config.load``), ``porch check``, the README reference and every error message come from
+these declarations.  Handlers declare their own options the same way (see ``porch.handlers.base``).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found while loading a config, so the user can fix them all in one go."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+CIDR = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    doc: str,
+    check: Callable[[Any], None] | None = None,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    aliases: Mapping[str, Callable[[], Any]] | None = None,
+    internal: bool = False,
+) -> Any:
+    """Declare one setting: default, a one-line doc, and a check that raises ValueError(reason).
+
+    ``aliases`` maps words accepted in place of a value to a function computing it (``workers:
+    auto``).  An ``internal`` field is filled in by the loader: it cannot be written in a file
+    and is left out of the reference.
+    """
+    metadata = {"doc": doc, "check": check, "aliases": aliases, "internal": internal}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positive(value: float) -> None:
+    """Check: the value must be greater than zero."""
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+
+
+def not_negative(value: float) -> None:
+    """Check: the value must be zero or more."""
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+
+
+def existing_directory(value: Path) -> None:
+    """Check: the path must name an existing directory."""
+    if not Path(value).is_dir():
+        raise ValueError(f"directory '{value}' does not exist")
+
+
+def existing_file(value: Path) -> None:
+    """Check: the path must name an existing regular file."""
+    if not Path(value).is_file():
+        raise ValueError(f"file '{value}' does not exist")
+
+
+def octal_umask(value: str) -> None:
+    """Check: a umask written in octal digits, 000 to 777 (unquoted 027 is read as the text 027)."""
+    if not re.fullmatch(r"[0-7]{1,4}", value) or int(value, 8) > 0o777:
+        raise ValueError(f"expected an octal mask from 000 to 777 like 027, got '{value}'")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits; the defaults are safe for the open internet."""
+
+    request_line: int = setting(8192, doc="longest request line in bytes (longer: 414)", check=positive)
+    header_bytes: int = setting(65536, doc="largest header block in bytes (larger: 431)", check=positive)
+    headers: int = setting(100, doc="most header fields in one request (more: 431)", check=positive)
+    body: int = setting(10485760, doc="largest request body in bytes (larger: 413)", check=not_negative)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Timeouts in seconds; there is one for every wait."""
+
+    header: float = setting(10.0, doc="seconds a client has to send a complete request head", check=positive)
+    keepalive: float = setting(5.0, doc="seconds an idle keep-alive connection is kept open", check=positive)
+    body: float = setting(30.0, doc="seconds of silence allowed while reading a request body or writing a response", check=positive)
+    graceful: float = setting(30.0, doc="seconds in-flight requests get to finish on stop or reload", check=not_negative)
+
+
+@dataclass(frozen=True)
+class AccessRules:
+    """Who may connect.  A client is admitted when it matches no ``deny`` and some ``allow``."""
+
+    allow: tuple[CIDR, ...] = setting(
+        default_factory=lambda: (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+        doc="networks (CIDR or address) that may connect; default everyone",
+    )
+    deny: tuple[CIDR, ...] = setting(default_factory=tuple, doc="networks refused with 403; deny wins over allow")
+
+    @functools.cached_property
+    def admits_everyone(self) -> bool:
+        """True for the default rules, so the per-request check can be skipped."""
+        return not self.deny and {str(net) for net in self.allow} >= {"0.0.0.0/0", "::/0"}
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where the access and error logs go and how they look."""
+
+    access: str | Literal[False] = setting("-", doc='access log: "-" for stdout, a file path, or false for none')
+    access_format: Literal["combined", "common", "json"] = setting(
+        "combined", doc="combined (Apache, plus request time and id), common, or json (one object per line)"
+    )
+    error: str = setting("-", doc='error log: "-" for stderr, or a file path')
+    level: Literal["debug", "info", "warning", "error"] = setting("info", doc="lowest level written to the error log")
+
+
+def octal_mode(value: str) -> None:
+    """Check: permission bits written in octal, like "0660"."""
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f"expected permission bits in octal like \"0660\", got '{value}'")
+
+
+def known_user(value: str) -> None:
+    """Check: a user name or numeric uid this machine knows."""
+    import pwd
+
+    try:
+        pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+    except KeyError:
+        raise ValueError(f"no user '{value}' on this machine") from None
+
+
+def known_group(value: str) -> None:
+    """Check: a group name or numeric gid this machine knows."""
+    import grp
+
+    try:
+        grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+    except KeyError:
+        raise ValueError(f"no group '{value}' on this machine") from None
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Certificate, key and protocol choices for an HTTPS listener."""
+
+    cert: Path = setting(doc="PEM certificate chain file (the server's certificate first)", check=existing_file)
+    key: Path = setting(doc="PEM private key file (without passphrase)", check=existing_file)
+    ca: Path | None = setting(None, doc="PEM file of the CAs that sign client certificates; when set, clients "
+                                        "are asked for a certificate", check=existing_file)
+    verify_client: Literal["required", "optional"] = setting(
+        "required", doc="with `ca`: required (no valid client certificate, no connection) or optional "
+                        "(a certificate sent must be valid)")
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = setting("TLSv1.2", doc="oldest TLS version accepted")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address to listen on: ``host:port``, ``[v6]:port`` or ``unix:/path``, optionally with TLS."""
+
+    address: str = setting(doc='"host:port", "[::1]:port" or "unix:/path"')
+    tls: TLSSettings | None = setting(None, doc="serve HTTPS on this listener")
+    backlog: int = setting(1024, doc="connections the kernel queues before porch accepts them (capped by "
+                                     "net.core.somaxconn)", check=positive)
+    reuse_port: bool = setting(False, doc="TCP only: SO_REUSEPORT, so that other processes may bind the same "
+                                          "address (the kernel spreads connections among them)")
+    v6only: bool = setting(True, doc="[v6] addresses only: IPV6_V6ONLY; false lets [::]:port accept IPv4 too")
+    mode: str | None = setting(None, doc='unix: only: permissions of the socket file in octal, like "0660"',
+                               check=octal_mode)
+    owner: str | None = setting(None, doc="unix: only: user (name or uid) that owns the socket file; needs root",
+                                check=known_user)
+    group: str | None = setting(None, doc="unix: only: group (name or gid) of the socket file", check=known_group)
+
+    @property
+    def unix_path(self) -> str | None:
+        return self.address[5:] if self.address.startswith("unix:") else None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``(host, port)`` of a TCP listener, brackets removed from IPv6 hosts."""
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A handler at a URL path prefix (and optionally a virtual host).
+
+    ``limits``, ``timeouts`` and ``access`` are the effective values for this mount: the global
+    ones narrowed by whatever the mount sets (timeouts are replaced instead, so a CGI mount may
+    allow a slow script longer).  ``options`` is the handler's own ``Options``.
+    """
+
+    path: str = setting(doc='URL prefix, e.g. "/" or "/app"; the longest matching prefix wins')
+    type: str = setting(doc='handler type: static, cgi, wsgi, xmlrpc, status, or "package.module:Class"')
+    host: str | None = setting(None, doc="virtual host name this mount answers for; any host when absent")
+    options: Any = setting(None, doc="the handler's own options (every other key of the mount)", internal=True)
+    limits: Limits = setting(default_factory=Limits, doc="limits narrowing the global ones (the smaller value wins)")
+    timeouts: Timeouts = setting(
+        default_factory=Timeouts,
+        doc="timeouts for this mount's requests, replacing the global ones (longer is allowed)")
+    access: AccessRules = setting(
+        default_factory=AccessRules,
+        doc="access rules: `allow` replaces the global allow, `deny` adds to the global deny")
+    location: str = setting("", doc="where this mount was declared (file:line), for messages", internal=True)
+    lines: tuple[tuple[str, int | None], ...] = setting(
+        default_factory=tuple, doc="line of each key below the mount (\"root\", \"functions.add\")", internal=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    listen: tuple[Listener, ...] = setting(
+        default_factory=lambda: (Listener("127.0.0.1:8000"),),
+        doc='addresses to listen on: "host:port", "[::1]:port", "unix:/path" or {address, tls}',
+    )
+    concurrency: Literal["threading", "forking"] = setting("threading", doc="threading (pooled threads) or forking (a process per connection)")
+    workers: int = setting(1, doc='pre-forked worker processes; "auto" = CPU count', check=positive,
+                           aliases={"auto": lambda: os.cpu_count() or 1})
+    threads: int = setting(32, doc="worker threads per process in threading mode", check=positive)
+    max_children: int = setting(64, doc="concurrent child processes per worker in forking mode", check=positive)
+    max_requests: int = setting(0, doc="requests after which a worker is replaced gracefully; 0 = never", check=not_negative)
+    max_requests_jitter: int = setting(0, doc="random 0..N added to max_requests per worker, so workers do not restart together", check=not_negative)
+    worker_timeout: float = setting(30.0, doc="seconds without a heartbeat after which a worker is killed and replaced", check=positive)
+    limits: Limits = setting(default_factory=Limits, doc="size limits")
+    timeouts: Timeouts = setting(default_factory=Timeouts, doc="timeouts in seconds")
+    log: LogSettings = setting(default_factory=LogSettings, doc="access and error logs")
+    access: AccessRules = setting(default_factory=AccessRules, doc="who may connect, globally")
+    trusted_proxies: tuple[CIDR, ...] = setting(
+        default_factory=tuple, doc="addresses whose X-Request-ID (and X-Forwarded-*) headers are believed"
+    )
+    server_header: str = setting("porch", doc="value of the Server response header; empty for none")
+    pidfile: Path | None = setting(
+        None, doc="file naming the master's pid, locked while it runs; required by --daemon, read by "
+                  "porch stop/reload/status/reopen")
+    user: str | None = setting(
+        None, doc="user (name or uid) the workers switch to after the master has bound the listeners",
+        check=known_user)
+    group: str | None = setting(None, doc="group (name or gid) of the workers; default the user's primary group",
+                                check=known_group)
+    allow_root: bool = setting(
+        False, doc="let workers run as root on network addresses when no `user` is set (loopback and "
+                   "unix listeners are always allowed)")
+    umask: str | None = setting(
+        None, doc='file-creation mask in octal ("027"), set before logs, sockets and the pidfile are '
+                  "created; default inherited", check=octal_umask)
+    mounts: tuple[Mount, ...] = setting(default_factory=tuple, doc="handlers by path prefix; longest match wins")
+    source: Path | None = setting(None, doc="the file this config was read from (set by the loader)", internal=True)
+    warnings: tuple[ConfigProblem, ...] = setting(
+        default_factory=tuple, doc="things that work but are probably not meant (set by the loader)", internal=True)

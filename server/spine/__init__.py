@@ -1,0 +1,1 @@
+"""The request spine: validate -> dispatch -> handle -> log, the same under every concurrency model."""

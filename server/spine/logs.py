@@ -1,0 +1,191 @@
+"""The two logs: ``porch.access`` (one line per request) and ``porch.error`` (everything else).
+
+The error log also receives the records of the ``server`` and ``handlers`` package loggers, so
+modules log with ``logging.getLogger(__name__)`` and still land in the one error log.  Every
+error-log line carries the id of the request being served (a context variable set by the
+pipeline), so a traceback can be matched to its access line.  Text that came from the client is
+escaped before it reaches either log: a request line cannot forge a second log line.
+USR1 makes ``reopen()`` close and reopen the files, for logrotate.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import TextIO
+
+from porch.config.settings import LogSettings
+from porch.http.messages import Request, escape
+
+ACCESS_LOGGER = "porch.access"
+ERROR_LOGGER = "porch.error"
+PACKAGE_LOGGERS = ("porch",)
+
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every error-log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id.get()
+        return True
+
+
+class ReopenableFileHandler(logging.StreamHandler[TextIO]):
+    """Appends to a file; ``reopen()`` starts writing to a fresh file at the same path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        return open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            old = self.stream
+            self.stream = self._open()
+            old.close()
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.close()
+        super().close()
+
+
+def _handler_for(target: str, default_stream: TextIO) -> logging.Handler:
+    if target == "-":
+        return logging.StreamHandler(default_stream)
+    return ReopenableFileHandler(target)
+
+
+class Logs:
+    """Owns the handlers of both logs for one server process."""
+
+    def __init__(self, settings: LogSettings) -> None:
+        self.settings = settings
+        self.handlers: list[logging.Handler] = []
+        self.access = logging.getLogger(ACCESS_LOGGER)
+        self.error = logging.getLogger(ERROR_LOGGER)
+        self.access.propagate = False
+        self.error.propagate = False
+        level = getattr(logging, settings.level.upper())
+
+        error_handler = _handler_for(settings.error, sys.stderr)
+        error_handler.setFormatter(logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"))
+        error_handler.addFilter(RequestIdFilter())
+        for name in (ERROR_LOGGER, *PACKAGE_LOGGERS):
+            logger = logging.getLogger(name)
+            logger.handlers = [error_handler]
+            logger.setLevel(level)
+            logger.propagate = False
+        self.handlers.append(error_handler)
+
+        self.access.handlers = []
+        self.access_enabled = settings.access is not False
+        if self.access_enabled:
+            access_handler = _handler_for(str(settings.access), sys.stdout)
+            access_handler.setFormatter(logging.Formatter("%(message)s"))
+            self.access.addHandler(access_handler)
+            self.handlers.append(access_handler)
+        self.access.setLevel(logging.INFO)
+        self.format_access = ACCESS_FORMATS[settings.access_format]
+
+    def reopen(self) -> None:
+        for handler in self.handlers:
+            if isinstance(handler, ReopenableFileHandler):
+                handler.reopen()
+        self.error.info("log files reopened")
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            handler.close()
+
+    def log_request(self, request: Request | None, client: str, request_line: str, status: int,
+                    sent: int, duration: float, request_id: str) -> None:
+        """Write one access line; ``request`` is None for requests rejected before parsing.
+
+        The line goes straight to the handlers' streams, under their locks (so USR1's reopen is
+        safe): a LogRecord, caller lookup and formatter per request would cost more than the
+        line itself."""
+        if not self.access_enabled:
+            return
+        line = self.format_access(request, client, request_line, status, sent, duration, request_id) + "\n"
+        for handler in self.access.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                with handler.lock:  # type: ignore[union-attr]
+                    handler.stream.write(line)
+                    handler.stream.flush()
+
+
+class SecondCache:
+    """A time format applied at most once per second (access lines need it per request)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.text = time.strftime(self.pattern, time.localtime(second))
+            self.second = second
+        return self.text
+
+
+CLF_TIME = SecondCache("%d/%b/%Y:%H:%M:%S %z")
+ISO_TIME = SecondCache("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _clf_time() -> str:
+    return CLF_TIME.now()
+
+
+def _common(request: Request | None, client: str, request_line: str, status: int, sent: int) -> str:
+    return (f'{client} - - [{_clf_time()}] "{escape(request_line)}" {status} '
+            f"{sent if sent else '-'}")
+
+
+def format_common(request: Request | None, client: str, request_line: str, status: int, sent: int,
+                  duration: float, request_id: str) -> str:
+    """Apache common log format."""
+    return _common(request, client, request_line, status, sent)
+
+
+def format_combined(request: Request | None, client: str, request_line: str, status: int, sent: int,
+                    duration: float, request_id: str) -> str:
+    """Apache combined format, then the request time in seconds and the request id."""
+    headers = request.headers if request is not None else None
+    referer = escape(headers.get("referer", "-") or "-") if headers else "-"
+    agent = escape(headers.get("user-agent", "-") or "-") if headers else "-"
+    return (f'{_common(request, client, request_line, status, sent)} "{referer}" "{agent}" '
+            f"{duration:.6f} {escape(request_id)}")
+
+
+def format_json(request: Request | None, client: str, request_line: str, status: int, sent: int,
+                duration: float, request_id: str) -> str:
+    """One JSON object per line; json.dumps escapes every control character."""
+    headers = request.headers if request is not None else None
+    return json.dumps({
+        "time": ISO_TIME.now(),
+        "client": client,
+        "request": request_line,
+        "method": request.method if request else None,
+        "path": request.raw_path if request else None,
+        "query": request.query if request else None,
+        "host": headers.get("host") if headers else None,
+        "status": status,
+        "bytes": sent,
+        "referer": headers.get("referer") if headers else None,
+        "user_agent": headers.get("user-agent") if headers else None,
+        "duration": round(duration, 6),
+        "request_id": request_id,
+    }, ensure_ascii=True)
+
+
+ACCESS_FORMATS = {"common": format_common, "combined": format_combined, "json": format_json}

@@ -1,0 +1,164 @@
+"""The request spine, in one function: validate → dispatch → handle → write → log.
+
+``Pipeline.run`` is the only place where exceptions become responses: an ``HTTPError`` answers
+with its own status; any other exception is a 500 whose traceback goes to the error log (the
+client sees a generic page).  The access line is written in ``finally``, so every request is
+logged exactly once, failures included.  A handler's ``InternalRedirect`` (CGI local redirect)
+is served again here as a GET of the new target, at most ``MAX_INTERNAL_REDIRECTS`` times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from urllib.parse import unquote
+
+from porch.config.settings import AccessRules, Config
+from porch.spine.dispatch import Router
+from porch.http.errors import (
+    CLIENT_CLOSED_REQUEST,
+    ClientDisconnected,
+    HTTPError,
+    InternalRedirect,
+    InternalServerError,
+)
+from porch.spine.logs import Logs, current_request_id
+from porch.http.messages import client_host, escape
+from porch.http.messages import Headers, Request, Response
+from porch.spine.validate import admitted, validate
+
+log = logging.getLogger(__name__)
+
+MAX_INTERNAL_REDIRECTS = 10
+
+Send = Callable[[Request, Response], int]  # writes the response; returns body bytes sent
+
+
+class EmptyBody:
+    """The body of an internally redirected request (RFC 3875 6.2.2: a GET with no body)."""
+
+    length: int | None = 0
+    limit: int | None = 0
+    done = True
+
+    def __init__(self) -> None:
+        self.trailers = Headers()
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+
+def error_response(error: HTTPError) -> Response:
+    """The response that answers ``error``; asks the connection to close when the error says so."""
+    headers = Headers([("Content-Type", "text/html; charset=utf-8"), *error.headers])
+    if error.close_connection:
+        headers.set("Connection", "close")
+    return Response(int(error.status), headers, error.body())
+
+
+class Pipeline:
+    """Runs requests through the stages; one instance per server process, shared by all threads."""
+
+    def __init__(self, config: Config, router: Router, logs: Logs) -> None:
+        self.config = config
+        self.router = router
+        self.logs = logs
+        self.trusted_proxies = AccessRules(allow=config.trusted_proxies, deny=())
+        self.in_flight: dict[int, Request] = {}  # for the heartbeat: what is being served
+        self.new_id_sequence()
+        self.served = 0
+
+    def new_id_sequence(self) -> None:
+        """Request ids are a random prefix per process, then a counter; a forked child calls
+        this again so that it does not repeat its parent's ids."""
+        self.id_prefix = secrets.token_hex(4)
+        self.id_counter = itertools.count(secrets.randbelow(1 << 32))
+
+    def request_id(self, headers: Headers, client: object) -> str:
+        """The incoming X-Request-ID when a trusted proxy sent it, else a fresh one."""
+        incoming = headers.get("x-request-id")
+        if incoming and self.config.trusted_proxies and isinstance(client, tuple):
+            if admitted(self.trusted_proxies, client) and len(incoming) <= 200 and incoming.isprintable():
+                return incoming
+        return f"{self.id_prefix}{next(self.id_counter) & 0xFFFFFFFF:08x}"
+
+    def run(self, request: Request, send: Send) -> bool:
+        """Serve one parsed request completely; returns False if the response could not be sent."""
+        token = current_request_id.set(request.request_id)
+        response: Response | None = None
+        sent = 0
+        complete = False
+        key = id(request)
+        self.in_flight[key] = request
+        try:
+            response = self.respond(request)
+            sent = send(request, response)
+            complete = True
+        finally:
+            del self.in_flight[key]
+            self.served += 1
+            if self.logs.access_enabled:  # else not even the line's parts are worth building
+                status = response.status if response is not None else 500
+                self.logs.log_request(request, client_host(request.client), request_line(request), status,
+                                      sent, time.monotonic() - request.start, request.request_id)
+            current_request_id.reset(token)
+        return complete
+
+    def respond(self, request: Request) -> Response:
+        """validate → dispatch → handle, with every failure turned into a response."""
+        try:
+            for _ in range(MAX_INTERNAL_REDIRECTS + 1):
+                route = self.router.match(request.host, request.path)
+                validate(request, route, self.config)
+                try:
+                    return route.handler.handle(request)
+                except InternalRedirect as redirect:
+                    request = redirected(request, redirect.target)
+            raise InternalServerError("too many internal redirects")
+        except ClientDisconnected:
+            log.info("%s %s: the client went away", request.method, escape(request.target))
+            return Response(CLIENT_CLOSED_REQUEST, Headers([("Connection", "close")]), b"",
+                            reason="Client Closed Request")
+        except HTTPError as error:
+            if error.status >= 500:
+                log.error("%s %s: %s", request.method, escape(request.target), error)
+            return error_response(error)
+        except Exception:
+            log.exception("unhandled exception serving %s %s", request.method, escape(request.target))
+            return error_response(InternalServerError())
+
+    def oldest(self) -> tuple[float, str]:
+        """Start time and request line of the longest-running request, or (0, "")."""
+        requests = list(self.in_flight.values())
+        if not requests:
+            return 0.0, ""
+        oldest = min(requests, key=lambda request: request.start)
+        return oldest.start, escape(request_line(oldest))
+
+    def log_rejected(self, client: object, request_line_text: str, status: int, sent: int,
+                     start: float) -> None:
+        """Access-log a request that was rejected before it could be parsed into a Request."""
+        self.logs.log_request(None, client_host(client), request_line_text, status, sent,
+                              time.monotonic() - start, "-")
+
+
+def request_line(request: Request) -> str:
+    return f"{request.method} {request.target} {request.version}"
+
+
+def redirected(request: Request, target: str) -> Request:
+    """``request`` turned into a body-less GET of the local ``target`` (RFC 3875 6.2.2)."""
+    raw_path, _, query = target.partition("?")
+    headers = Headers([(k, v) for k, v in request.headers if k.lower() not in ("content-length",
+                                                                               "transfer-encoding",
+                                                                               "content-type")])
+    return replace(request, method="GET", target=target, raw_path=raw_path,
+                   path=unquote(raw_path, errors="surrogateescape"), query=query, headers=headers,
+                   body=EmptyBody())

@@ -1,0 +1,1 @@
+"""Where requests run: the threading and forking models, the pool's turns, and one worker's composition root."""

@@ -1,0 +1,122 @@
+"""The composition root of a worker: ``build_server(config, listeners)`` wires one, ``run()`` serves.
+
+Order matters: logs first (so everything after can report), then handlers (a handler that
+cannot be built is a config error, reported before the worker serves anything), then the
+pipeline and the concurrency model on the listeners the master bound.  ``run()`` has the
+arbiter's shape: the acceptor runs in a thread and the main thread only waits for signals, which
+the handlers merely queue (TERM/INT: drain then exit, QUIT: exit now, USR1: reopen logs), and
+heartbeats to the master meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from porch import __version__
+from porch.workers.concurrency import SERVER_CLASSES, SelectorServer
+from porch.config.settings import Config
+from porch.handlers.build import build_handlers, handler_context
+from porch.spine.dispatch import Router
+from porch.net.listener import BoundListener
+from porch.spine.logs import Logs
+from porch.spine.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = f"porch/{__version__}"
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+HEARTBEAT_SECONDS = 0.5
+# The acceptor and the pool threads take turns on the GIL; CPython's default 5 ms turn makes a
+# just-readable connection wait behind a busy thread, which is what the latency tail was made of.
+SWITCH_INTERVAL_SECONDS = 0.001
+Heartbeat = Callable[[float, float, str], None]
+
+
+@dataclass
+class Runtime:
+    """Everything one serving process owns."""
+
+    config: Config
+    logs: Logs
+    router: Router
+    pipeline: Pipeline
+    server: SelectorServer
+    listeners: list[BoundListener]
+
+    def run(self, heartbeat: Heartbeat | None = None, max_requests: int = 0) -> int:
+        """Serve until a stop signal (or ``max_requests``); returns the exit status.
+
+        ``heartbeat(loop_time, oldest_start, oldest_request)`` is called every
+        ``HEARTBEAT_SECONDS`` so the master can tell a stuck worker from a busy one.
+        """
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+        def enqueue(signum: int, frame: FrameType | None) -> None:
+            signals.put(signum)
+
+        for handled in HANDLED_SIGNALS:
+            signal.signal(handled, enqueue)
+        acceptor = threading.Thread(target=self.server.serve_forever, name="porch-acceptor", daemon=True)
+        acceptor.start()
+        if heartbeat is not None:
+            while not self.server.last_loop and acceptor.is_alive():
+                time.sleep(0.005)
+            heartbeat(self.server.last_loop, 0.0, "")
+        log.info("%s serving (pid %d, %s)", SOFTWARE, os.getpid(), self.config.concurrency)
+        try:
+            while True:
+                try:
+                    signum = signals.get(timeout=HEARTBEAT_SECONDS)
+                except queue.Empty:
+                    if not acceptor.is_alive():
+                        log.error("the acceptor stopped unexpectedly")
+                        return 1
+                    if heartbeat is not None:
+                        heartbeat(self.server.last_loop, *self.pipeline.oldest())
+                    if max_requests and self.pipeline.served >= max_requests and not self.server.draining.is_set():
+                        log.info("served %d requests (max_requests): retiring", self.pipeline.served)
+                        signum = signal.SIGTERM
+                    else:
+                        continue
+                if signum == signal.SIGUSR1:
+                    self.logs.reopen()
+                elif signum == signal.SIGQUIT:
+                    log.info("SIGQUIT: stopping now")
+                    self.server.shutdown()
+                    return 0
+                else:
+                    log.info("%s: stopping gracefully (up to %ss)", signal.Signals(signum).name,
+                             self.config.timeouts.graceful)
+                    self.server.begin_drain()
+                    acceptor.join(self.config.timeouts.graceful)
+                    if acceptor.is_alive():
+                        log.warning("graceful timeout: in-flight requests were cut off")
+                        self.server.shutdown()
+                    return 0
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.server.server_close()
+        self.router.close()
+        log.info("stopped")
+        self.logs.close()
+
+
+def build_server(config: Config, listeners: list[BoundListener]) -> Runtime:
+    """Wire logs, handlers and the concurrency model for one worker on bound ``listeners``."""
+    logs = Logs(config.log)
+    router = Router(build_handlers(config, handler_context(config)))
+    pipeline = Pipeline(config, router, logs)
+    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config)
+    return Runtime(config, logs, router, pipeline, server, listeners)
