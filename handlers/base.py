@@ -40,7 +40,6 @@ class HandlerContext:
     concurrency: str = "threading"  # "threading" or "forking"
     workers: int = 1
     software: str = "porch"  # SERVER_SOFTWARE / Server header value
-    config_dir: str = "."  # directory of the config file; relative paths are already resolved
 
 
 class Handler:

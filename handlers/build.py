@@ -13,6 +13,7 @@ import logging
 import re
 from pathlib import Path
 
+from porch import SOFTWARE
 from porch.config.check import cause_tail, problems_in_child, summary, traceback_tail, warning_line
 from porch.config.load import load_config
 from porch.config.settings import Config, ConfigError, ConfigProblem, Mount
@@ -27,11 +28,7 @@ CHECK_TIMEOUT_SECONDS = 60.0  # how long `porch check` waits for the handlers to
 
 def handler_context(config: Config) -> HandlerContext:
     """The HandlerContext the server gives handlers built for ``config``."""
-    from porch import __version__
-
-    directory = config.source.parent if config.source else Path.cwd()
-    return HandlerContext(concurrency=config.concurrency, workers=config.workers,
-                          software=f"porch/{__version__}", config_dir=str(directory))
+    return HandlerContext(concurrency=config.concurrency, workers=config.workers, software=SOFTWARE)
 
 
 def _where(mount: Mount, config: Config) -> tuple[str, int | None]:

@@ -24,7 +24,6 @@ from porch.handlers.static.handler import (
     MultipartRanges,
     StaticHandler,
     StaticOptions,
-    accepts_gzip,
     byte_ranges,
     etag_in,
     with_charset,
@@ -521,14 +520,6 @@ class TestPureFunctions:
         assert etag_in('"a,b", "c"', '"a,b"', weak=True)
         assert not etag_in('"a", "b"', '"c"', weak=True)
         assert not etag_in('W/"a"', '"a"', weak=False)
-
-    @pytest.mark.parametrize(("value", "expected"), [
-        ("gzip", True), ("GZIP", True), ("x-gzip", True), ("deflate, gzip;q=0.1", True), ("*", True),
-        ("gzip;q=0", False), ("gzip; q=0.0", False), ("gzip;q=2", False), ("br;q=1, *;q=0", False),
-        ("*;q=0.5, gzip;q=0", False), ("", False), ("identity", False), ("gzip;level=1;q=1", True),
-    ])
-    def test_accepts_gzip(self, value: str, expected: bool) -> None:
-        assert accepts_gzip(value) is expected
 
     @given(st.text(max_size=60), st.integers(min_value=0, max_value=10_000))
     def test_byte_ranges_never_fail_and_stay_inside(self, header: str, size: int) -> None:

@@ -1,4 +1,4 @@
-"""Turn-taking in the thread pool (server/turns.py), with real threads and the kernel's accounting:
+"""Turn-taking in the thread pool (porch.workers.turns), with real threads and the kernel's accounting:
 a second thread is let in when the serving thread waits, not while it computes."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from porch.workers.turns import Turns, before_wait
+from porch.workers.turns import Turns
 
 
-def serve_with_standby(cpus: int, work: Callable[[threading.Event], object]) -> tuple[object, Turns]:
+def serve_with_standby(cpus: int, work: Callable[[threading.Event, Turns], object]) -> tuple[object, Turns]:
     """Two pool threads: the first leads, takes a connection and runs ``work(promoted)``; the
-    second waits for its turn and sets ``promoted`` when it becomes the leader.  Returns what
-    ``work`` returned."""
+    second waits for its turn and sets ``promoted`` when it becomes the leader.  ``work`` gets
+    the turns too, to announce a wait as a connection does.  Returns what ``work`` returned."""
     turns = Turns(cpus)
     promoted = threading.Event()
     result: list[object] = []
@@ -25,7 +25,7 @@ def serve_with_standby(cpus: int, work: Callable[[threading.Event], object]) -> 
         while not turns.standby:  # the second thread waits on the lead this one holds
             time.sleep(0.001)
         turns.took_work()  # it serves now: the lead is vacant
-        result.append(work(promoted))
+        result.append(work(promoted, turns))
 
     def second() -> None:
         turns.join()
@@ -48,7 +48,7 @@ def spin(seconds: float) -> None:
 
 
 def test_no_second_thread_while_the_first_computes() -> None:
-    def work(promoted: threading.Event) -> bool:
+    def work(promoted: threading.Event, turns: Turns) -> bool:
         spin(0.4)
         return promoted.is_set()
 
@@ -56,7 +56,7 @@ def test_no_second_thread_while_the_first_computes() -> None:
 
 
 def test_a_second_thread_once_the_first_waits() -> None:
-    def work(promoted: threading.Event) -> bool:
+    def work(promoted: threading.Event, turns: Turns) -> bool:
         spin(0.1)
         # A wait porch cannot see (an application's database call, say): the standby measures
         # that the serving thread leaves the GIL idle and takes the lead within a few periods.
@@ -66,8 +66,8 @@ def test_a_second_thread_once_the_first_waits() -> None:
 
 
 def test_an_announced_wait_lets_the_next_thread_in_at_once() -> None:
-    def work(promoted: threading.Event) -> bool:
-        before_wait()  # one thread serves, fewer than the CPUs: hand over now
+    def work(promoted: threading.Event, turns: Turns) -> bool:
+        turns.hand_over()  # one thread serves, fewer than the CPUs: hand over now
         spin(0.1)  # computing: only the announcement can have let the standby in
         return promoted.is_set()
 
@@ -75,8 +75,8 @@ def test_an_announced_wait_lets_the_next_thread_in_at_once() -> None:
 
 
 def test_announced_waits_bring_in_no_more_threads_than_cpus() -> None:
-    def work(promoted: threading.Event) -> bool:
-        before_wait()  # one thread already serves and there is one CPU
+    def work(promoted: threading.Event, turns: Turns) -> bool:
+        turns.hand_over()  # one thread already serves and there is one CPU
         spin(0.3)
         return promoted.is_set()
 

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from porch.handlers.xmlrpc.handler import accepts_gzip, gunzip, method_signatures
+from porch.handlers.xmlrpc.handler import gunzip, method_signatures
 from porch.handlers.xmlrpc.call import parse_call, read_call, read_plain_call
 from porch.http.errors import BadRequest, PayloadTooLarge
-from porch.http.messages import Headers
 
 
 def test_gunzip_multi_member_and_exact_limit() -> None:
@@ -35,16 +34,6 @@ def test_gunzip_never_raises_anything_else(data: bytes) -> None:
     except (BadRequest, PayloadTooLarge):
         return
     assert len(out) <= 100
-
-
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, False), ("gzip", True), ("GZip", True), ("deflate, gzip;q=0.5", True),
-    ("gzip;q=0", False), ("gzip; q=0.0, *", False), ("*", True), ("*;q=0", False),
-    ("identity", False), ("x-gzip", True), ("br, deflate", False), ("gzip;q=bogus", False),
-])
-def test_accepts_gzip(value: str | None, expected: bool) -> None:
-    headers = Headers([("Accept-Encoding", value)] if value is not None else [])
-    assert accepts_gzip(headers) is expected
 
 
 @given(st.binary(max_size=400))

@@ -38,7 +38,6 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -466,7 +465,7 @@ class CGIHandler(Handler):
             stdin = self.script_input(request)
             try:
                 env = self.environment(request, target, stdin.content_length)
-                run = self._start(argv, target, env, stdin, request.client_gone)
+                run = self._start(argv, target, env, stdin, request)
             finally:
                 stdin.close()  # a spooled body: the child holds its own descriptor now
         except BaseException:
@@ -488,11 +487,11 @@ class CGIHandler(Handler):
         return slot
 
     def _start(self, argv: list[str], target: ScriptTarget, env: dict[str, str], stdin: ScriptInput,
-               client_gone: Callable[[], bool]) -> ScriptRun:
+               request: Request) -> ScriptRun:
         try:
             run = ScriptRun(argv, cwd=str(target.path.parent), env=env, stdin=stdin,
                             timeout=self.options.timeout, tag=str(target.path), preexec=self.preexec,
-                            client_gone=client_gone)
+                            client_gone=request.client_gone, before_wait=request.before_wait)
         except PermissionError as error:
             log.error("%s: cannot run: %s", target.path, error)
             raise Forbidden("this script cannot be run") from None

@@ -49,7 +49,7 @@ from typing import IO, Any
 from porch.http.errors import ClientDisconnected, GatewayTimeout
 from porch.http.messages import escape
 from porch.http.messages import Body
-from porch.workers.turns import before_wait, milliseconds
+from porch.timing import milliseconds
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +185,12 @@ class ScriptRun:
 
     def __init__(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: ScriptInput,
                  timeout: float, tag: str, preexec: Callable[[], None] | None = None,
-                 client_gone: Callable[[], bool] = lambda: False) -> None:
+                 client_gone: Callable[[], bool] = lambda: False,
+                 before_wait: Callable[[], None] = lambda: None) -> None:
         """Start the script; OSError (from exec) propagates with nothing left behind."""
         self.tag = tag
         self.client_gone = client_gone
+        self.before_wait = before_wait
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self._closed = False
@@ -282,7 +284,7 @@ class ScriptRun:
         """Whether stdout is readable within ``timeout_ms``; stderr arriving meanwhile is logged."""
         ready = False
         if timeout_ms:
-            before_wait()
+            self.before_wait()
         for fd, _ in self._poller.poll(timeout_ms):
             if fd == self._stdout_fd:
                 ready = True
@@ -375,7 +377,7 @@ class ScriptRun:
         if log_stderr and self._stderr_fd is not None:
             poller.register(self._stderr_fd, select.POLLIN)
         pause = 0.001
-        before_wait()
+        self.before_wait()
         try:
             while not self._exited():
                 remaining = until - time.monotonic()

@@ -52,6 +52,7 @@ from porch.http.errors import (
     PreconditionFailed,
     RangeNotSatisfiable,
 )
+from porch.http.grammar import accepts_coding
 from porch.http.messages import FileRegion, Headers, Request, Response
 
 if TYPE_CHECKING:
@@ -93,7 +94,6 @@ MEDIA_TYPE = re.compile(rf"{TOKEN}/{TOKEN}(?:[ \t]*;[ \t]*{TOKEN}=(?:{TOKEN}|\"[
 CHARSET = re.compile(TOKEN)
 ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')  # RFC 9110 section 8.8.3
 BYTE_RANGE = re.compile(r"([0-9]{1,19})?-([0-9]{1,19})?")  # RFC 9110 section 14.1.1
-QVALUE = re.compile(r"[ \t]*[qQ][ \t]*=[ \t]*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)[ \t]*")
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ class StaticHandler(Handler):
             if sibling is not None:
                 gz_path, gz_info = sibling
                 extra = [*extra, ("Vary", "Accept-Encoding")]
-                if accepts_gzip(fields.get("accept-encoding")):
+                if accepts_coding(fields.get("accept-encoding"), "gzip"):
                     path, info = gz_path, gz_info
                     extra.append(("Content-Encoding", "gzip"))
         size = info.st_size
@@ -545,31 +545,6 @@ def byte_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
         else:
             merged.append((start, end))
     return merged
-
-
-def accepts_gzip(value: str | None) -> bool:
-    """Whether Accept-Encoding allows gzip (RFC 9110 12.5.3): listed, or "*", with q > 0."""
-    if not value:
-        return False
-    gzip_weight: float | None = None
-    star_weight: float | None = None
-    for item in value.split(","):
-        coding, _, params = item.partition(";")
-        coding = coding.strip().lower()
-        if coding not in ("gzip", "x-gzip", "*"):
-            continue
-        weight = 1.0
-        for param in params.split(";") if params else ():
-            if param.strip()[:1] in ("q", "Q"):
-                match = QVALUE.fullmatch(param)
-                weight = float(match.group(1)) if match else 0.0  # an unreadable weight refuses
-        if coding == "*":
-            star_weight = weight
-        else:
-            gzip_weight = weight if gzip_weight is None else max(gzip_weight, weight)
-    if gzip_weight is not None:
-        return gzip_weight > 0
-    return star_weight is not None and star_weight > 0
 
 
 def readable(text: str) -> str:

@@ -53,6 +53,7 @@ from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.xmlrpc.call import parse_call
 from porch.config.settings import positive, setting
 from porch.http.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from porch.http.grammar import accepts_coding
 from porch.http.messages import escape
 from porch.http.messages import Headers, Request, Response
 
@@ -290,30 +291,6 @@ class Dispatcher(SimpleXMLRPCDispatcher):
 # HTTP around it
 
 
-def accepts_gzip(headers: Headers) -> bool:
-    """Whether Accept-Encoding allows gzip (RFC 9110 section 12.5.3: "q=0" means "not this")."""
-    value = headers.joined("accept-encoding")
-    if not value:
-        return False
-    wildcard = False
-    for item in value.split(","):
-        coding, _, params = item.partition(";")
-        coding = coding.strip().lower()
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, number = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(number.strip())
-                except ValueError:
-                    quality = 0.0
-        if coding in GZIP_CODINGS:
-            return quality > 0
-        if coding == "*":
-            wildcard = quality > 0
-    return wildcard
-
-
 def gunzip(data: bytes, limit: int) -> bytes:
     """Decompress a gzip body (every member) to at most ``limit`` bytes: 413 beyond, 400 if corrupt.
 
@@ -410,7 +387,7 @@ class XMLRPCHandler(Handler):
         threshold = self.options.gzip_threshold
         if threshold is not None:
             headers.add("Vary", "Accept-Encoding")  # RFC 9110 section 12.5.5
-            if len(payload) >= threshold and accepts_gzip(request.headers):
+            if len(payload) >= threshold and accepts_coding(request.headers.joined("accept-encoding"), "gzip"):
                 payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
                 headers.add("Content-Encoding", "gzip")
         return Response(HTTPStatus.OK, headers, payload)

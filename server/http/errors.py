@@ -62,10 +62,6 @@ class RequestTimeout(HTTPError):
     close_connection = True
 
 
-class LengthRequired(HTTPError):
-    status = HTTPStatus.LENGTH_REQUIRED
-
-
 class PreconditionFailed(HTTPError):
     """412: an If-Match or If-Unmodified-Since condition is false (RFC 9110 section 13.2.2)."""
 
@@ -90,10 +86,6 @@ class RangeNotSatisfiable(HTTPError):
 
     def __init__(self, size: int) -> None:
         super().__init__(headers=[("Content-Range", f"bytes */{size}")])
-
-
-class ExpectationFailed(HTTPError):
-    status = HTTPStatus.EXPECTATION_FAILED
 
 
 class InternalServerError(HTTPError):

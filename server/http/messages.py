@@ -107,6 +107,10 @@ def _never() -> bool:
     return False
 
 
+def nothing() -> None:
+    """A wait announced where nobody listens (a forked child, a unit test)."""
+
+
 Address = Union[tuple[str, int], str]  # (host, port) for TCP; a path (or "") for Unix sockets
 
 
@@ -134,6 +138,9 @@ class Request:
     # Whether the client has closed its side (FIN, reset), for handlers that wait a long time;
     # a quick poll of the connection, never a read.
     client_gone: Callable[[], bool] = _never
+    # Call before waiting for I/O (a script's output, a slow socket): in the threading model it
+    # lets another pool thread take new work meanwhile (``porch.workers.turns``).
+    before_wait: Callable[[], None] = nothing
 
     @property
     def host(self) -> str:

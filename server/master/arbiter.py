@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porch.workers.runtime import SOFTWARE, build_server
+from porch import SOFTWARE
+from porch.workers.runtime import build_server
 from porch.config.settings import Config
 from porch.master.daemon import (
     DaemonError,

@@ -26,8 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
-from email.utils import formatdate
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 from porch.config.settings import Config
@@ -38,7 +37,8 @@ from porch.http.errors import (
     ProtocolError,
     RequestTimeout,
 )
-from porch.http.messages import Address, FileRegion, Headers, Request, Response
+from porch.http.dates import format_http_date
+from porch.http.messages import Address, FileRegion, Headers, Request, Response, nothing
 from porch.spine.pipeline import Pipeline, error_response
 from porch.http.protocol import (
     LAST_CHUNK,
@@ -50,7 +50,7 @@ from porch.http.protocol import (
     serialize_response_head,
 )
 from porch.net.tls import failure_reason
-from porch.workers.turns import before_wait, milliseconds
+from porch.timing import SecondCache, milliseconds
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +75,20 @@ class ResponseAborted(Exception):
     """The response could not be completed; the connection must be closed, not reused."""
 
 
-class DateCache:
-    """The ``Date`` header value, formatted at most once per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self._second:
-            self._value = formatdate(second, usegmt=True)
-            self._second = second
-        return self._value
-
-
-DATES = DateCache()
+DATES = SecondCache(format_http_date)  # the Date header (RFC 9110 6.6.1)
 
 
 class Connection:
     """One client connection and its buffered, not yet parsed bytes."""
 
     def __init__(self, sock: socket.socket, client: Address, server: Address, scheme: str,
-                 pipeline: Pipeline, config: Config, draining: threading.Event) -> None:
+                 pipeline: Pipeline, config: Config, draining: threading.Event,
+                 before_wait: Callable[[], None] = nothing) -> None:
         self.sock = sock
         sock.setblocking(False)  # always: waits are ours (``wait_io``), so none costs a poll first
         self.fd = sock.fileno()  # kept after close, to stop watching the right descriptor
         self.draining = draining  # set when the server stops: answer with Connection: close
+        self.before_wait = before_wait  # told before any wait, so another pool thread may take work
         self.client = client
         self.server = server
         self.scheme = scheme
@@ -317,7 +304,7 @@ class Connection:
             query=head.query, version=head.version, headers=head.headers, body=body,
             client=self.client, server=self.server, scheme=self.scheme,
             request_id=self.pipeline.request_id(head.headers, self.client), start=self.head_started,
-            client_gone=self.client_gone,
+            client_gone=self.client_gone, before_wait=self.before_wait,
         )
 
     def client_gone(self) -> bool:
@@ -517,7 +504,7 @@ class Connection:
 
         Another pool thread may take new work meanwhile (``before_wait``).
         """
-        before_wait()
+        self.before_wait()
         poller = select.poll()
         poller.register(self.fd, events)
         limit = self.io_timeout if timeout is None else timeout

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from porch.config.settings import LogSettings
 from porch.http.messages import Request, escape
+from porch.timing import SecondCache
 
 ACCESS_LOGGER = "porch.access"
 ERROR_LOGGER = "porch.error"
@@ -122,24 +123,8 @@ class Logs:
                     handler.stream.flush()
 
 
-class SecondCache:
-    """A time format applied at most once per second (access lines need it per request)."""
-
-    def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
-        self.second = -1
-        self.text = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self.second:
-            self.text = time.strftime(self.pattern, time.localtime(second))
-            self.second = second
-        return self.text
-
-
-CLF_TIME = SecondCache("%d/%b/%Y:%H:%M:%S %z")
-ISO_TIME = SecondCache("%Y-%m-%dT%H:%M:%S%z")
+CLF_TIME = SecondCache(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second)))
+ISO_TIME = SecondCache(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second)))
 
 
 def _clf_time() -> str:

@@ -26,12 +26,12 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from porch.config.settings import Config
 from porch.net.connection import DRAIN_IDLE_SECONDS, Connection
 from porch.net.listener import BoundListener
-from porch.http.messages import Address
+from porch.http.messages import Address, nothing
 from porch.spine.pipeline import Pipeline
 from porch.workers.turns import Turns, gil_enabled
 
@@ -55,6 +55,7 @@ class SelectorServer(socketserver.BaseServer):
         self.poller = select.epoll()
         self.watched: dict[int, object] = {}  # fd -> its listener, or None (the wake-up channel)
         self.draining = threading.Event()
+        self.before_wait: Callable[[], None] = nothing  # what a connection calls before it waits
         self.listeners_open = True
         self.last_loop = 0.0  # when the acceptor loop last ran: the worker's heartbeat
         self._stop = threading.Event()
@@ -170,7 +171,7 @@ class SelectorServer(socketserver.BaseServer):
         if listener.tls is not None:
             sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config,
-                          self.draining)
+                          self.draining, self.before_wait)
 
     def on_readable(self, fd: int, owner: object) -> None:
         """A watched descriptor other than a listener became readable (the wake-up channel)."""
@@ -242,6 +243,7 @@ class ThreadPoolServer(SelectorServer):
         super().__init__(listeners, pipeline, config)
         self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
         self.turns = Turns(len(os.sched_getaffinity(0)), exclusive=gil_enabled())
+        self.before_wait = self.turns.hand_over
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

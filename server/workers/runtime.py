@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from porch import __version__
+from porch import SOFTWARE
 from porch.workers.concurrency import SERVER_CLASSES, SelectorServer
 from porch.config.settings import Config
 from porch.handlers.build import build_handlers, handler_context
@@ -32,7 +32,6 @@ from porch.spine.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-SOFTWARE = f"porch/{__version__}"
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 HEARTBEAT_SECONDS = 0.5
 # The acceptor and the pool threads take turns on the GIL; CPython's default 5 ms turn makes a

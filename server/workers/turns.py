@@ -28,7 +28,6 @@ hands each ready connection to one of them.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -41,25 +40,10 @@ MAX_STANDBY_SECONDS = 0.016  # the check interval while the serving threads keep
 BUSY_SHARE = 0.75  # below this share of a period running, the serving threads are waiting
 DOZE_AFTER_CHECKS = 100  # checks seeing the lead taken before the standby stops checking
 
-_local = threading.local()
-
-
 def gil_enabled() -> bool:
     """Whether this interpreter runs Python code one thread at a time (CPython < 3.13: always)."""
     is_enabled: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
     return True if is_enabled is None else is_enabled()
-
-
-def milliseconds(seconds: float) -> int:
-    """A poll timeout: never negative, rounded up so that a wait does not end early."""
-    return max(0, math.ceil(seconds * 1000))
-
-
-def before_wait() -> None:
-    """Say that this thread is about to wait for I/O, so another one may take new work now."""
-    hand_over: Callable[[], None] | None = getattr(_local, "hand_over", None)
-    if hand_over is not None:
-        hand_over()
 
 
 class Turns:
@@ -80,8 +64,7 @@ class Turns:
         self.clocks: list[tuple[int, int]] = []  # each pool thread's CPU clock and schedstat
 
     def join(self) -> None:
-        """Enrol the calling pool thread: its run time counts, its ``before_wait()`` reaches us."""
-        _local.hand_over = self.hand_over
+        """Enrol the calling pool thread: its run time counts."""
         try:
             stats = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
         except OSError:
