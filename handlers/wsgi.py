@@ -52,8 +52,8 @@ from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shad
 from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.config.settings import setting
 from porch.http.messages import client_host
+from porch.http.grammar import BODILESS_STATUSES, HOP_BY_HOP, MAX_REMEMBERED_NAMES, TOKEN
 from porch.http.messages import Body, FileRegion, Headers, Request, Response
-from porch.http.protocol import MAX_REMEMBERED_NAMES
 
 if TYPE_CHECKING:
     from porch.config.settings import Mount
@@ -73,19 +73,12 @@ ERROR_LINE_CHARS = 8192  # an unterminated wsgi.errors line longer than this is 
 ERRORS_LOG_LEVEL = logging.ERROR
 MACHINERY_DIRS = frozenset({Path(importlib.__file__).parent, Path(__file__).parent})
 
-# RFC 9110 section 5.6.2: a field name is a token.
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 section 5.5: a field value is VCHAR / obs-text / SP / HTAB -- so no CR, LF or NUL --
 # and PEP 3333 "native strings" hold only code points below 256.
 FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # PEP 3333 "The start_response() Callable": a 3-digit code, ONE space, the reason phrase
 # (RFC 9112 section 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text )).
 STATUS_LINE = re.compile(r"([1-5][0-9]{2}) ([\t\x20-\x7e\x80-\xff]*)")
-# PEP 3333 "Other HTTP Features": an application must not send hop-by-hop headers (the set
-# of RFC 2616 section 13.5.1, as wsgiref.util.is_hop_by_hop); framing is the server's job.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailers", "transfer-encoding", "upgrade"})
-NO_BODY_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
 # Request headers that never become HTTP_* keys: CONTENT_* carry the first two; "Proxy" would be
 # HTTP_PROXY, which proxy-discovery code reads as a setting (httpoxy, CVE-2016-5385).
 NOT_HTTP_VARIABLES = frozenset({"content-type", "content-length", "proxy"})
@@ -329,10 +322,10 @@ def check_headers(headers: object) -> int | None:
 
 def _checked_name(name: str) -> str:
     """The lower-case form of a header name an application may send; ApplicationError if not."""
-    if not TOKEN.fullmatch(name):
+    if not TOKEN.fullmatch(name):  # RFC 9110 section 5.1: a field name is a token
         raise ApplicationError(f"invalid header name {name!r}")
     lower = name.lower()
-    if lower in HOP_BY_HOP:
+    if lower in HOP_BY_HOP:  # PEP 3333 "Other HTTP Features": framing is the server's job
         raise ApplicationError(f"hop-by-hop header {name!r} is the server's to send (PEP 3333)")
     if len(_VALID_NAMES) < MAX_REMEMBERED_NAMES and type(name) is str:
         _VALID_NAMES[name] = lower
@@ -434,7 +427,7 @@ class Exchange:
         self.headers_sent = self.returned = True
         headers = Headers(self.headers)
         if (iterator is None and self.length is None and method != "HEAD"
-                and self.code not in NO_BODY_STATUSES):
+                and self.code not in BODILESS_STATUSES):
             total = sum(map(len, chunks)) + (self.spool.tell() if self.spool is not None else 0)
             headers.add("Content-Length", str(total))
         return Response(self.code, headers, AppBody(self, chunks, iterator, result), self.reason or None)
@@ -568,8 +561,10 @@ class WSGIHandler(Handler):
         headers = request.headers
         for name, value in headers:
             lower = name.lower()
+            # A name with "_" is dropped: as HTTP_* it would be indistinguishable from the same
+            # name with "-", so X_Forwarded_For could pose as (or join) X-Forwarded-For.
             if "_" in name or lower in NOT_HTTP_VARIABLES:
-                continue  # "_" names could pose as "-" ones once mapped (see DESIGN: HTTP_*)
+                continue
             key = "HTTP_" + name.upper().replace("-", "_")
             if key in environ:  # RFC 9110 section 5.3: repeated fields join with ", "
                 environ[key] += ("; " if lower == "cookie" else ", ") + value

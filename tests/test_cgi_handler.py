@@ -26,7 +26,7 @@ from porch.handlers.cgi.process import (
     ScriptRun,
     SlotPool,
 )
-from porch.config.settings import Mount
+from porch.config.settings import Limits, Mount
 from porch.http.errors import (
     BadGateway,
     Forbidden,
@@ -36,7 +36,7 @@ from porch.http.errors import (
     NotFound,
 )
 from porch.http.messages import Headers, Request, Response
-from porch.http.protocol import ChunkedBody, ContentLengthBody
+from porch.http.body import ChunkedBody, ContentLengthBody
 
 SCRIPTS = Path(__file__).parent / "cgi_scripts"
 PY = {".py": sys.executable}
@@ -62,7 +62,7 @@ def make_request(target: str, *, method: str = "GET", headers: list[tuple[str, s
         encoded = b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + 1000]), data[i:i + 1000])
                            for i in range(0, len(data), 1000)) + b"0\r\n\r\n"
         fields.add("Transfer-Encoding", "chunked")
-        request_body: object = ChunkedBody(io.BytesIO(encoded), None)
+        request_body: object = ChunkedBody(io.BytesIO(encoded), None, limits=Limits())
     elif body is not None:
         fields.add("Content-Length", str(len(body)))
         request_body = ContentLengthBody(len(body), io.BytesIO(body), None)
@@ -207,9 +207,13 @@ class TestResolve:
         (root / "real.sh").write_text((SCRIPTS / "env.sh").read_text())
         (root / "real.sh").chmod(0o755)
         (root / "alias.sh").symlink_to(root / "real.sh")  # stays inside
+        (root / ".hidden.sh").write_text((SCRIPTS / "env.sh").read_text())
+        (root / ".hidden.sh").chmod(0o755)
+        (root / "peek.sh").symlink_to(".hidden.sh")  # inside, but onto a hidden name
         strict = build(root=root)
-        with pytest.raises(NotFound):
-            strict.handle(make_request("/cgi-bin/inside.sh"))
+        for target in ("/cgi-bin/inside.sh", "/cgi-bin/peek.sh"):
+            with pytest.raises(NotFound):
+                strict.handle(make_request(target))
         assert run(strict, make_request("/cgi-bin/alias.sh"))[0].status == 200
         assert run(build(root=root, follow_symlinks=True), make_request("/cgi-bin/inside.sh"))[0].status == 200
 

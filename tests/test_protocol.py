@@ -1,4 +1,5 @@
-"""Unit tests of porch.http.protocol: tables of byte strings in, RequestHead or ProtocolError out."""
+"""Unit tests of the request parser (porch.http.head, porch.http.body) and the response head and
+chunk writers (porch.http.response): tables of byte strings in, RequestHead or ProtocolError out."""
 
 from __future__ import annotations
 
@@ -11,18 +12,11 @@ import pytest
 
 from porch.config.settings import Limits
 from porch.http.errors import PayloadTooLarge, ProtocolError
-from porch.http.protocol import (
-    LAST_CHUNK,
-    ChunkedBody,
-    ContentLengthBody,
-    EmptyBody,
-    RequestHead,
-    body_reader,
-    encode_chunk,
-    find_head_end,
-    parse_head,
-    serialize_response_head,
-)
+from porch.http import head as head_module
+from porch.http.body import ChunkedBody, ContentLengthBody, EmptyBody, body_reader
+from porch.http.grammar import MAX_REMEMBERED_NAMES
+from porch.http.head import RequestHead, find_head_end, parse_head
+from porch.http.response import LAST_CHUNK, encode_chunk, serialize_response_head
 
 LIMITS = Limits()
 BAD = HTTPStatus.BAD_REQUEST
@@ -315,10 +309,9 @@ def test_invalid_hosts(host: str) -> None:
 
 def test_remembered_hosts_are_bounded_and_admit_no_bad_one() -> None:
     """Host values that passed are remembered (at most MAX_REMEMBERED_NAMES); others are checked."""
-    from porch.http import protocol
-    for n in range(protocol.MAX_REMEMBERED_NAMES + 5):
+    for n in range(MAX_REMEMBERED_NAMES + 5):
         assert parse(request("GET / HTTP/1.1", host=f"h{n}.example")).headers.get("host") == f"h{n}.example"
-    assert len(protocol._VALID_HOSTS) <= protocol.MAX_REMEMBERED_NAMES
+    assert len(head_module._VALID_HOSTS) <= MAX_REMEMBERED_NAMES
     assert parse(request("GET / HTTP/1.1", host="h0.example"))  # remembered, still served
     for host in ("h0.example:99999", "h0.example/x", "h1.example:x"):
         assert rejected(request("GET / HTTP/1.1", host=host)) == BAD
@@ -358,7 +351,7 @@ def test_invalid_content_length(values: list[str]) -> None:
 def test_no_framing_means_no_body() -> None:
     head = parse(request("POST / HTTP/1.1"))
     assert (head.content_length, head.chunked) == (None, False)
-    assert isinstance(body_reader(head, source(b"ignored"), 10), EmptyBody)
+    assert isinstance(body_reader(head, source(b"ignored"), 10, limits=LIMITS), EmptyBody)
 
 
 @pytest.mark.parametrize("values", [["chunked"], ["Chunked"], ["CHUNKED"], [" chunked "], [", chunked"]])
@@ -603,7 +596,7 @@ class RecordingSource:
 def test_on_first_read_runs_once_before_any_pull(fields: list[str], payload: bytes) -> None:
     log: list[str] = []
     head = parse(request("POST / HTTP/1.1", "Expect: 100-continue", *fields))
-    body = body_reader(head, RecordingSource(payload, log), 100, lambda: log.append("continue"))
+    body = body_reader(head, RecordingSource(payload, log), 100, lambda: log.append("continue"), limits=LIMITS)
     assert log == []
     assert body.read(0) == b"" and log == []
     assert body.read(1) == b"a"
@@ -615,7 +608,8 @@ def test_on_first_read_runs_once_before_any_pull(fields: list[str], payload: byt
 def test_empty_body_never_reads() -> None:
     calls: list[str] = []
     head = parse(request("POST / HTTP/1.1", "Content-Length: 0", "Expect: 100-continue"))
-    body = body_reader(head, RecordingSource(b"NEXT REQUEST", calls), 10, lambda: calls.append("continue"))
+    body = body_reader(head, RecordingSource(b"NEXT REQUEST", calls), 10, lambda: calls.append("continue"),
+                       limits=LIMITS)
     assert isinstance(body, EmptyBody)
     assert (body.read(), body.readline(), body.done, body.length, len(body.trailers)) == (b"", b"", True, 0, 0)
     assert calls == []
@@ -650,7 +644,7 @@ def test_chunked_body(payload: bytes, data: bytes, trailers: list[tuple[str, str
 
 def test_chunked_trailers_stay_out_of_headers() -> None:
     head = parse(request("POST / HTTP/1.1", "Transfer-Encoding: chunked"))
-    body = body_reader(head, source(b"0\r\nHost: evil.example\r\nContent-Length: 5\r\n\r\n"), None)
+    body = body_reader(head, source(b"0\r\nHost: evil.example\r\nContent-Length: 5\r\n\r\n"), None, limits=LIMITS)
     assert body.read() == b""
     assert body.trailers.get_all("host") == ["evil.example"]
     assert head.headers.get_all("host") == ["example.com"] and "content-length" not in head.headers
@@ -810,5 +804,5 @@ def test_encode_chunk() -> None:
     assert encode_chunk(b"x" * 4096) == b"1000\r\n" + b"x" * 4096 + b"\r\n"
     assert LAST_CHUNK == b"0\r\n\r\n"
     wire = encode_chunk(b"one\n") + encode_chunk(b"") + encode_chunk(b"two") + LAST_CHUNK
-    body = ChunkedBody(source(wire), None)
+    body = ChunkedBody(source(wire), None, limits=LIMITS)
     assert body.read() == b"one\ntwo" and body.done

@@ -1,4 +1,5 @@
-"""Properties of porch.http.protocol, checked with hypothesis (derandomized, so CI is deterministic).
+"""Properties of the request parser (porch.http.head, porch.http.body) and the chunk encoder,
+checked with hypothesis (derandomized, so CI is deterministic).
 
 1. Any bytes -- random, or a valid request mutated -- either parse (head and body) or raise an
    ``HTTPError`` (``ProtocolError`` / ``PayloadTooLarge``), never any other exception.
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 from porch.config.settings import Limits
 from porch.http.errors import HTTPError
-from porch.http.protocol import LAST_CHUNK, ChunkedBody, body_reader, encode_chunk, find_head_end, parse_head
+from porch.http.body import ChunkedBody, body_reader
+from porch.http.head import find_head_end, parse_head
+from porch.http.response import LAST_CHUNK, encode_chunk
 from test_request_corpus import VALID, PieceSource
 
 DETERMINISTIC = settings(derandomize=True, max_examples=300, deadline=None, database=None,
@@ -123,7 +126,7 @@ def test_chunked_round_trip(pieces: list[bytes], splits: list[int], how: str, si
         cut.append(wire[start:start + n])
         start += n
     source = PieceSource(cut)
-    body = ChunkedBody(source, limit=sum(map(len, pieces)))
+    body = ChunkedBody(source, limit=sum(map(len, pieces)), limits=LIMITS)
     if how == "read":
         received = body.read()
     else:
@@ -141,7 +144,7 @@ def test_chunked_round_trip(pieces: list[bytes], splits: list[int], how: str, si
 @given(st.binary(max_size=200), st.integers(0, 250))
 def test_content_length_body_is_exact_or_incomplete(payload: bytes, length: int) -> None:
     head = parse_head(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % length, LIMITS)
-    body = body_reader(head, io.BufferedReader(io.BytesIO(payload)), None)
+    body = body_reader(head, io.BufferedReader(io.BytesIO(payload)), None, limits=LIMITS)
     try:
         data = body.read()
     except HTTPError:

@@ -34,7 +34,8 @@ from porchtest import PorchServer
 from porch.config.settings import Limits
 from porch.http.errors import HTTPError
 from porch.http.messages import Body
-from porch.http.protocol import ChunkedBody, RequestHead, body_reader, find_head_end, parse_head
+from porch.http.body import ChunkedBody, body_reader
+from porch.http.head import RequestHead, find_head_end, parse_head
 
 CORPUS = Path(__file__).parent / "requests"
 LIMITS_CONFIG: dict[str, int] = json.loads((CORPUS / "limits.json").read_text())
@@ -295,7 +296,7 @@ def parse_responses(data: bytes, *, head_request: bool = False) -> list[tuple[in
             body = data[pos:pos + int(fields[b"content-length"])]
         elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
             source = PieceSource([data[pos:]])
-            responses.append((status, ChunkedBody(source, None).read()))
+            responses.append((status, ChunkedBody(source, None, limits=LIMITS).read()))
             pos = len(data) - len(source.rest())
             continue
         else:

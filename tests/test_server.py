@@ -21,7 +21,7 @@ import requests
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer, wait_until
 from porch.workers.runtime import build_server
-from porch.workers.concurrency import ThreadPoolServer
+from porch.workers.pool import ThreadPoolServer
 from porch.config.load import config_from_mapping
 from porch.net.listener import bind_all
 from porch.spine.logs import ACCESS_LOGGER, ERROR_LOGGER, PACKAGE_LOGGERS

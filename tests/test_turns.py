@@ -1,5 +1,6 @@
 """Turn-taking in the thread pool (porch.workers.turns), with real threads and the kernel's accounting:
-a second thread is let in when the serving thread waits, not while it computes."""
+under the GIL a second thread is let in when the serving thread waits, not while it computes;
+without it every thread leads."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from porch.workers.turns import Turns
+import pytest
+
+import porch.workers.turns as turns_module
+from porch.workers.turns import EveryThreadLeads, LeaderStandby, gil_enabled, turns_for
 
 
-def serve_with_standby(cpus: int, work: Callable[[threading.Event, Turns], object]) -> tuple[object, Turns]:
+def serve_with_standby(cpus: int, work: Callable[[threading.Event, LeaderStandby], object]
+                       ) -> tuple[object, LeaderStandby]:
     """Two pool threads: the first leads, takes a connection and runs ``work(promoted)``; the
     second waits for its turn and sets ``promoted`` when it becomes the leader.  ``work`` gets
     the turns too, to announce a wait as a connection does.  Returns what ``work`` returned."""
-    turns = Turns(cpus)
+    turns = LeaderStandby(cpus)
     promoted = threading.Event()
     result: list[object] = []
 
@@ -48,7 +53,7 @@ def spin(seconds: float) -> None:
 
 
 def test_no_second_thread_while_the_first_computes() -> None:
-    def work(promoted: threading.Event, turns: Turns) -> bool:
+    def work(promoted: threading.Event, turns: LeaderStandby) -> bool:
         spin(0.4)
         return promoted.is_set()
 
@@ -56,7 +61,7 @@ def test_no_second_thread_while_the_first_computes() -> None:
 
 
 def test_a_second_thread_once_the_first_waits() -> None:
-    def work(promoted: threading.Event, turns: Turns) -> bool:
+    def work(promoted: threading.Event, turns: LeaderStandby) -> bool:
         spin(0.1)
         # A wait porch cannot see (an application's database call, say): the standby measures
         # that the serving thread leaves the GIL idle and takes the lead within a few periods.
@@ -66,7 +71,7 @@ def test_a_second_thread_once_the_first_waits() -> None:
 
 
 def test_an_announced_wait_lets_the_next_thread_in_at_once() -> None:
-    def work(promoted: threading.Event, turns: Turns) -> bool:
+    def work(promoted: threading.Event, turns: LeaderStandby) -> bool:
         turns.hand_over()  # one thread serves, fewer than the CPUs: hand over now
         spin(0.1)  # computing: only the announcement can have let the standby in
         return promoted.is_set()
@@ -75,7 +80,7 @@ def test_an_announced_wait_lets_the_next_thread_in_at_once() -> None:
 
 
 def test_announced_waits_bring_in_no_more_threads_than_cpus() -> None:
-    def work(promoted: threading.Event, turns: Turns) -> bool:
+    def work(promoted: threading.Event, turns: LeaderStandby) -> bool:
         turns.hand_over()  # one thread already serves and there is one CPU
         spin(0.3)
         return promoted.is_set()
@@ -83,9 +88,19 @@ def test_announced_waits_bring_in_no_more_threads_than_cpus() -> None:
     assert serve_with_standby(1, work)[0] is False
 
 
+@pytest.mark.skipif(not gil_enabled(), reason="a free-threaded build")
+def test_under_the_gil_the_pool_gets_a_leader_and_a_standby() -> None:
+    assert isinstance(turns_for(2), LeaderStandby)
+
+
+def test_without_a_gil_the_pool_gets_every_thread_leading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turns_module, "gil_enabled", lambda: False)
+    assert isinstance(turns_for(2), EveryThreadLeads)
+
+
 def test_without_a_gil_every_thread_leads_at_once() -> None:
     """Free-threaded builds: threads compute in parallel, so none waits for a turn."""
-    turns = Turns(2, exclusive=False)
+    turns = EveryThreadLeads()
     leading = threading.Barrier(4, timeout=5)  # passes only once all four lead together
     done: list[bool] = []
 

@@ -1,7 +1,8 @@
 """WSGI handler, called directly: loading, environ, start_response rules, body assembly.
 
-Requests are parsed from raw bytes by the real protocol module, their bodies read from an
-in-memory source, and responses consumed the way the connection does (iterate, then close).
+Requests are parsed from raw bytes by the real parser (porch.http.head, porch.http.body), their
+bodies read from an in-memory source, and responses consumed the way the connection does
+(iterate, then close).
 The fixture apps wrap themselves in ``wsgiref.validate.validator``, so a PEP 3333 violation
 raises here.  The real-socket behaviour is in ``test_wsgi.py``.
 """
@@ -37,7 +38,8 @@ from porch.handlers.wsgi import (
 from porch.config.settings import Limits, Mount
 from porch.http.errors import ProtocolError
 from porch.http.messages import Address, FileRegion, Request, Response
-from porch.http.protocol import body_reader, find_head_end, parse_head
+from porch.http.body import body_reader
+from porch.http.head import find_head_end, parse_head
 
 APPS_DIR = Path(__file__).parent / "wsgi_apps"
 CORE = "wsgitest_core:application"
@@ -57,7 +59,7 @@ def make_request(raw: bytes, *, client: Address = ("127.0.0.1", 50123),
     """Parse ``raw`` (head + body) exactly as the connection would."""
     end = find_head_end(raw, Limits())
     head = parse_head(raw[:end], Limits())
-    body = body_reader(head, io.BytesIO(raw[end:]), None, on_first_read)
+    body = body_reader(head, io.BytesIO(raw[end:]), None, on_first_read, limits=Limits())
     return Request(method=head.method, target=head.target, raw_path=head.raw_path, path=head.path,
                    query=head.query, version=head.version, headers=head.headers, body=body,
                    client=client, server=server, scheme=scheme, request_id="req-1")
@@ -366,7 +368,8 @@ class TestStartResponseRules:
         [("Content-Type", b"text/plain")], [("Bad Name", "x")], [("Bad:Name", "x")], [("", "x")],
         [("X-A", "a\r\nSet-Cookie: evil=1")], [("X-A", "a\nb")], [("X-A", "a\x00")], [("X-A", "\u20ac")],
         [("Connection", "close")], [("Transfer-Encoding", "chunked")], [("Keep-Alive", "5")],
-        [("Upgrade", "h2c")], [("Content-Length", "-1")], [("Content-Length", "1e3")],
+        [("Upgrade", "h2c")], [("Proxy-Connection", "keep-alive")], [("Trailer", "X-Sum")],
+        [("Proxy-Authenticate", "Basic")], [("Content-Length", "-1")], [("Content-Length", "1e3")],
         [("Content-Length", "5"), ("Content-Length", "6")], [("Content-Length", "\u0661")]])
     def test_bad_headers(self, headers: object) -> None:
         with pytest.raises(ApplicationError):

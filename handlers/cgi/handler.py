@@ -59,6 +59,7 @@ from porch.handlers.cgi.process import (
     SlotPool,
     describe_exit,
 )
+from porch.handlers.paths import Root, refusal
 from porch.config.settings import Mount, existing_directory, existing_file, positive, setting
 from porch.http.errors import (
     BadGateway,
@@ -190,15 +191,16 @@ class CGIHandler(Handler):
             # Extensions with an interpreter run too: serving them static would show their source.
             names = {normalise_extension(e, "extensions") for e in options.extensions} | set(self.interpreters)
             self.cgi_extensions = tuple(sorted(names, key=len, reverse=True))
-        self.root: Path | None = None
-        self.root_prefix = ""
+        self.root: Root | None = None
         self.script: Path | None = None
         if options.root is not None:
             if not Path(options.root).is_dir():
                 raise OptionError("root", f"directory '{options.root}' does not exist")
-            self.root = Path(options.root).resolve()
-            self.root_prefix = str(self.root).rstrip("/") + "/"
-            default_root = self.root
+            # Hidden names are never scripts, nor served as a mixed tree's static files: no
+            # dotfiles, and no /.well-known exception.
+            self.root = Root(options.root, follow_symlinks=options.follow_symlinks, dotfiles=False,
+                             well_known=False)
+            default_root = Path(self.root.directory)
         else:
             assert options.script is not None
             self.script = self._single_script(Path(options.script))
@@ -260,7 +262,7 @@ class CGIHandler(Handler):
         except ImportError as error:
             raise OptionError("extensions", f"needs the static handler: {error}") from error
         assert self.root is not None
-        options = StaticHandler.Options(root=self.root, follow_symlinks=self.options.follow_symlinks)
+        options = StaticHandler.Options(root=Path(self.root.directory), follow_symlinks=self.options.follow_symlinks)
         return StaticHandler(dataclasses.replace(self.mount, options=options), self.context)
 
     def close(self) -> None:
@@ -292,45 +294,38 @@ class CGIHandler(Handler):
         """The script and the SCRIPT_NAME / PATH_INFO split; None: a static file of a mixed tree.
 
         The first path segment that names a regular file is the script, the rest is PATH_INFO
-        (RFC 3875 3.2).  The traversal rules are the static handler's: the protocol layer has
-        refused dot-segments and NUL; here "\\", encoded separators and hidden names are 404,
-        and a symbolic link must resolve inside the root unless ``follow_symlinks``.
+        (RFC 3875 3.2).  The traversal rules are the static handler's (``porch.handlers.paths``):
+        "\\", NUL, encoded separators (RFC 3875 4.1.5) and dot-segments, also in the target as
+        sent (RFC 3986 5.2.4), are 404 anywhere in the path; hidden names are 404 up to the
+        script (what follows is the script's PATH_INFO, not names on disk); a symbolic link must
+        resolve inside the root, onto no hidden name, unless ``follow_symlinks``.
         """
         prefix = self.mount.path.rstrip("/")
         path_info = self.path_info(request)
-        if path_info and not path_info.startswith("/"):
-            raise NotFound()
         if self.script is not None:
+            if path_info and not path_info.startswith("/"):
+                raise NotFound()
             return ScriptTarget(self.script, prefix, path_info)
-        lowered = request.raw_path.lower()
-        if "\\" in path_info or "\x00" in path_info or "%2f" in lowered or "%5c" in lowered:
-            # RFC 3875 4.1.5: an encoded "/" decoded into the path loses information; refuse it.
-            raise NotFound()
+        root = self.root
+        assert root is not None
+        root.check(request, path_info, whole_path=False)
         segments = path_info.split("/")[1:] if path_info else []
-        current = str(self.root)
+        base = root.prefix
         for index, segment in enumerate(segments):
             if not segment:
                 continue
-            if segment.startswith("."):
-                raise NotFound()  # hidden names are never scripts (nor served, as static files)
-            candidate = os.path.join(current, segment)
+            if root.hidden(segment, index):
+                raise NotFound()
+            candidate = base + segment  # the name as asked for: nph- and interpreters go by it
             try:
-                info = os.lstat(candidate)
-                link = stat.S_ISLNK(info.st_mode)
-                if link:
-                    real = os.path.realpath(candidate)
-                    if not self.options.follow_symlinks and not (real + "/").startswith(self.root_prefix):
-                        raise NotFound()  # a link leading out of the root
-                    info = os.stat(candidate)
-            except PermissionError:
-                raise Forbidden() from None
-            except OSError:  # missing, not a directory, ENAMETOOLONG, ELOOP
-                raise NotFound() from None
+                path, info = root.entry(candidate)  # path: where a symbolic link leads
+            except (OSError, ValueError) as error:  # missing, not a directory, ENAMETOOLONG, ELOOP
+                raise refusal(error) from None
             if stat.S_ISDIR(info.st_mode):
-                current = candidate
+                base = path.rstrip("/") + "/"
                 continue
             if self.static is not None and not self.is_script_name(segment):
-                if link and self.is_script_name(real):
+                if path != candidate and self.is_script_name(path):  # a link to a script
                     raise Forbidden("this name leads to a script")  # never serve a script's source
                 return None
             if not stat.S_ISREG(info.st_mode):

@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
 
-# RFC 9110 section 5.6.2: tchar.
-TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# RFC 9110 section 5.5: field values are VCHAR, SP, HTAB and obs-text; every other control is out.
-FORBIDDEN_VALUE_BYTES = frozenset(set(range(0x20)) - {0x09} | {0x7F})
+from porch.http.grammar import FIELD_FORBIDDEN, TOKEN_BYTES
+
 CR = 0x0D
 CGI_FIELDS = frozenset({"status", "location", "content-type"})
 # Fields the server itself owns (RFC 3875 section 6.3.4: it SHOULD resolve conflicts), so a
@@ -146,11 +144,11 @@ def parse_field(line: bytes) -> tuple[str, str]:
     if colon <= 0:
         raise MalformedOutput(f"not a header field: {line[:80]!r}")
     name = line[:colon]
-    if not TOKEN_BYTES.issuperset(name):
+    if not TOKEN_BYTES.fullmatch(name):  # RFC 9110 section 5.6.2: a field name is a token
         # This also refuses whitespace between the name and the colon (RFC 3875 section 6.3).
         raise MalformedOutput(f"invalid header field name {name[:80]!r}")
     value = line[colon + 1:].strip(b" \t")
-    if not FORBIDDEN_VALUE_BYTES.isdisjoint(value):
+    if FIELD_FORBIDDEN.search(value):  # RFC 9110 section 5.5: no control character but HTAB
         raise MalformedOutput(f"control character in the value of {name.decode('ascii')}")
     return name.decode("ascii"), value.decode("latin-1")
 
@@ -218,7 +216,7 @@ def parse_nph_head(block: bytes) -> CGIHead:
     if not 200 <= code <= 599:
         raise MalformedOutput(f"NPH status {code} is not a final status code")
     reason = match.group(4)
-    if reason is not None and not FORBIDDEN_VALUE_BYTES.isdisjoint(reason):
+    if reason is not None and FIELD_FORBIDDEN.search(reason):  # RFC 9112 section 4
         raise MalformedOutput("control character in the NPH reason phrase")
     text = reason.decode("latin-1").strip() if reason else ""
     head = CGIHead(status=code, reason=text or None)

@@ -2,9 +2,10 @@
 
 A small static file costs more in system calls -- open, fstat, pread, close, and a stat for its
 ".gz" sibling -- than in bytes.  ``SmallFiles`` keeps the content of files up to
-``MAX_FILE_BYTES``, by path, valid while the file's identity (device, inode, size and
-modification time in nanoseconds) is what the request's own stat found: a file that changed is
-read again on its next request, so nothing stale is ever served.  That a file has no ".gz"
+``SMALL_FILE_BYTES`` (porch.http.messages: the connection sends such a body with its head in one
+write), by path, valid while the file's identity (device, inode, size and modification time in
+nanoseconds) is what the request's own stat found: a file that changed is read again on its next
+request, so nothing stale is ever served.  That a file has no ".gz"
 sibling is remembered for ``SIBLING_SECONDS``, so a compressed copy added later is used within a
 second (a sibling that exists is stat'ed on every request, like the file).  One per static mount
 and worker process, bounded in entries; the oldest entry goes first.
@@ -16,7 +17,8 @@ import os
 import time
 from collections.abc import Callable
 
-MAX_FILE_BYTES = 32768
+from porch.http.messages import SMALL_FILE_BYTES
+
 MAX_ENTRIES = 1024
 SIBLING_SECONDS = 1.0
 
@@ -38,7 +40,7 @@ class SmallFiles:
     def content(self, path: str, info: os.stat_result, read: Callable[[], bytes]) -> bytes | None:
         """The bytes of the file ``info`` describes, from memory or ``read()``; None if it is too
         big to keep, or changed while it was read (the caller streams it instead)."""
-        if info.st_size > MAX_FILE_BYTES:
+        if info.st_size > SMALL_FILE_BYTES:
             return None
         key = identity(info)
         cached = self.contents.get(path)

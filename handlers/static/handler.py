@@ -4,11 +4,11 @@ How this works::
 
     path_info ─reject (404): NUL, "\\", "." or ".." segments (also in the target as sent,
               should the parser have resolved them), %2F / %5C in the raw path,
-              hidden segments (".name") unless dotfiles
+              hidden segments (".name") unless dotfiles       (porch.handlers.paths.Root.check)
       → locate under the root, never "cleaning" the path: one lstat per segment below the
         (start-up resolved) root; a symlink is resolved with os.path.realpath and must land
         inside the root unless follow_symlinks (then a single os.stat does it all); only
-        regular files and directories are served
+        regular files and directories are served                 (Root.locate, Root.entry)
       → method: GET/HEAD are served, OPTIONS answers 204 with Allow, anything else 405
       → directory: 301 to add the slash, else the first index file, else a listing or 403
       → file: the ".gz" variant when the client accepts gzip → ETag/Last-Modified
@@ -23,8 +23,6 @@ touched), into a plain dict from extension to the full Content-Type value.
 
 from __future__ import annotations
 
-import email.utils
-import functools
 import html
 import logging
 import mimetypes
@@ -35,15 +33,16 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from porch.handlers.base import Handler, HandlerContext, OptionError
+from porch.handlers.paths import Root, refusal
 from porch.handlers.static.cache import SmallFiles
 from porch.config.settings import existing_directory, setting
+from porch.http.dates import format_http_date, parse_http_date
 from porch.http.errors import (
     Forbidden,
     HTTPError,
@@ -52,7 +51,7 @@ from porch.http.errors import (
     PreconditionFailed,
     RangeNotSatisfiable,
 )
-from porch.http.grammar import accepts_coding
+from porch.http.grammar import TOKEN, accepts_coding
 from porch.http.messages import FileRegion, Headers, Request, Response
 
 if TYPE_CHECKING:
@@ -66,7 +65,6 @@ DEFAULT_TYPE = "application/octet-stream"
 MAX_RANGES = 16  # more parts than this (after coalescing) and the whole file is sent instead
 RANGE_MERGE_GAP_BYTES = 80  # about the overhead of one multipart part header (RFC 9110 14.2)
 READ_CHUNK_BYTES = 65536
-WELL_KNOWN = ".well-known"  # RFC 8615: public by definition, served even when dotfiles is false
 
 # Modern types, so every Python version answers the same (3.11 still says
 # application/javascript; RFC 9239 section 6 makes text/javascript the one to use).
@@ -89,9 +87,8 @@ CHARSET_TYPES = frozenset({"application/javascript", "application/json", "applic
 FILE_FIELDS = frozenset({"if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
                          "range", "if-range", "accept-encoding"})
 
-TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-MEDIA_TYPE = re.compile(rf"{TOKEN}/{TOKEN}(?:[ \t]*;[ \t]*{TOKEN}=(?:{TOKEN}|\"[^\"\x00-\x1f]*\"))*")
-CHARSET = re.compile(TOKEN)
+_T = TOKEN.pattern  # RFC 9110 8.3.1: media-type = type "/" subtype parameters
+MEDIA_TYPE = re.compile(rf"{_T}/{_T}(?:[ \t]*;[ \t]*{_T}=(?:{_T}|\"[^\"\x00-\x1f]*\"))*")
 ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')  # RFC 9110 section 8.8.3
 BYTE_RANGE = re.compile(r"([0-9]{1,19})?-([0-9]{1,19})?")  # RFC 9110 section 14.1.1
 
@@ -125,20 +122,16 @@ class StaticHandler(Handler):
     def __init__(self, mount: Mount, context: HandlerContext) -> None:
         super().__init__(mount, context)
         options: StaticOptions = self.options
-        root = os.path.realpath(options.root)
-        if not os.path.isdir(root):
+        if not os.path.isdir(options.root):
             raise OptionError("root", f"directory '{options.root}' does not exist")
-        self.root = root
-        self.root_prefix = root.rstrip("/") + "/"
-        self.follow_symlinks = options.follow_symlinks
-        self.dotfiles = options.dotfiles
-        self.well_known = mount.path.rstrip("/") == ""  # RFC 8615 names the origin's root
+        self.root = Root(options.root, follow_symlinks=options.follow_symlinks, dotfiles=options.dotfiles,
+                         well_known=mount.path.rstrip("/") == "")  # RFC 8615 names the origin's root
         for name in options.index:
             if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
                 raise OptionError("index", f"{name!r} is not a plain file name")
             if name.startswith(".") and not options.dotfiles:
                 raise OptionError("index", f"{name!r} is hidden; set dotfiles: true to use it")
-        if options.charset and not CHARSET.fullmatch(options.charset):
+        if options.charset and not TOKEN.fullmatch(options.charset):
             raise OptionError("charset", f"{options.charset!r} is not a charset name")
         if options.cache_control is not None and not options.cache_control.isprintable():
             raise OptionError("cache_control", "must not contain control characters")
@@ -147,7 +140,7 @@ class StaticHandler(Handler):
         self.small_files = SmallFiles()
         # O_NONBLOCK: never hang on a FIFO swapped in after the stat.
         self.open_flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
-        if not self.follow_symlinks:
+        if not options.follow_symlinks:
             self.open_flags |= getattr(os, "O_NOFOLLOW", 0)
 
     @staticmethod
@@ -169,11 +162,10 @@ class StaticHandler(Handler):
 
     def handle(self, request: Request) -> Response:
         path_info = self.path_info(request)
-        self.check_path(request.raw_path, path_info)
-        if "/." in request.target:
-            check_target(request.target)
+        root = self.root
+        root.check(request, path_info)
         try:
-            path, info = self.locate(path_info)
+            path, info = root.locate(path_info)
         except (OSError, ValueError) as error:
             raise refusal(error) from None
         is_file = stat.S_ISREG(info.st_mode)
@@ -196,7 +188,7 @@ class StaticHandler(Handler):
             return Response(HTTPStatus.MOVED_PERMANENTLY, headers, body)
         for name in self.options.index:
             try:
-                index_path, index_info = self.entry(path.rstrip("/") + "/" + name)
+                index_path, index_info = root.entry(path.rstrip("/") + "/" + name)
             except (OSError, ValueError, HTTPError):
                 continue
             if stat.S_ISREG(index_info.st_mode):
@@ -204,53 +196,6 @@ class StaticHandler(Handler):
         if self.options.listing:
             return self.listing(request, path, path_info)
         raise Forbidden("directory listing is disabled")
-
-    def check_path(self, raw_path: str, path_info: str) -> None:
-        """Refuse what could name something else than it seems; never "clean" a path (404)."""
-        if path_info and path_info[0] != "/":
-            raise NotFound()
-        if "\x00" in path_info or "\\" in path_info:
-            raise NotFound()
-        if "%" in raw_path:
-            lowered = raw_path.lower()
-            if "%2f" in lowered or "%5c" in lowered:  # an encoded separator is never a name part
-                raise NotFound()
-        if "/." in path_info:  # only then can a segment be ".", ".." or hidden
-            for position, segment in enumerate(path_info.split("/")[1:]):
-                if segment == "." or segment == "..":
-                    raise NotFound()
-                if segment.startswith(".") and not self.dotfiles:
-                    if not (position == 0 and segment == WELL_KNOWN and self.well_known):
-                        raise NotFound()
-
-    def locate(self, path_info: str) -> tuple[str, os.stat_result]:
-        """The filesystem path (no trailing slash) and stat of ``path_info`` inside the root."""
-        relative = path_info.lstrip("/")
-        if self.follow_symlinks or not relative:
-            full = self.root_prefix + relative
-            return full.rstrip("/") or "/", os.stat(full)
-        base, path, info = self.root_prefix, self.root, None
-        for part in relative.split("/"):
-            if part:
-                path, info = self.entry(base + part)
-                base = path.rstrip("/") + "/"
-        if info is None:
-            info = os.stat(self.root)
-        return path, info
-
-    def entry(self, candidate: str) -> tuple[str, os.stat_result]:
-        """Stat one name whose parent is inside the root; a symlink must resolve inside it too."""
-        if self.follow_symlinks:
-            return candidate, os.stat(candidate)
-        info = os.lstat(candidate)
-        if not stat.S_ISLNK(info.st_mode):
-            return candidate, info
-        real = os.path.realpath(candidate)
-        if not (real + "/").startswith(self.root_prefix):
-            raise NotFound()
-        if not self.dotfiles and "/." in real[len(self.root_prefix) - 1:]:
-            raise NotFound()  # a link must not reveal a hidden file either
-        return real, os.stat(real)
 
     def content_type(self, name: str) -> str:
         ext = os.path.splitext(name)[1]
@@ -277,7 +222,7 @@ class StaticHandler(Handler):
                     extra.append(("Content-Encoding", "gzip"))
         size = info.st_size
         modified = min(info.st_mtime_ns // 1_000_000_000, int(time.time()))  # RFC 9110 8.8.2.1
-        last_modified = http_date_text(modified)
+        last_modified = format_http_date(modified)
         etag = f'"{size:x}-{info.st_mtime_ns:x}-{info.st_ino:x}"'
         if self.not_modified(fields, etag, modified, last_modified):
             headers = [("ETag", etag), ("Last-Modified", last_modified), *extra]
@@ -314,7 +259,7 @@ class StaticHandler(Handler):
             if not etag_in(if_match, etag, weak=False):  # step 1: strong comparison
                 raise PreconditionFailed("the resource does not match If-Match")
         elif "if-unmodified-since" in fields:  # step 2
-            date = http_date(fields["if-unmodified-since"])
+            date = parse_http_date(fields["if-unmodified-since"])
             if date is not None and modified > date:
                 raise PreconditionFailed("the resource was modified since If-Unmodified-Since")
         if_none_match = fields.get("if-none-match")
@@ -325,13 +270,13 @@ class StaticHandler(Handler):
             return False
         if since == last_modified:
             return True
-        date = http_date(since)
+        date = parse_http_date(since)
         return date is not None and modified <= date
 
     def gz_sibling(self, path: str) -> tuple[str, os.stat_result] | None:
         """The regular file ``path``.gz (resolved as a request for it would be), or None."""
         try:
-            gz_path, gz_info = self.entry(path + ".gz")
+            gz_path, gz_info = self.root.entry(path + ".gz")
         except (OSError, ValueError, HTTPError):
             return None
         return (gz_path, gz_info) if stat.S_ISREG(gz_info.st_mode) else None
@@ -363,10 +308,10 @@ class StaticHandler(Handler):
         except OSError as error:
             raise refusal(error) from None
         for entry in entries:
-            if entry.name.startswith(".") and not self.dotfiles:
+            if entry.name.startswith(".") and not self.root.dotfiles:
                 continue
             try:
-                target, info = self.entry(entry.path)
+                _, info = self.root.entry(entry.path)
             except (OSError, ValueError, HTTPError):
                 continue  # vanished, unreadable, or a link out of the root
             if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
@@ -430,29 +375,6 @@ class MultipartRanges:
 # -- pure functions ---------------------------------------------------------------------------
 
 
-def check_target(target: str) -> None:
-    """404 for a dot-segment in the request-target as sent, even if the parser resolved it.
-
-    RFC 3986 5.2.4 lets a parser turn "/a/../b" into "/b"; a file server that refuses rather
-    than cleans must look at what the client actually sent.
-    """
-    path = target.partition("?")[0]
-    if not path.startswith("/"):  # absolute-form: drop "scheme://authority"
-        path = "/" + path.partition("//")[2].partition("/")[2]
-    for segment in path.split("/"):
-        if segment in (".", "..") or "%" in segment and unquote(segment) in (".", ".."):
-            raise NotFound()
-
-
-def refusal(error: BaseException) -> HTTPError:
-    """The answer for a failed stat or open: 403 when permission is denied, else 404."""
-    if isinstance(error, HTTPError):
-        return error
-    if isinstance(error, PermissionError):
-        return Forbidden("permission denied")
-    return NotFound()
-
-
 def with_charset(mime: str, charset: str) -> str:
     """``mime`` with ``; charset=`` added for textual types that have no parameters yet."""
     if not charset or ";" in mime:
@@ -475,23 +397,6 @@ def etag_in(field_value: str, etag: str, weak: bool) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=1024)
-def http_date_text(seconds: int) -> str:
-    """An IMF-fixdate; files share few distinct modification times, so they are kept."""
-    return email.utils.formatdate(seconds, usegmt=True)
-
-
-def http_date(value: str) -> int | None:
-    """Seconds since the epoch of an HTTP-date (RFC 9110 5.6.7), or None if it is not one."""
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp())
-
-
 def if_range_holds(value: str | None, etag: str, modified: int) -> bool:
     """RFC 9110 13.1.5: no If-Range, or a strong match of the ETag or the exact date."""
     if value is None:
@@ -501,7 +406,7 @@ def if_range_holds(value: str | None, etag: str, modified: int) -> bool:
         return value == etag
     if value.startswith("W/"):
         return False  # a weak tag never matches for ranges
-    return http_date(value) == modified
+    return parse_http_date(value) == modified
 
 
 def byte_ranges(value: str, size: int) -> list[tuple[int, int]] | None:

@@ -53,7 +53,7 @@ from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.xmlrpc.call import parse_call
 from porch.config.settings import positive, setting
 from porch.http.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
-from porch.http.grammar import accepts_coding
+from porch.http.grammar import CODING_ALIASES, accepts_coding
 from porch.http.messages import escape
 from porch.http.messages import Headers, Request, Response
 
@@ -66,7 +66,6 @@ APPLICATION_FAULT = 1  # what SimpleXMLRPCServer answers for an exception in a f
 READ_CHUNK_BYTES = 65536
 GZIP_LEVEL = 6
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml"})
-GZIP_CODINGS = frozenset({"gzip", "x-gzip"})  # RFC 9110 section 8.4.1.3: x-gzip is gzip
 RESERVED_PREFIX = "system."
 
 # Python types → XML-RPC type names for system.methodSignature (spec: "sysmethodsig").
@@ -447,7 +446,7 @@ def _request_coding(headers: Headers) -> bool:
     codings = [c for c in codings if c not in ("", "identity")]
     if not codings:
         return False
-    if len(codings) == 1 and codings[0] in GZIP_CODINGS:
+    if len(codings) == 1 and CODING_ALIASES.get(codings[0], codings[0]) == "gzip":
         return True
     raise UnsupportedMediaType("only gzip request bodies are accepted",
                                headers=[("Accept-Encoding", "gzip")])

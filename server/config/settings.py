@@ -9,8 +9,10 @@ these declarations.  Handlers declare their own options the same way (see ``porc
 from __future__ import annotations
 
 import functools
+import grp
 import ipaddress
 import os
+import pwd
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
@@ -147,22 +149,31 @@ def octal_mode(value: str) -> None:
         raise ValueError(f"expected permission bits in octal like \"0660\", got '{value}'")
 
 
+def user_entry(user: str) -> pwd.struct_passwd:
+    """The passwd entry of a user written as a name or a numeric uid; KeyError if there is none.
+
+    The one lookup behind every user setting: the check below, the socket owner, the workers' user.
+    """
+    return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+
+
+def group_entry(group: str) -> grp.struct_group:
+    """The group entry of a group written as a name or a numeric gid; KeyError if there is none."""
+    return grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+
+
 def known_user(value: str) -> None:
     """Check: a user name or numeric uid this machine knows."""
-    import pwd
-
     try:
-        pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+        user_entry(value)
     except KeyError:
         raise ValueError(f"no user '{value}' on this machine") from None
 
 
 def known_group(value: str) -> None:
     """Check: a group name or numeric gid this machine knows."""
-    import grp
-
     try:
-        grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+        group_entry(value)
     except KeyError:
         raise ValueError(f"no group '{value}' on this machine") from None
 

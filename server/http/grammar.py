@@ -1,18 +1,79 @@
 """HTTP grammar rules that more than one part of porch applies, each written once.
 
-Content-coding negotiation (RFC 9110 12.5.3) lives here; the static handler and the XML-RPC
-handler both ask ``accepts_coding`` whether they may send gzip.
+The request parser (``porch.http.head``, ``porch.http.body``), the response writer
+(``porch.http.response``) and the handlers that read or check fields themselves (WSGI, CGI,
+static, XML-RPC) all take from here: the token, the field line, list elements, the characters a
+field may not hold, which fields are hop-by-hop, which statuses have no content, and
+content-coding negotiation (RFC 9110 12.5.3: ``accepts_coding``).
 """
 
 from __future__ import annotations
 
 import re
 
+from porch.http.errors import ProtocolError
+
+# RFC 9110 5.6.2: token = 1*tchar, tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" /
+# "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA.  A method, a field name and a chunk extension
+# name are tokens.
+TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+TOKEN = re.compile(f"[{TCHAR}]+")
+TOKEN_BYTES = re.compile(TOKEN.pattern.encode())  # the same over bytes: chunk extensions, CGI output
+
+# RFC 9110 5.5: a field value is VCHAR, obs-text, SP and HTAB: no other control character (CTL).
+# RFC 9112 4: a reason-phrase is made of the same characters.
+_CTL_BUT_HTAB = r"[\x00-\x08\x0a-\x1f\x7f]"
+TEXT_FORBIDDEN = re.compile(_CTL_BUT_HTAB)  # in a reason phrase
+FIELD_FORBIDDEN = re.compile(_CTL_BUT_HTAB.encode())  # in one field line of bytes (a trailer, CGI)
+# In a whole request head CR and LF end the lines, so they are checked apart (RFC 9112 2.2).
+HEAD_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A handler's response field values are checked only for what would split the head.
+VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+# Fields that describe one connection, not the message: a handler may not send them, because
+# porch owns the framing and the connection (the connection drops them; WSGI refuses them).
+HOP_BY_HOP = frozenset({
+    # RFC 9110 7.6.1: Connection, and the fields known to be removed before forwarding.
+    "connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade",
+    # PEP 3333 "Other HTTP Features" forbids applications RFC 2616 13.5.1's list, which adds
+    # these (and spells Trailer "Trailers", as wsgiref.util.is_hop_by_hop does).
+    "proxy-authenticate", "proxy-authorization", "trailers",
+    # RFC 9110 6.6.2: Trailer announces trailer fields, and porch sends no trailers.
+    "trailer",
+})
+# RFC 9110 6.4.1: a 1xx (15.2), 204 (15.3.5) or 304 (15.4.5) response never has content.
+BODILESS_STATUSES = frozenset({*range(100, 200), 204, 304})
+
+# Values already found valid against a rule (field names, Host values, WSGI statuses) are
+# remembered so that the rule runs once per distinct value; at most this many per table, so a
+# client or an application that makes values up cannot grow one without end.
+MAX_REMEMBERED_NAMES = 1024
+
 # RFC 9110 12.4.2: weight = OWS ";" OWS "q=" qvalue, and
 # qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ).  Spaces around "=" are tolerated.
 QVALUE = re.compile(r"[qQ][ \t]*=[ \t]*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
 # RFC 9110 8.4.1.3: a recipient SHOULD consider "x-gzip" to be equivalent to "gzip".
 CODING_ALIASES = {"x-gzip": "gzip"}
+
+
+def parse_field_line(line: str) -> tuple[str, str]:
+    """field-name ":" OWS field-value OWS (RFC 9112 5), for header and trailer lines alike.
+
+    The caller has already refused CTLs (RFC 9110 5.5) in the line.
+    """
+    colon = line.find(":")
+    if colon <= 0 or not TOKEN.fullmatch(line, 0, colon):
+        if line[:1] in (" ", "\t"):  # RFC 9112 5.2: obs-fold is rejected, never unfolded
+            raise ProtocolError("obsolete line folding in header")
+        if colon > 0 and line[colon - 1] in " \t":  # RFC 9112 5.1: no whitespace before the colon
+            raise ProtocolError("whitespace between header field name and colon")
+        raise ProtocolError("invalid header field line")
+    return line[:colon], line[colon + 1:].strip(" \t")  # RFC 9112 5.1: OWS is not part of the value
+
+
+def list_elements(values: list[str]) -> list[str]:
+    """The elements of a comma-separated list field (RFC 9110 5.6.1), empty ones ignored."""
+    return [element for value in values for part in value.split(",") if (element := part.strip(" \t"))]
 
 
 def accepts_coding(accept_encoding: str | None, coding: str) -> bool:

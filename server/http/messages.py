@@ -153,6 +153,12 @@ class Request:
         return host.rsplit(":", 1)[0].lower() if ":" in host else host.lower()
 
 
+# A file this small costs more in system calls than in bytes.  So the connection reads a file
+# body up to this size and sends it in one write with the head, instead of sendfile after the
+# head, and the static handler keeps files up to this size in memory (``SmallFiles``).
+SMALL_FILE_BYTES = 32768
+
+
 @dataclass(frozen=True, slots=True)
 class FileRegion:
     """``length`` bytes of an open binary file from ``offset``; sent with ``socket.sendfile``.

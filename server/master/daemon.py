@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import grp
 import ipaddress
 import logging
 import os
-import pwd
 import select
 import signal
 import stat
@@ -40,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
+
+from porch.config.settings import group_entry, user_entry
 
 if TYPE_CHECKING:
     from porch.config.settings import Config, Listener
@@ -403,7 +403,7 @@ def target_ids(user: str | None, group: str | None) -> tuple[int | None, int | N
 def _user_ids(user: str) -> tuple[int, int | None, str | None]:
     """(uid, primary gid, name); a numeric uid without a passwd entry is allowed."""
     try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        entry = user_entry(user)
     except KeyError:
         if user.isdigit():
             return int(user), None, None
@@ -413,9 +413,9 @@ def _user_ids(user: str) -> tuple[int, int | None, str | None]:
 
 def _group_id(group: str) -> int:
     if group.isdigit():
-        return int(group)
+        return int(group)  # a numeric gid needs no entry, as for chown(1)
     try:
-        return grp.getgrnam(group).gr_gid
+        return group_entry(group).gr_gid
     except KeyError:
         raise DaemonError(f"no group named '{group}' on this system") from None
 
@@ -536,13 +536,8 @@ def _drops_root(user: str | None) -> bool:
 
 def _needs_root(user: str | None, group: str | None) -> str:
     wanted = " and ".join(f"{key} {value}" for key, value in (("user", user), ("group", group)) if value)
-    current = pwd.getpwuid(os.geteuid()).pw_name if _has_passwd(os.geteuid()) else str(os.geteuid())
-    return f"switching to {wanted} needs porch to be started as root (it runs as {current})"
-
-
-def _has_passwd(uid: int) -> bool:
     try:
-        pwd.getpwuid(uid)
+        current = user_entry(str(os.geteuid())).pw_name
     except KeyError:
-        return False
-    return True
+        current = str(os.geteuid())
+    return f"switching to {wanted} needs porch to be started as root (it runs as {current})"

@@ -13,8 +13,10 @@ The socket is always non-blocking.  A read or write that cannot proceed waits in
 about to wait (``before_wait``); the common case -- data there, window open -- costs no poll.
 
 Either way each request runs through ``Pipeline.run`` with ``send_response`` as its writer: the one
-place where HEAD, Content-Length, chunked encoding, ``sendfile``, ``Date``/``Server`` and
-``Connection`` are decided for every handler type.
+place where every handler type's response is framed -- HEAD, Content-Length, chunked encoding,
+``Date``/``Server`` and ``Connection``, as ``porch.http.response.frame_response`` decides -- and
+written, file bodies with ``sendfile``.  A TLS handshake is ``porch.net.handshake``'s; the
+connection only drives it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 
 from porch.config.settings import Config
 from porch.http.errors import (
@@ -37,26 +38,20 @@ from porch.http.errors import (
     ProtocolError,
     RequestTimeout,
 )
+from porch.http.body import body_reader
 from porch.http.dates import format_http_date
-from porch.http.messages import Address, FileRegion, Headers, Request, Response, nothing
+from porch.http.grammar import BODILESS_STATUSES
+from porch.http.head import RequestHead, find_head_end, parse_head
+from porch.http.messages import SMALL_FILE_BYTES, Address, FileRegion, Headers, Request, Response, nothing
+from porch.http.response import LAST_CHUNK, encode_chunk, frame_response, serialize_response_head
+from porch.net.handshake import Handshake
 from porch.spine.pipeline import Pipeline, error_response
-from porch.http.protocol import (
-    LAST_CHUNK,
-    RequestHead,
-    body_reader,
-    encode_chunk,
-    find_head_end,
-    parse_head,
-    serialize_response_head,
-)
-from porch.net.tls import failure_reason
 from porch.timing import SecondCache, milliseconds
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
 SEND_FILE_BLOCK = 262144  # TLS: file bodies are encrypted and sent in blocks of this size
-SMALL_FILE_BYTES = 32768  # file bodies up to this size are read and sent with their head
 DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
 DRAIN_TIMEOUT_SECONDS = 1.0
 # While the server drains, an idle keep-alive connection gets this long to send one more request
@@ -65,10 +60,6 @@ DRAIN_TIMEOUT_SECONDS = 1.0
 DRAIN_IDLE_SECONDS = 1.0
 IDLE_POLL_SECONDS = 0.25
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# Framing is ours: handlers may not set hop-by-hop fields (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-                        "proxy-connection"})
-NO_BODY_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
 
 
 class ResponseAborted(Exception):
@@ -103,8 +94,8 @@ class Connection:
         self.keep_alive = True
         self.continue_sent = False
         self.drain_started: float | None = None
-        self.handshaking = isinstance(sock, ssl.SSLSocket)  # a TLS handshake is still to be done
-        self.handshake_started: float | None = None
+        # TLS: the handshake, until the first head's bytes arrive (they start its deadline)
+        self.handshake = Handshake(sock, client) if isinstance(sock, ssl.SSLSocket) else None
         self.in_idle_set = False  # registered in a pool's epoll set (``ThreadPoolServer.arm``)
 
     # -- before serving: non-blocking reads until a head is complete ----------------------------
@@ -113,12 +104,15 @@ class Connection:
         """Read what is available.  True: a head (or a protocol error) is ready to serve;
         False: wait for more; None: the peer closed or failed.
 
-        On TLS the handshake comes first, one non-blocking step per call (``handshake_step``);
+        On TLS the handshake comes first, one non-blocking step per call (``Handshake.step``);
         the handshake and the first head must together arrive within the header timeout.
         ``SSLSocket.recv`` raises SSLWantReadError where a plain socket raises BlockingIOError.
         """
-        if self.handshaking:
-            step = self.handshake_step()
+        handshake = self.handshake
+        if handshake is not None and not handshake.done:
+            if handshake.started is None:
+                self.deadline = handshake.begin() + self.timeouts.header
+            step = handshake.step()
             if step is not True:
                 return step
         try:
@@ -131,7 +125,9 @@ class Connection:
             return None
         if not self.buffer:
             self.head_started = time.monotonic()
-            started, self.handshake_started = self.handshake_started or self.head_started, None
+            started = self.head_started
+            if handshake is not None:  # the first head: its time began with the handshake
+                started, self.handshake = handshake.started or started, None
             self.deadline = started + self.timeouts.header
         self.buffer += data
         self.buffer_pending()
@@ -156,52 +152,16 @@ class Connection:
 
     # -- TLS ------------------------------------------------------------------------------------
 
-    def handshake_step(self) -> bool | None:
-        """One non-blocking step of the TLS handshake: True once done, False to wait for the
-        socket to be readable again, None if it failed (the caller closes the connection).
-
-        SSLWantWriteError (the kernel send buffer is full, which a handshake's few kilobytes do
-        not do unless the client stops reading) also waits for readability: such a client gets
-        no further, and the header deadline closes the connection.
-        """
-        if self.handshake_started is None:
-            self.handshake_started = time.monotonic()
-            self.deadline = self.handshake_started + self.timeouts.header
-        try:
-            self.sock.do_handshake()  # type: ignore[attr-defined]
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False
-        except OSError as error:
-            self.handshake_failed(error)
-            return None
-        self.handshaking = False
-        return True
-
     def complete_handshake(self) -> bool:
         """The blocking TLS handshake of a forked child, within the header timeout.
 
         True when done (or not TLS); False if it failed or timed out, the connection closed.
         """
-        if not self.handshaking:
+        handshake = self.handshake
+        if handshake is None or handshake.done or handshake.complete(self.timeouts.header):
             return True
-        self.handshake_started = time.monotonic()
-        try:
-            self.sock.settimeout(self.timeouts.header)
-            self.sock.do_handshake()  # type: ignore[attr-defined]
-        except OSError as error:
-            self.handshake_failed(error)
-            self.close()
-            return False
-        self.handshaking = False
-        self.sock.setblocking(False)
-        return True
-
-    def handshake_failed(self, error: OSError) -> None:
-        """Log a failed handshake: info for TLS errors (a plain-HTTP client, no certificate),
-        debug for a peer that just went away.  Scanners make these common; they are not errors."""
-        peer = f"{self.client[0]}:{self.client[1]}" if isinstance(self.client, tuple) else "a unix socket client"
-        quiet = isinstance(error, ssl.SSLEOFError) or not isinstance(error, (ssl.SSLError, TimeoutError))
-        log.log(logging.DEBUG if quiet else logging.INFO, "TLS handshake with %s failed: %s", peer, failure_reason(error))
+        self.close()
+        return False
 
     def buffer_pending(self) -> int:
         """Move plaintext the TLS layer has decrypted but not handed out into the buffer.
@@ -381,10 +341,13 @@ class Connection:
                 log.error("invalid response from handler for %s: %s", request.target, problem)
                 close_body(body)
                 response.status = 500
-                response.headers = Headers()
+                # Only the handler's Connection fields stay: a close it asked for holds even when
+                # its framing failed (an invalid Content-Length) before deciding anything.
+                asked = response.headers.get_all("connection")
+                response.headers = Headers([("Connection", value) for value in asked])
                 response.body = body = error_response(InternalServerError()).body
                 head, length, chunked = self.response_head(request, response)
-            if request.method == "HEAD" or response.status in NO_BODY_STATUSES:
+            if request.method == "HEAD" or response.status in BODILESS_STATUSES:
                 self.send_all(head)
                 return 0
             if isinstance(body, (bytes, bytearray)):
@@ -406,51 +369,17 @@ class Connection:
             close_body(body)
 
     def response_head(self, request: Request, response: Response) -> tuple[bytes, int | None, bool]:
-        """The serialised head, the body length (None if unknown) and whether it is chunked."""
-        status = response.status
-        body = response.body
-        headers: list[tuple[str, str]] = []
-        declared: str | None = None
-        for name, value in response.headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP:
-                if lower == "connection" and "close" in value.lower():
-                    self.keep_alive = False
-                continue
-            if lower == "content-length":
-                declared = value
-                continue
-            headers.append((name, value))
-        length: int | None
-        if isinstance(body, (bytes, bytearray)):
-            length = len(body)
-            if declared is not None and not body and request.method == "HEAD":
-                length = parse_length(declared)
-        elif isinstance(body, FileRegion):
-            length = body.length
-        else:
-            length = parse_length(declared) if declared is not None else None
-        chunked = False
-        if status in NO_BODY_STATUSES or status < 200:
-            length = None
-        elif length is None:
-            if request.version == "HTTP/1.1" and request.method != "HEAD":
-                chunked = True
-                headers.append(("Transfer-Encoding", "chunked"))
-            elif request.method != "HEAD":
-                self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
-        if length is not None:
-            headers.append(("Content-Length", str(length)))
-        headers.append(("Date", DATES.now()))
-        if self.server_header:
-            headers.append(("Server", self.server_header))
-        if self.draining.is_set():
-            self.keep_alive = False
-        if not self.keep_alive:
-            headers.append(("Connection", "close"))
-        elif request.version == "HTTP/1.0":
-            headers.append(("Connection", "keep-alive"))
-        return serialize_response_head(request.version, status, response.reason, headers), length, chunked
+        """The serialised head, the body length (None if unknown) and whether it is chunked.
+
+        The keep-alive decision is applied before serialising: should the head prove invalid,
+        the 500 that replaces it is framed under that decision.
+        """
+        framing = frame_response(request.method, request.version, response.status, response.headers,
+                                 response.body, self.keep_alive, self.draining.is_set(), DATES.now(),
+                                 self.server_header)
+        self.keep_alive = framing.keep_alive
+        head = serialize_response_head(request.version, response.status, response.reason, framing.headers)
+        return head, framing.length, framing.chunked
 
     def send_file(self, region: FileRegion) -> int:
         """``sendfile(2)`` on plain sockets; through the TLS layer in blocks otherwise."""
@@ -567,13 +496,6 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
-
-
-def parse_length(value: str) -> int:
-    """A handler's Content-Length; ValueError (→ 500) if it is not a plain decimal number."""
-    if not value.isdigit():
-        raise ValueError(f"invalid Content-Length {value!r}")
-    return int(value)
 
 
 def close_body(body: object) -> None:

@@ -33,7 +33,7 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
 
-from porch.config.settings import Listener
+from porch.config.settings import Listener, group_entry, user_entry
 from porch.net.tls import TLSSetupError, server_context
 
 log = logging.getLogger(__name__)
@@ -202,15 +202,12 @@ def _remove_stale_socket(path: str) -> None:
 
 def _account_id(name: str | None, kind: str) -> int:
     """uid or gid for chown; -1 leaves it unchanged."""
-    import grp
-    import pwd
-
     if name is None:
         return -1
     if name.isdigit():
         return int(name)
     try:
-        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
+        return user_entry(name).pw_uid if kind == "user" else group_entry(name).gr_gid
     except KeyError:
         raise OSError(errno.EINVAL, f"no {kind} '{name}'") from None
 

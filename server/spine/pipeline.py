@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from porch.config.settings import AccessRules, Config
 from porch.spine.dispatch import Router
+from porch.http.body import EmptyBody
 from porch.http.errors import (
     CLIENT_CLOSED_REQUEST,
     ClientDisconnected,
@@ -36,23 +37,6 @@ log = logging.getLogger(__name__)
 MAX_INTERNAL_REDIRECTS = 10
 
 Send = Callable[[Request, Response], int]  # writes the response; returns body bytes sent
-
-
-class EmptyBody:
-    """The body of an internally redirected request (RFC 3875 6.2.2: a GET with no body)."""
-
-    length: int | None = 0
-    limit: int | None = 0
-    done = True
-
-    def __init__(self) -> None:
-        self.trailers = Headers()
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-    def readline(self, size: int = -1) -> bytes:
-        return b""
 
 
 def error_response(error: HTTPError) -> Response:
@@ -161,4 +145,4 @@ def redirected(request: Request, target: str) -> Request:
                                                                                "content-type")])
     return replace(request, method="GET", target=target, raw_path=raw_path,
                    path=unquote(raw_path, errors="surrogateescape"), query=query, headers=headers,
-                   body=EmptyBody())
+                   body=EmptyBody(limit=0))

@@ -1,1 +1,2 @@
-"""Where requests run: the threading and forking models, the pool's turns, and one worker's composition root."""
+"""Where requests run: the acceptor, the threading and forking models, the pool's turns and their
+tuning, and one worker's composition root."""

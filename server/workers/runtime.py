@@ -2,10 +2,10 @@
 
 Order matters: logs first (so everything after can report), then handlers (a handler that
 cannot be built is a config error, reported before the worker serves anything), then the
-pipeline and the concurrency model on the listeners the master bound.  ``run()`` has the
-arbiter's shape: the acceptor runs in a thread and the main thread only waits for signals, which
-the handlers merely queue (TERM/INT: drain then exit, QUIT: exit now, USR1: reopen logs), and
-heartbeats to the master meanwhile.
+pipeline and the concurrency model (``SERVER_CLASSES``, by the config's name) on the listeners
+the master bound.  ``run()`` has the arbiter's shape: the acceptor runs in a thread and the main
+thread only waits for signals, which the handlers merely queue (TERM/INT: drain then exit, QUIT:
+exit now, USR1: reopen logs), and heartbeats to the master meanwhile.
 """
 
 from __future__ import annotations
@@ -22,21 +22,23 @@ from dataclasses import dataclass
 from types import FrameType
 
 from porch import SOFTWARE
-from porch.workers.concurrency import SERVER_CLASSES, SelectorServer
 from porch.config.settings import Config
 from porch.handlers.build import build_handlers, handler_context
 from porch.spine.dispatch import Router
 from porch.net.listener import BoundListener
 from porch.spine.logs import Logs
 from porch.spine.pipeline import Pipeline
+from porch.workers.forking import ForkingServer
+from porch.workers.pool import ThreadPoolServer
+from porch.workers.selector import SelectorServer
+from porch.workers.tuning import SWITCH_INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 HEARTBEAT_SECONDS = 0.5
-# The acceptor and the pool threads take turns on the GIL; CPython's default 5 ms turn makes a
-# just-readable connection wait behind a busy thread, which is what the latency tail was made of.
-SWITCH_INTERVAL_SECONDS = 0.001
+# The concurrency models, by the name ``concurrency`` gives in the config.
+SERVER_CLASSES: dict[str, type[SelectorServer]] = {"threading": ThreadPoolServer, "forking": ForkingServer}
 Heartbeat = Callable[[float, float, str], None]
 
 

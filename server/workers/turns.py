@@ -15,15 +15,20 @@ computing.
   plus schedstat's run-queue time; a thread waiting for the GIL is neither).  Under
   ``BUSY_SHARE`` the serving threads are mostly waiting, and the standby becomes the leader;
   above it they are computing, another thread would only share the GIL, and the standby checks
-  less often (every ``STANDBY_SECONDS``, doubling up to ``MAX_STANDBY_SECONDS``).  Code that knows it is about to wait calls
-  ``before_wait()`` and the standby takes over at once -- while fewer threads serve than there
-  are CPUs: past that, more work in flight (CGI scripts, say) only divides the same cores.  A
-  standby that sees the lead taken for a while dozes, and the next leader to take work wakes it.
+  less often (every ``STANDBY_SECONDS``, doubling up to ``MAX_STANDBY_SECONDS``).  Code that
+  knows it is about to wait calls ``before_wait()`` and the standby takes over at once -- while
+  fewer threads serve than there are CPUs: past that, more work in flight (CGI scripts, say)
+  only divides the same cores.  A standby that sees the lead taken for a while
+  (``DOZE_AFTER_CHECKS``) dozes, and the next leader to take work wakes it.
 - the other threads wait to become the standby.
 
 Without a GIL (a free-threaded CPython build) threads do compute in parallel and none of this
-pays: every pool thread leads at once (``exclusive=False``), and the kernel's ``EPOLLONESHOT``
-hands each ready connection to one of them.
+pays: every pool thread leads at once, and the kernel's ``EPOLLONESHOT`` hands each ready
+connection to one of them.
+
+The pool sees only ``Turns``, the calls it makes; ``LeaderStandby`` is the policy above and
+``EveryThreadLeads`` the free-threaded one, and ``turns_for`` picks one by ``gil_enabled()``.
+The numbers the standby decides by are in ``porch.workers.tuning``.
 """
 
 from __future__ import annotations
@@ -33,12 +38,36 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-STANDBY_SECONDS = 0.002  # how soon a vacant lead is checked on
-WINDOW_SECONDS = 0.01  # the shortest span the serving threads' share of it is judged over
-MAX_STANDBY_SECONDS = 0.016  # the check interval while the serving threads keep the GIL busy
-BUSY_SHARE = 0.75  # below this share of a period running, the serving threads are waiting
-DOZE_AFTER_CHECKS = 100  # checks seeing the lead taken before the standby stops checking
+from porch.workers.tuning import (BUSY_SHARE, DOZE_AFTER_CHECKS, MAX_STANDBY_SECONDS, STANDBY_SECONDS,
+                                  WINDOW_SECONDS)
+
+
+class Turns(Protocol):
+    """What a pool thread calls to take its turns; ``ThreadPoolServer`` knows nothing else."""
+
+    def join(self) -> None:
+        """Enrol the calling pool thread, once, before its first ``next_turn``."""
+
+    def next_turn(self, was_serving: bool) -> bool:
+        """Block until this thread may wait for work; False when the pool stops instead."""
+
+    def took_work(self) -> None:
+        """This thread took a connection to serve."""
+
+    def hand_over(self) -> None:
+        """A serving thread is about to wait (a connection's ``before_wait``)."""
+
+    def stop(self) -> None:
+        """Make every ``next_turn`` return False."""
+
+    def busy(self) -> int:
+        """How many threads are serving a connection."""
+
+    def close(self) -> None:
+        """Release what the turns hold, once the pool's threads have stopped."""
+
 
 def gil_enabled() -> bool:
     """Whether this interpreter runs Python code one thread at a time (CPython < 3.13: always)."""
@@ -46,12 +75,16 @@ def gil_enabled() -> bool:
     return True if is_enabled is None else is_enabled()
 
 
-class Turns:
-    """The leader/standby/follower roles of a pool's threads (see the module docstring)."""
+def turns_for(cpus: int) -> Turns:
+    """The policy this interpreter needs: one leader under a GIL, every thread without one."""
+    return LeaderStandby(cpus) if gil_enabled() else EveryThreadLeads()
 
-    def __init__(self, cpus: int, exclusive: bool = True) -> None:
+
+class LeaderStandby:
+    """Under a GIL: the leader/standby/follower roles of a pool's threads (see the module docstring)."""
+
+    def __init__(self, cpus: int) -> None:
         self.cpus = cpus  # how many serving threads an announced wait may bring in at once
-        self.exclusive = exclusive  # one leader at a time (under a GIL); else every thread leads
         lock = threading.Lock()
         self.followers = threading.Condition(lock)
         self.watch = threading.Condition(lock)
@@ -108,8 +141,6 @@ class Turns:
         with self.followers:
             if was_serving:
                 self.serving -= 1
-            if not self.exclusive:
-                return not self.stopping
             if not self.leading and not self.stopping:
                 self.leading = True
                 return True
@@ -187,3 +218,44 @@ class Turns:
         """How many threads are serving a connection."""
         with self.followers:
             return self.serving
+
+
+class EveryThreadLeads:
+    """Without a GIL: every pool thread waits for work at once and the kernel picks who takes it;
+    only the count of serving threads (for the drain) is kept, under a lock as no GIL guards it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.serving = 0  # threads between took_work() and their next next_turn()
+
+    def join(self) -> None:
+        """Nothing to enrol: no thread's run time is measured."""
+
+    def next_turn(self, was_serving: bool) -> bool:
+        """Lead at once, unless the pool stops."""
+        with self.lock:
+            if was_serving:
+                self.serving -= 1
+            return not self.stopping
+
+    def took_work(self) -> None:
+        """Counted, so that a drain waits for this thread to finish."""
+        with self.lock:
+            self.serving += 1
+
+    def hand_over(self) -> None:
+        """Every other thread already leads: nobody to hand over to."""
+
+    def stop(self) -> None:
+        """Each thread returns False from its next ``next_turn``: none waits here to be woken."""
+        with self.lock:
+            self.stopping = True
+
+    def busy(self) -> int:
+        """How many threads are serving a connection."""
+        with self.lock:
+            return self.serving
+
+    def close(self) -> None:
+        """Nothing held: ``join`` opened nothing."""

@@ -1,20 +1,21 @@
-"""HTTP/1.1 on the wire (RFC 9112), sans I/O: request heads in, body framing, response heads out.
+"""Request heads on the wire (RFC 9112 2-6), sans I/O: where a head ends, what it says.
 
 How this works::
 
     bytes from the socket ──► find_head_end(buffer)   -1 until the blank line ending the head;
                                                       rejects bare CR/LF, NUL, long lines early
     buffer[:end] ─────────► parse_head(head)          RequestHead: method, target, path, query,
-                                                      version, Headers, framing, keep-alive
-    RequestHead + Source ─► body_reader(...)          EmptyBody | ContentLengthBody | ChunkedBody
-    status + headers ─────► serialize_response_head   b"HTTP/1.1 200 OK\\r\\n...\\r\\n\\r\\n"
-    body pieces ──────────► encode_chunk / LAST_CHUNK
+                              │                       version, Headers, framing, keep-alive
+                              ├─ request line         method, target (four forms), version
+                              ├─ target → path        dot-segments resolved, then decoded
+                              └─ field lines          Host, Content-Length / Transfer-Encoding,
+                                                      Connection and Expect read on the way
 
-Nothing here touches a socket, logs or knows a handler: the connection owns the buffer and the
-socket and passes in a ``Source`` (anything with ``read1`` and ``readline``, e.g. a buffered
-socket file).  The parser is strict: whatever is ambiguous or malformed raises ``ProtocolError``
-carrying the status to answer with, and the connection closes after answering (RFC 9112 11.2),
-because the framing of whatever follows cannot be trusted.  Never guess.
+Nothing here touches a socket, logs or knows a handler: the connection owns the buffer and
+passes it in, with the ``ParseLimits`` to hold it to.  The parser is strict: whatever is
+ambiguous or malformed raises ``ProtocolError`` carrying the status to answer with, and the
+connection closes after answering (RFC 9112 11.2), because the framing of whatever follows
+cannot be trusted.  Never guess.
 
 Parsing uses ``bytes.find``/``split`` and a few precompiled regular expressions applied to whole
 elements (a method, a field name), never a regular expression per line or the email package.
@@ -23,31 +24,25 @@ elements (a method, a field name), never a regular expression per line or the em
 from __future__ import annotations
 
 import ipaddress
-from abc import ABC, abstractmethod
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
-from porch.config.settings import Limits
-from porch.http.errors import PayloadTooLarge, ProtocolError
-from porch.http.messages import Body, Headers
+from porch.http.errors import ProtocolError
+from porch.http.grammar import (
+    HEAD_FORBIDDEN,
+    MAX_REMEMBERED_NAMES,
+    TOKEN,
+    list_elements,
+    parse_field_line,
+)
+from porch.http.messages import Headers
 
-LAST_CHUNK = b"0\r\n\r\n"
-MAX_CHUNK_SIZE_DIGITS = 16  # 16 hex digits = 2**64 - 1 bytes; longer sizes are an attack
-MAX_CHUNK_LINE_BYTES = 4096  # one chunk-size line with its extensions and CRLF
-READ_CHUNK_BYTES = 65536  # most bytes asked of the source in one call
 MAX_CONTENT_LENGTH_DIGITS = 20
 MAX_PORT = 65535
 
-# RFC 9110 5.6.2: token = 1*tchar.
-_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_TOKEN = re.compile(f"[{_TCHAR}]+")
-# RFC 9110 5.5: field values are VCHAR, obs-text, SP and HTAB: no other CTL anywhere in a head.
-_HEAD_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_FIELD_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # the same for one trailer line
 # RFC 9112 3.2: the request-target is visible ASCII (no SP, no CTL, no obs-text).
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _HTTP_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")  # RFC 9112 2.3: HTTP-name "/" DIGIT "." DIGIT
@@ -60,20 +55,30 @@ _HOST = re.compile(
 )
 _ABSOLUTE_FORM = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?]*)(?P<rest>.*)")
 _CONTENT_LENGTH = re.compile(f"[0-9]{{1,{MAX_CONTENT_LENGTH_DIGITS}}}")
-# RFC 9112 7.1 / 7.1.1: chunk-size [ chunk-ext ] CRLF, with BWS around ";" and "=".
-_QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-_TOKEN_RE_BYTES = _TOKEN.pattern.encode()
-_CHUNK_LINE = re.compile(
-    rb"(?P<size>[0-9A-Fa-f]+)(?P<ext>(?:[ \t]*;[ \t]*" + _TOKEN_RE_BYTES
-    + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN_RE_BYTES + rb"|" + _QUOTED_STRING + rb"))?)*)\r\n"
-)
-_TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9112 4: reason-phrase characters
-_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")  # what would split a response head
-_PHRASES = {status.value: status.phrase for status in HTTPStatus}
-_VALID_NAMES: set[str] = set()  # response field names already checked (handlers reuse a few)
 _VALID_HOSTS: set[str] = set()  # Host values already checked (a server is asked for a few names)
-MAX_REMEMBERED_NAMES = 1024
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
+
+
+class ParseLimits(Protocol):
+    """The bounds a request is parsed within: the server's configured limits, or a test's.
+
+    The members are read-only, so that a frozen dataclass satisfies the protocol.
+    """
+
+    @property
+    def request_line(self) -> int:
+        """Longest request line in bytes, CRLF excluded (longer: 414)."""
+        ...
+
+    @property
+    def header_bytes(self) -> int:
+        """Largest head in bytes (larger: 431); also what chunk extensions and trailers may use."""
+        ...
+
+    @property
+    def headers(self) -> int:
+        """Most header fields in one head, and most trailer fields (more: 431)."""
+        ...
 
 
 @dataclass(slots=True)  # read-only by convention: frozen would cost ~0.6 µs per request
@@ -91,18 +96,6 @@ class RequestHead:
     chunked: bool
     keep_alive: bool
     expect_continue: bool
-
-
-class Source(Protocol):
-    """Where a body reader pulls bytes from (a buffered socket file in the server)."""
-
-    def read1(self, size: int) -> bytes:
-        """At least one byte and at most ``size``, or b"" at EOF; may block."""
-        ...
-
-    def readline(self, size: int) -> bytes:
-        """Up to and including b"\\n", at most ``size`` bytes; fewer without b"\\n" only at EOF."""
-        ...
 
 
 def _skip_empty_lines(buffer: bytes | bytearray, limit: int) -> int:
@@ -129,7 +122,7 @@ def _first_bare_line_break(buffer: bytes | bytearray, start: int, stop: int, siz
     return min(seen, default=-1)
 
 
-def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
+def find_head_end(buffer: bytes | bytearray, limits: ParseLimits) -> int:
     """Index just past the blank line ending the head in ``buffer``, or -1 if incomplete.
 
     Errors are raised as soon as the bytes so far prove them, so a slow client cannot make the
@@ -162,7 +155,7 @@ def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
     return stop if end >= 0 else -1
 
 
-def parse_head(data: bytes, limits: Limits) -> RequestHead:
+def parse_head(data: bytes, limits: ParseLimits) -> RequestHead:
     """Parse a complete head (as delimited by ``find_head_end``, leading CRLFs allowed)."""
     if len(data) > limits.header_bytes:
         raise ProtocolError("request head too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -172,7 +165,7 @@ def parse_head(data: bytes, limits: Limits) -> RequestHead:
     # The head is handled as latin-1 text (RFC 9110 5.5: obs-text); one scan refuses every CTL
     # but HTAB, and CR/LF must all belong to the CRLFs the split consumed (RFC 9112 2.2).
     text = data[start:-4].decode("latin-1")
-    if _HEAD_FORBIDDEN.search(text):
+    if HEAD_FORBIDDEN.search(text):
         raise ProtocolError("control character in request head")
     lines = text.split("\r\n")
     if text.count("\r") != len(lines) - 1 or text.count("\n") != len(lines) - 1:
@@ -189,7 +182,7 @@ def parse_head(data: bytes, limits: Limits) -> RequestHead:
     special: dict[str, list[str]] = {}
     host_index = -1
     for line in lines[1:]:
-        name, value = _parse_field_line(line)
+        name, value = parse_field_line(line)
         lower = name.lower()
         if lower in _FRAMING_FIELDS:
             special.setdefault(lower, []).append(value)
@@ -232,7 +225,7 @@ def _parse_request_line(line: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not all(parts):
         raise ProtocolError("malformed request line")
     method, target, version = parts
-    if not _TOKEN.fullmatch(method):  # RFC 9112 3.1: method = token
+    if not TOKEN.fullmatch(method):  # RFC 9112 3.1: method = token
         raise ProtocolError("invalid method")
     if version != "HTTP/1.1" and version != "HTTP/1.0":
         if _HTTP_VERSION.fullmatch(version):  # RFC 9110 15.6.6: well-formed but not ours
@@ -324,26 +317,6 @@ def _normalise_path(raw: str) -> tuple[str, str]:
     return raw, path
 
 
-def _parse_field_line(line: str) -> tuple[str, str]:
-    """field-name ":" OWS field-value OWS (RFC 9112 5), for header and trailer lines alike.
-
-    The caller has already refused CTLs (RFC 9110 5.5) in the line.
-    """
-    colon = line.find(":")
-    if colon <= 0 or not _TOKEN.fullmatch(line, 0, colon):
-        if line[:1] in (" ", "\t"):  # RFC 9112 5.2: obs-fold is rejected, never unfolded
-            raise ProtocolError("obsolete line folding in header")
-        if colon > 0 and line[colon - 1] in " \t":  # RFC 9112 5.1: no whitespace before the colon
-            raise ProtocolError("whitespace between header field name and colon")
-        raise ProtocolError("invalid header field line")
-    return line[:colon], line[colon + 1:].strip(" \t")  # RFC 9112 5.1: OWS is not part of the value
-
-
-def _list_elements(values: list[str]) -> list[str]:
-    """The elements of a comma-separated list field (RFC 9110 5.6.1), empty ones ignored."""
-    return [element for value in values for part in value.split(",") if (element := part.strip(" \t"))]
-
-
 def _framing(version: str, special: dict[str, list[str]]) -> tuple[int | None, bool]:
     """(content_length, chunked) by RFC 9112 6.1-6.3; anything ambiguous is an error."""
     lengths = special.get("content-length")
@@ -353,7 +326,7 @@ def _framing(version: str, special: dict[str, list[str]]) -> tuple[int | None, b
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
         if lengths is not None:  # RFC 9112 6.1 and 6.3 item 3: request smuggling
             raise ProtocolError("both Transfer-Encoding and Content-Length")
-        elements = [element.lower() for element in _list_elements(codings)]
+        elements = [element.lower() for element in list_elements(codings)]
         if not elements:
             raise ProtocolError("empty Transfer-Encoding")
         if any(element != "chunked" for element in elements):  # RFC 9112 6.1: unknown coding
@@ -375,7 +348,7 @@ def _framing(version: str, special: dict[str, list[str]]) -> tuple[int | None, b
 
 def _keep_alive(version: str, values: list[str] | None) -> bool:
     """RFC 9112 9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive" (RFC 9112 C.2.2)."""
-    options = {element.lower() for element in _list_elements(values)} if values else set()
+    options = {element.lower() for element in list_elements(values)} if values else set()
     if "close" in options:
         return False
     return version == "HTTP/1.1" or "keep-alive" in options
@@ -385,249 +358,8 @@ def _expect_continue(version: str, values: list[str] | None) -> bool:
     """RFC 9110 10.1.1: 100-continue is the only expectation; any other gets 417."""
     if not values:
         return False
-    elements = [element.lower() for element in _list_elements(values)]
+    elements = [element.lower() for element in list_elements(values)]
     if any(element != "100-continue" for element in elements):
         raise ProtocolError("unsupported expectation", HTTPStatus.EXPECTATION_FAILED)
     # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request MUST be ignored.
     return bool(elements) and version == "HTTP/1.1"
-
-
-def _incomplete() -> ProtocolError:
-    return ProtocolError("incomplete body")
-
-
-class _FramedBody(ABC):
-    """Reading shared by both framings; subclasses say how much of the current frame is left."""
-
-    __slots__ = ("length", "limit", "trailers", "_source", "_on_first_read")
-
-    def __init__(self, length: int | None, source: Source, limit: int | None,
-                 on_first_read: Callable[[], None] | None) -> None:
-        self.length = length
-        self.limit = limit  # may be lowered by the validate stage before the first read
-        self.trailers = Headers()
-        self._source = source
-        self._on_first_read = on_first_read
-
-    @property
-    @abstractmethod
-    def done(self) -> bool:
-        """True once the whole body has been consumed from the source."""
-
-    def read(self, size: int = -1) -> bytes:
-        """``size`` bytes (all that is left when negative); fewer only at the end of the body."""
-        return self._pull(size, self._source.read1, line=False)
-
-    def readline(self, size: int = -1) -> bytes:
-        """One line, up to and including b"\\n" (or ``size`` bytes), never past the body."""
-        return self._pull(size, self._source.readline, line=True)
-
-    def _pull(self, size: int, fetch: Callable[[int], bytes], *, line: bool) -> bytes:
-        if self.done or size == 0:
-            return b""
-        self._check_limit()
-        callback, self._on_first_read = self._on_first_read, None
-        if callback is not None:  # the connection sends 100 Continue here, before any byte is read
-            callback()
-        parts = []
-        while size:
-            left = self._frame_left()
-            if not left:
-                break
-            want = min(left if size < 0 else min(size, left), READ_CHUNK_BYTES)
-            data = fetch(want)
-            if not data or (line and len(data) < want and not data.endswith(b"\n")):
-                raise _incomplete()  # EOF inside the body (readline is short only at EOF)
-            parts.append(data)
-            self._consumed(len(data))
-            if size > 0:
-                size -= len(data)
-            if line and data.endswith(b"\n"):
-                break
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    @abstractmethod
-    def _check_limit(self) -> None:
-        """Raise PayloadTooLarge if the body is known to exceed ``limit``."""
-
-    @abstractmethod
-    def _frame_left(self) -> int:
-        """Bytes readable before the framing must be looked at again; 0 at the end of the body."""
-
-    @abstractmethod
-    def _consumed(self, count: int) -> None:
-        """Account for ``count`` bytes handed out."""
-
-
-class ContentLengthBody(_FramedBody):
-    """Exactly ``length`` bytes (RFC 9112 6.2); an early EOF is a 400."""
-
-    __slots__ = ("_declared", "_remaining")
-
-    def __init__(self, length: int, source: Source, limit: int | None,
-                 on_first_read: Callable[[], None] | None = None) -> None:
-        super().__init__(length, source, limit, on_first_read)
-        self._declared = self._remaining = length
-
-    @property
-    def done(self) -> bool:
-        return self._remaining == 0
-
-    def _check_limit(self) -> None:
-        if self.limit is not None and self._declared > self.limit:
-            raise PayloadTooLarge(f"request body larger than {self.limit} bytes")
-
-    def _frame_left(self) -> int:
-        return self._remaining
-
-    def _consumed(self, count: int) -> None:
-        self._remaining -= count
-
-
-class EmptyBody(ContentLengthBody):
-    """No body (RFC 9112 6.3 item 7): done from the start, so it never touches the source."""
-
-    __slots__ = ()
-
-    def __init__(self, source: Source, limit: int | None = None) -> None:
-        super().__init__(0, source, limit)
-
-
-class ChunkedBody(_FramedBody):
-    """The chunked transfer coding (RFC 9112 7.1), read lazily, trailers kept apart.
-
-    Bounds: a chunk-size line is at most MAX_CHUNK_LINE_BYTES; chunk extensions (parsed, then
-    ignored, RFC 9112 7.1.1) and trailer fields together may use at most ``limits.header_bytes``
-    for the whole body, and at most ``limits.headers`` trailer fields are accepted.  The size
-    lines themselves are bounded by the data they frame, which the body limit bounds.
-    """
-
-    __slots__ = ("_limits", "_chunk_left", "_finished", "_announced", "_metadata_left")
-
-    def __init__(self, source: Source, limit: int | None,
-                 on_first_read: Callable[[], None] | None = None, limits: Limits | None = None) -> None:
-        super().__init__(None, source, limit, on_first_read)
-        self._limits = limits or Limits()
-        self._chunk_left = 0  # data bytes left in the current chunk
-        self._finished = False  # last-chunk and trailer section consumed
-        self._announced = 0  # data bytes announced by chunk sizes so far
-        self._metadata_left = self._limits.header_bytes
-
-    @property
-    def done(self) -> bool:
-        return self._finished
-
-    def _check_limit(self) -> None:
-        if self.limit is not None and self._announced > self.limit:
-            raise PayloadTooLarge(f"request body larger than {self.limit} bytes")
-
-    def _frame_left(self) -> int:
-        if self._chunk_left == 0 and not self._finished:
-            self._next_chunk()
-        return self._chunk_left
-
-    def _consumed(self, count: int) -> None:
-        """At the end of each chunk's data its CRLF must follow (RFC 9112 7.1)."""
-        self._chunk_left -= count
-        if self._chunk_left == 0:
-            crlf = self._source.read1(2)
-            if len(crlf) == 1:
-                crlf += self._source.read1(1)
-            if len(crlf) < 2:
-                raise _incomplete()
-            if crlf != b"\r\n":
-                raise ProtocolError("chunk data not followed by CRLF")
-
-    def _read_line(self, size: int, too_long: ProtocolError) -> bytes:
-        """A CRLF-terminated line of at most ``size`` bytes (a bare CR inside fails its grammar)."""
-        line = self._source.readline(size + 1)
-        if not line.endswith(b"\r\n"):
-            if len(line) > size:
-                raise too_long
-            if line.endswith(b"\n"):
-                raise ProtocolError("bare LF in chunked framing")
-            raise _incomplete()
-        return line
-
-    def _next_chunk(self) -> None:
-        """Read a chunk-size line; at the last chunk read the trailers and finish."""
-        line = self._read_line(MAX_CHUNK_LINE_BYTES, ProtocolError("chunk size line too long"))
-        match = _CHUNK_LINE.fullmatch(line)
-        if match is None:  # no sign, "0x", whitespace or empty size: RFC 9112 7.1
-            raise ProtocolError("invalid chunk size line")
-        if len(match["size"]) > MAX_CHUNK_SIZE_DIGITS:
-            raise ProtocolError("chunk size too large")
-        self._metadata_left -= len(match["ext"])
-        if self._metadata_left < 0:
-            raise ProtocolError("chunk extensions too long")
-        size = int(match["size"], 16)
-        if size == 0:
-            self._read_trailers()
-            self._finished = True
-            return
-        self._announced += size
-        self._check_limit()
-        self._chunk_left = size
-
-    def _read_trailers(self) -> None:
-        """trailer-section = *( field-line CRLF ) CRLF (RFC 9112 7.1.2), with the header rules."""
-        too_large = ProtocolError("trailer section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        while (line := self._read_line(self._metadata_left + 2, too_large)) != b"\r\n":
-            self._metadata_left -= len(line) - 2
-            if len(self.trailers) >= self._limits.headers:
-                raise ProtocolError("too many trailer fields", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-            if _FIELD_FORBIDDEN.search(line, 0, len(line) - 2):  # RFC 9110 5.5
-                raise ProtocolError("invalid character in trailer field")
-            self.trailers.add(*_parse_field_line(line[:-2].decode("latin-1")))
-
-
-def body_reader(head: RequestHead, source: Source, limit: int | None,
-                on_first_read: Callable[[], None] | None = None, *,
-                limits: Limits | None = None) -> Body:
-    """The body stream framed by ``head`` (RFC 9112 6.3); ``limits`` bound chunked trailers."""
-    if head.chunked:
-        return ChunkedBody(source, limit, on_first_read, limits)
-    if head.content_length:
-        return ContentLengthBody(head.content_length, source, limit, on_first_read)
-    return EmptyBody(source, limit)
-
-
-def serialize_response_head(version: str, status: int, reason: str | None,
-                            headers: Sequence[tuple[str, str]]) -> bytes:
-    """The status line and header section (RFC 9112 4 and 5), refusing header injection.
-
-    Field names already seen valid are remembered, and the values are checked together in one
-    scan: this runs for every response.
-    """
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise ValueError(f"unsupported HTTP version {version!r}")
-    code = int(status)
-    if not 100 <= code <= 999:  # RFC 9112 4: status-code = 3DIGIT
-        raise ValueError(f"invalid status code {status!r}")
-    if reason is None:
-        reason = _PHRASES.get(code, "")
-    elif _TEXT_FORBIDDEN.search(reason):  # RFC 9112 4: reason-phrase has no CR, LF or CTL
-        raise ValueError(f"invalid reason phrase {reason!r}")
-    lines = [f"{version} {code} {reason}\r\n"]
-    values = []
-    for name, value in headers:
-        if name not in _VALID_NAMES:
-            if not _TOKEN.fullmatch(name):  # RFC 9110 5.1: field-name = token
-                raise ValueError(f"invalid header name {name!r}")
-            if len(_VALID_NAMES) < MAX_REMEMBERED_NAMES:
-                _VALID_NAMES.add(name)
-        values.append(value)
-        lines.append(f"{name}: {value}\r\n")
-    if _VALUE_FORBIDDEN.search("".join(values)):  # RFC 9110 5.5: CR, LF, NUL would split the head
-        for name, value in headers:
-            if _VALUE_FORBIDDEN.search(value):
-                raise ValueError(f"invalid character in value of header {name!r}")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")  # characters beyond latin-1: UnicodeEncodeError
-
-
-def encode_chunk(data: bytes) -> bytes:
-    """One chunk: hex size CRLF data CRLF (RFC 9112 7.1); b"" stays b"" (it would end the body)."""
-    if not data:
-        return b""
-    return b"%x\r\n%b\r\n" % (len(data), data)

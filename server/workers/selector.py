@@ -1,0 +1,214 @@
+"""The acceptor: ``SelectorServer``, the ``socketserver`` contract over several listeners.
+
+One loop (``serve_forever``, on the worker's acceptor thread) waits on an epoll set holding
+every listening socket, accepts what is pending -- up to ``ACCEPTS_PER_WAKEUP`` at a time, one
+when other workers share the sockets -- asks ``verify_request`` and hands each connection to
+``process_request``.  Where connections are served is the subclasses' business: the threading
+model (``porch.workers.pool``, whose pool threads take the listeners into their own set) and the
+forking one (``porch.workers.forking``) override the hooks they need (``listen_on``, ``adopt``,
+``on_readable``, ``wake``, ``on_drain``, ``drained``, ``service_actions``).
+
+Stopping gracefully is ``begin_drain()``: the acceptor closes the listeners and keeps serving
+what is in flight -- every response now carries ``Connection: close`` -- and its loop ends by
+itself once nothing is left.  ``shutdown()`` (from another thread) ends the loop at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from porch.config.settings import Config
+from porch.http.messages import Address, nothing
+from porch.net.connection import Connection
+from porch.net.listener import BoundListener
+from porch.spine.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+EXPIRY_SCAN_SECONDS = 0.25
+ACCEPTS_PER_WAKEUP = 64
+SHARED_ACCEPTS_PER_WAKEUP = 1  # with other workers on the socket: take one, leave them the rest
+
+
+class SelectorServer(socketserver.BaseServer):
+    """Accepts on several listening sockets; subclasses decide where connections are served."""
+
+    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+        super().__init__(listeners[0].address if listeners else None, None)  # type: ignore[arg-type]
+        self.listeners = list(listeners)
+        self.pipeline = pipeline
+        self.config = config
+        self.poller = select.epoll()
+        self.watched: dict[int, object] = {}  # fd -> its listener, or None (the wake-up channel)
+        self.draining = threading.Event()
+        self.before_wait: Callable[[], None] = nothing  # what a connection calls before it waits
+        self.listeners_open = True
+        self.last_loop = 0.0  # when the acceptor loop last ran: the worker's heartbeat
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        # With several workers on the same sockets, a new connection wakes one worker only
+        # (EPOLLEXCLUSIVE) and takes one connection per wake-up, so load spreads evenly instead
+        # of the first worker to wake taking a whole burst (and a connection never waits in one
+        # worker's set while another worker is free).
+        shared = config.workers > 1
+        self.accepts_per_wakeup = SHARED_ACCEPTS_PER_WAKEUP if shared else ACCEPTS_PER_WAKEUP
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+            if listener.sock.family != socket.AF_UNIX:
+                # Linux copies TCP_NODELAY from the listening socket to every socket accept()
+                # returns: one setsockopt here instead of one per connection.
+                listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.listen_on(listener, select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
+
+    def listen_on(self, listener: BoundListener, events: int) -> None:
+        """Watch a listening socket: here the acceptor loop accepts from it."""
+        self.watch(listener.sock.fileno(), listener, events)
+
+    def watch(self, fd: int, owner: object, events: int) -> None:
+        self.watched[fd] = owner
+        self.poller.register(fd, events)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd``; always before it is closed, so a reused number is never confused."""
+        self.watched.pop(fd, None)
+        try:
+            self.poller.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def fileno(self) -> int:
+        return self.listeners[0].sock.fileno()
+
+    def serve_forever(self, poll_interval: float = EXPIRY_SCAN_SECONDS) -> None:
+        """Run the acceptor loop until ``shutdown()``, or until drained after ``begin_drain()``."""
+        self._stopped.clear()
+        try:
+            while not self._stop.is_set():
+                self.last_loop = time.monotonic()
+                if self.draining.is_set():
+                    if self.listeners_open:
+                        self.close_listeners(sweep=True)
+                        self.on_drain()
+                    if self.drained():
+                        break
+                for fd, _ in self.poller.poll(poll_interval):
+                    if self._stop.is_set():
+                        break
+                    owner = self.watched.get(fd)
+                    if isinstance(owner, BoundListener):
+                        self.accept_from(owner)
+                    else:
+                        self.on_readable(fd, owner)
+                self.service_actions()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the acceptor loop and wait for it to end.  Never call from the loop's thread."""
+        self._stop.set()
+        self.wake()
+        self._stopped.wait()
+
+    def begin_drain(self) -> None:
+        """Stop accepting and finish what is in flight; safe to call from any thread."""
+        self.draining.set()
+        self.wake()
+
+    def on_drain(self) -> None:
+        """Called once on the acceptor thread when draining starts."""
+
+    def drained(self) -> bool:
+        """Whether nothing is left in flight (subclasses know what they hold)."""
+        return True
+
+    def wake(self) -> None:
+        """Interrupt the selector wait (subclasses with a wake-up channel override this)."""
+
+    def accept_from(self, listener: BoundListener) -> None:
+        for conn in self.accepted(listener):
+            self.adopt(conn)
+
+    def accepted(self, listener: BoundListener, limit: int | None = None) -> Iterator[Connection]:
+        """Up to ``limit`` (else ``accepts_per_wakeup``) new connections ``verify_request`` admits."""
+        for _ in range(self.accepts_per_wakeup if limit is None else limit):
+            try:
+                sock, address = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and friends: log, keep serving the rest
+                if self.listeners_open:  # else closed under us by a drain: nothing to say
+                    log.error("accept failed on %s: %s", listener.name, error)
+                return
+            if not self.verify_request(sock, address):  # type: ignore[arg-type]
+                self.shutdown_request(sock)  # type: ignore[arg-type]
+                continue
+            try:
+                yield self.connection_for(sock, address, listener)
+            except OSError as error:  # the client left before its connection was set up
+                log.debug("dropped a connection from %s on %s: %s", address, listener.name, error)
+                sock.close()
+
+    def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection:
+        """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
+        handshake left to the connection (never done here, on the acceptor's path)."""
+        if sock.family == socket.AF_UNIX:  # TCP sockets come with TCP_NODELAY: see __init__
+            address = ""
+        if listener.tls is not None:
+            sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config,
+                          self.draining, self.before_wait)
+
+    def on_readable(self, fd: int, owner: object) -> None:
+        """A watched descriptor other than a listener became readable (the wake-up channel)."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """socketserver's hook, sent to the error log instead of stderr."""
+        log.exception("error serving connection from %s", client_address)
+
+    def shutdown_request(self, request: Connection | socket.socket) -> None:  # type: ignore[override]
+        sock = request.sock if isinstance(request, Connection) else request
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.close_request(request)
+
+    def close_request(self, request: Connection | socket.socket) -> None:  # type: ignore[override]
+        sock = request.sock if isinstance(request, Connection) else request
+        sock.close()
+
+    def close_listeners(self, sweep: bool = False) -> None:
+        """Stop accepting: new connections go to the other workers (or are refused) from now on.
+
+        With ``sweep`` (a drain), what is already pending is accepted and served first: when
+        workers share a socket, the kernel wakes one of them for a new connection
+        (EPOLLEXCLUSIVE), and if that was this worker, just before it stopped watching, nobody
+        else would be woken for that connection.
+        """
+        self.listeners_open = False
+        for listener in self.listeners:
+            if listener.sock.fileno() >= 0:
+                self.unwatch(listener.sock.fileno())
+                if sweep:
+                    for conn in self.accepted(listener, ACCEPTS_PER_WAKEUP):
+                        self.adopt(conn)
+            listener.sock.close()  # only this process's copy: the master owns the address
+
+    def adopt(self, conn: Connection) -> None:
+        """Take on a connection accepted while the listeners close (it is answered, then closed)."""
+        try:
+            self.process_request(conn, conn.client)  # type: ignore[arg-type]
+        except Exception:
+            self.handle_error(conn.sock, conn.client)  # type: ignore[arg-type]
+            self.shutdown_request(conn)
+
+    def server_close(self) -> None:
+        self.close_listeners()
+        self.poller.close()
