@@ -15,10 +15,25 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 MAX_FORM_BYTES = 65536
-ENVIRON_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
-                "SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT", "CONTENT_TYPE",
-                "CONTENT_LENGTH", "SERVER_SOFTWARE", "wsgi.url_scheme", "wsgi.multithread",
-                "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated")
+ENVIRON_KEYS = (
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_PROTOCOL",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "SERVER_SOFTWARE",
+    "wsgi.url_scheme",
+    "wsgi.multithread",
+    "wsgi.multiprocess",
+    "wsgi.run_once",
+    "wsgi.input_terminated",
+)
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>porch WSGI demo</title>
@@ -49,8 +64,9 @@ def rows(pairs: Iterable[tuple[str, object]]) -> str:
 
 def request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     """The HTTP_* keys turned back into header names."""
-    return sorted((key[5:].replace("_", "-").title(), value)
-                  for key, value in environ.items() if key.startswith("HTTP_"))
+    return sorted(
+        (key[5:].replace("_", "-").title(), value) for key, value in environ.items() if key.startswith("HTTP_")
+    )
 
 
 def read_form(environ: dict[str, Any]) -> list[tuple[str, str]] | None:
@@ -83,9 +99,14 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> list[
             result = "<h2>You sent</h2><table>" + rows(fields) + "</table>"
     elif method not in ("GET", "HEAD"):
         body = b"Only GET, HEAD and POST are supported here.\n"
-        start_response("405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"),
-                                                  ("Allow", "GET, HEAD, POST"),
-                                                  ("Content-Length", str(len(body)))])
+        start_response(
+            "405 Method Not Allowed",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Allow", "GET, HEAD, POST"),
+                ("Content-Length", str(len(body))),
+            ],
+        )
         return [body]
     action = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
     page = PAGE.format(
@@ -94,7 +115,12 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> list[
         environ=rows((key, environ[key]) for key in ENVIRON_KEYS if key in environ),
         headers=rows(request_headers(environ)),
     ).encode("utf-8")
-    start_response(status, [("Content-Type", "text/html; charset=utf-8"),
-                            ("Content-Length", str(len(page))),
-                            ("Cache-Control", "no-store")])
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(page))),
+            ("Cache-Control", "no-store"),
+        ],
+    )
     return [page]

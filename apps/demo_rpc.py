@@ -41,15 +41,20 @@ def upper(text: str) -> str:
 
 def now() -> datetime.datetime:
     """The server's current time in UTC, to the second (XML-RPC dateTime has no time zone)."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
 
 
 def stats(numbers: list[float]) -> dict[str, float]:
     """Count, sum, min, max and mean of an array of numbers (at least one)."""
     if not numbers:
         raise ValueError("stats needs at least one number")
-    return {"count": len(numbers), "sum": sum(numbers), "min": min(numbers),
-            "max": max(numbers), "mean": statistics.fmean(numbers)}
+    return {
+        "count": len(numbers),
+        "sum": sum(numbers),
+        "min": min(numbers),
+        "max": max(numbers),
+        "mean": statistics.fmean(numbers),
+    }
 
 
 def sha256(data: bytes) -> str:
@@ -63,9 +68,15 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     names: list[tuple[type | tuple[type, ...], str]] = [
-        (int, "int"), (str, "string"), (float, "double"), ((list, tuple), "array"),
-        (dict, "struct"), ((datetime.datetime, xmlrpc.client.DateTime), "dateTime.iso8601"),
-        ((bytes, bytearray, xmlrpc.client.Binary), "base64"), (type(None), "nil")]
+        (int, "int"),
+        (str, "string"),
+        (float, "double"),
+        ((list, tuple), "array"),
+        (dict, "struct"),
+        ((datetime.datetime, xmlrpc.client.DateTime), "dateTime.iso8601"),
+        ((bytes, bytearray, xmlrpc.client.Binary), "base64"),
+        (type(None), "nil"),
+    ]
     for types, name in names:
         if isinstance(value, types):
             return name

@@ -58,21 +58,39 @@ def lua_script(bench: Path, name: str, work: Path) -> Path:
     return target
 
 
-def run_wrk(url: str, script: Path, duration: float, connections: int, threads: int = 2,
-            timeout: str = "5s") -> WrkResult:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", f"--timeout={timeout}",
-            "-s", str(script), url]
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE_SECONDS,
-                               check=False)
+def run_wrk(
+    url: str, script: Path, duration: float, connections: int, threads: int = 2, timeout: str = "5s"
+) -> WrkResult:
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        f"--timeout={timeout}",
+        "-s",
+        str(script),
+        url,
+    ]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE_SECONDS, check=False)
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            data = json.loads(line[len(RESULT_PREFIX):])
+            data = json.loads(line[len(RESULT_PREFIX) :])
             errors = {key: int(data[key]) for key in ("connect", "read", "write", "status", "timeout")}
-            return WrkResult(int(data["requests"]), int(data["bytes"]), data["duration_us"] / 1e6, errors,
-                             data["p50_us"] / 1000, data["p90_us"] / 1000, data["p99_us"] / 1000,
-                             data["max_us"] / 1000)
-    raise RuntimeError(f"wrk printed no result (exit {completed.returncode}): "
-                       f"{completed.stderr.strip()[-500:] or completed.stdout.strip()[-500:]}")
+            return WrkResult(
+                int(data["requests"]),
+                int(data["bytes"]),
+                data["duration_us"] / 1e6,
+                errors,
+                data["p50_us"] / 1000,
+                data["p90_us"] / 1000,
+                data["p99_us"] / 1000,
+                data["max_us"] / 1000,
+            )
+    raise RuntimeError(
+        f"wrk printed no result (exit {completed.returncode}): "
+        f"{completed.stderr.strip()[-500:] or completed.stdout.strip()[-500:]}"
+    )
 
 
 # -- /proc ------------------------------------------------------------------------------------
@@ -81,7 +99,7 @@ def run_wrk(url: str, script: Path, duration: float, connections: int, threads: 
 def _stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as stat:
         text = stat.read()
-    return text[text.rindex(")") + 2:].split()  # fields from "state" (field 3) on
+    return text[text.rindex(")") + 2 :].split()  # fields from "state" (field 3) on
 
 
 def process_tree(root: int) -> list[int]:
@@ -163,10 +181,14 @@ class IdleHolder:
     def __init__(self, bench: Path, port: int, count: int, path: str) -> None:
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, str(bench / "idle_holder.py"), "--port", str(port), "--count", str(count),
-             "--path", path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            start_new_session=True, preexec_fn=raise_nofile)
+            [sys.executable, str(bench / "idle_holder.py"), "--port", str(port), "--count", str(count), "--path", path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+            preexec_fn=raise_nofile,
+        )
         self.opened = 0
 
     def wait_ready(self) -> int:

@@ -42,8 +42,10 @@ from workloads import WORKLOADS
 
 PYSPY_PACKAGE = "py-spy==0.4.3"
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
-STRACE_ROW = re.compile(r"^\s*(?P<percent>[\d.]+)\s+(?P<seconds>[\d.]+)\s+(?P<usecs>\d+)\s+(?P<calls>\d+)"
-                        r"\s+(?:(?P<errors>\d+)\s+)?(?P<name>\w+)\s*$")
+STRACE_ROW = re.compile(
+    r"^\s*(?P<percent>[\d.]+)\s+(?P<seconds>[\d.]+)\s+(?P<usecs>\d+)\s+(?P<calls>\d+)"
+    r"\s+(?:(?P<errors>\d+)\s+)?(?P<name>\w+)\s*$"
+)
 
 
 def py_spy() -> str:
@@ -114,8 +116,15 @@ def summarise(raw_files: list[Path]) -> tuple[int, Counter[str], Counter[str], C
                 inclusive[key] += count
             by_file[frames[-1].rpartition("(")[2].rstrip(")")] += count
             joined = ";".join(frames)
-            role = ("acceptor" if "serve_forever" in joined else "pool thread" if ".work (" in joined
-                    else "main thread" if "Runtime.run" in joined else "other")
+            role = (
+                "acceptor"
+                if "serve_forever" in joined
+                else "pool thread"
+                if ".work (" in joined
+                else "main thread"
+                if "Runtime.run" in joined
+                else "other"
+            )
             roles[role] += count
     return total, own, inclusive, by_file, roles
 
@@ -128,7 +137,9 @@ def table(title: str, counts: Counter[str], total: int, cpu_us: float, top: int)
     return lines + [""]
 
 
-def syscall_counts(workers: list[int], url: str, script: Path, duration: float, connections: int) -> tuple[list[tuple[str, int, int]], int]:
+def syscall_counts(
+    workers: list[int], url: str, script: Path, duration: float, connections: int
+) -> tuple[list[tuple[str, int, int]], int]:
     """strace -c -f on the workers during one wrk run: (name, calls, errors) rows and the requests."""
     with tempfile.NamedTemporaryFile("r", suffix=".strace") as output:
         argv = ["strace", "-c", "-f", "-o", output.name]
@@ -156,35 +167,74 @@ def syscall_counts(workers: list[int], url: str, script: Path, duration: float, 
 PERF_ROW = re.compile(r"^\s+(?P<children>[\d.]+)%\s+(?P<self>[\d.]+)%\s+\[(?P<space>k|\.)\]\s+(?P<symbol>.+?)\s*$")
 
 
-def perf_tables(workers: list[int], url: str, script: Path, duration: float, connections: int, work: Path,
-                top: int) -> list[str]:
+def perf_tables(
+    workers: list[int], url: str, script: Path, duration: float, connections: int, work: Path, top: int
+) -> list[str]:
     """perf record -g on the workers during a wrk run: CPU per system call, kernel share, top symbols."""
     if shutil.which("perf") is None:
         return ["perf is not installed (apt-get install linux-perf): no system-level profile.", ""]
     data = work / "perf.data"
-    load = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{duration + 3:g}s", "-s", str(script), url],
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+    load = subprocess.Popen(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration + 3:g}s", "-s", str(script), url],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         time.sleep(1.0)
-        recorded = subprocess.run(["perf", "record", "-F", "999", "-g", "-o", str(data), "-p",
-                                   ",".join(map(str, workers)), "--", "sleep", f"{duration:g}"],
-                                  capture_output=True, text=True, timeout=duration + 60, check=False)
+        recorded = subprocess.run(
+            [
+                "perf",
+                "record",
+                "-F",
+                "999",
+                "-g",
+                "-o",
+                str(data),
+                "-p",
+                ",".join(map(str, workers)),
+                "--",
+                "sleep",
+                f"{duration:g}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=False,
+        )
     finally:
         load.wait(duration + 30)
     if recorded.returncode != 0 or not data.exists():
         return [f"perf record failed: {recorded.stderr.strip()[-300:]}", ""]
-    report = subprocess.run(["perf", "report", "-i", str(data), "--children", "--sort", "sym", "--stdio", "-g", "none"],
-                            capture_output=True, text=True, timeout=300, check=False).stdout
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--children", "--sort", "sym", "--stdio", "-g", "none"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    ).stdout
     rows = [match for line in report.splitlines() if (match := PERF_ROW.match(line))]
     kernel = sum(float(row["self"]) for row in rows if row["space"] == "k")
-    calls = [(row["symbol"].removeprefix("__x64_sys_"), float(row["children"])) for row in rows
-             if row["symbol"].startswith("__x64_sys_")]
-    lines = ["#### CPU by system call (perf, inclusive: the call and the kernel work under it)", "",
-             f"perf record -F 999 -g for {duration:g} s on the workers: {kernel:.0f}% of their CPU is in the kernel.",
-             "", "| system call | share of worker CPU |", "|---|---:|"]
+    calls = [
+        (row["symbol"].removeprefix("__x64_sys_"), float(row["children"]))
+        for row in rows
+        if row["symbol"].startswith("__x64_sys_")
+    ]
+    lines = [
+        "#### CPU by system call (perf, inclusive: the call and the kernel work under it)",
+        "",
+        f"perf record -F 999 -g for {duration:g} s on the workers: {kernel:.0f}% of their CPU is in the kernel.",
+        "",
+        "| system call | share of worker CPU |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {share:.1f}% |" for name, share in sorted(calls, key=lambda c: -c[1])[:15]]
-    lines += ["", "#### Top symbols by self CPU (perf; `[k]` kernel, `[.]` user space)", "",
-              "| symbol | self |", "|---|---:|"]
+    lines += [
+        "",
+        "#### Top symbols by self CPU (perf; `[k]` kernel, `[.]` user space)",
+        "",
+        "| symbol | self |",
+        "|---|---:|",
+    ]
     for row in sorted(rows, key=lambda r: -float(r["self"]))[:top]:
         lines.append(f"| `[{row['space']}] {row['symbol']}` | {float(row['self']):.1f}% |")
     return lines + [""]
@@ -205,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-raw", action="store_true", help="keep the collapsed stacks in bench/results/profiles/")
     parser.add_argument("--workers", type=int, help="experiment: run the porch variant with this many workers")
     parser.add_argument("--threads", type=int, help="experiment: run the porch variant with this many threads")
-    parser.add_argument("--clean-only", action="store_true",
-                        help="only the clean run (req/s, CPU and context switches per request); no profiler")
+    parser.add_argument(
+        "--clean-only",
+        action="store_true",
+        help="only the clean run (req/s, CPU and context switches per request); no profiler",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
     workload = WORKLOADS[args.workload]
@@ -237,25 +290,47 @@ def main(argv: list[str] | None = None) -> int:
             switches_per_request = (tree_context_switches(server.pid) - switches) / max(clean.requests, 1)
             workers = [pid for pid in process_tree(server.pid) if parent_of(pid) == server.pid]
             if args.clean_only:
-                print(f"{args.workload} on {spec.label} ({spec.settings}): {clean.rps:,.0f} req/s, p99 "
-                      f"{clean.p99_ms:.2f} ms, {cpu_us:,.0f} µs CPU/req, {switches_per_request:.1f} context switches/req")
+                print(
+                    f"{args.workload} on {spec.label} ({spec.settings}): {clean.rps:,.0f} req/s, p99 "
+                    f"{clean.p99_ms:.2f} ms, {cpu_us:,.0f} µs CPU/req, {switches_per_request:.1f} context switches/req"
+                )
                 return 0
-            say(f"{key}: {clean.rps:,.0f} req/s, {cpu_us:,.0f} µs CPU/req, {switches_per_request:.1f} context "
-                f"switches/req; sampling workers {workers}")
+            say(
+                f"{key}: {clean.rps:,.0f} req/s, {cpu_us:,.0f} µs CPU/req, {switches_per_request:.1f} context "
+                f"switches/req; sampling workers {workers}"
+            )
             raws = [Path(work) / f"raw-{pid}.txt" for pid in workers]
             spies = []
-            load = subprocess.Popen(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration + 3:g}s", "-s",
-                                     str(script), url], stdout=subprocess.DEVNULL, start_new_session=True)
+            load = subprocess.Popen(
+                ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration + 3:g}s", "-s", str(script), url],
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
                 time.sleep(1.0)
-                for pid, raw in zip(workers, raws):
-                    argv_spy = [spy, "record", "--pid", str(pid), "--rate", str(args.rate), "--duration",
-                                f"{args.duration:g}", "--format", "raw", "--output", str(raw)]
+                for pid, raw in zip(workers, raws, strict=True):
+                    argv_spy = [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        str(args.rate),
+                        "--duration",
+                        f"{args.duration:g}",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(raw),
+                    ]
                     argv_spy += [] if args.native else ["--nonblocking"]  # native stacks need a paused process
                     argv_spy += ["--gil"] if args.gil else []
                     argv_spy += ["--native"] if args.native else []
-                    spies.append(subprocess.Popen(argv_spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                  start_new_session=True))
+                    spies.append(
+                        subprocess.Popen(
+                            argv_spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+                        )
+                    )
                 for spy_process in spies:
                     try:
                         _, complaint = spy_process.communicate(timeout=args.duration + 30)
@@ -267,23 +342,40 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 load.wait(args.duration + 30)
             total, own, inclusive, by_file, roles = summarise([raw for raw in raws if raw.exists()])
-            lines += [f"### Profile: {args.workload} on {spec.label} ({spec.settings})", "",
-                      f"{datetime.date.today().isoformat()}; clean run: {clean.rps:,.0f} req/s, p99 "
-                      f"{clean.p99_ms:.2f} ms, **{cpu_us:,.0f} µs CPU per request** (server process tree), "
-                      f"{switches_per_request:.1f} context switches per request. "
-                      f"py-spy {args.rate} Hz for {args.duration:g} s on {len(workers)} worker(s)"
-                      f"{', GIL holder only' if args.gil else ''}{', with native frames' if args.native else ''}: "
-                      f"{total:,} non-idle samples. µs/req = share × CPU per request.", ""]
-            lines += ["Samples by thread role: " + ", ".join(f"{role} {count / total:.0%}"
-                                                         for role, count in roles.most_common()) + ".", ""] if total else []
+            lines += [
+                f"### Profile: {args.workload} on {spec.label} ({spec.settings})",
+                "",
+                f"{datetime.date.today().isoformat()}; clean run: {clean.rps:,.0f} req/s, p99 "
+                f"{clean.p99_ms:.2f} ms, **{cpu_us:,.0f} µs CPU per request** (server process tree), "
+                f"{switches_per_request:.1f} context switches per request. "
+                f"py-spy {args.rate} Hz for {args.duration:g} s on {len(workers)} worker(s)"
+                f"{', GIL holder only' if args.gil else ''}{', with native frames' if args.native else ''}: "
+                f"{total:,} non-idle samples. µs/req = share × CPU per request.",
+                "",
+            ]
+            lines += (
+                [
+                    "Samples by thread role: "
+                    + ", ".join(f"{role} {count / total:.0%}" for role, count in roles.most_common())
+                    + ".",
+                    "",
+                ]
+                if total
+                else []
+            )
             lines += table("Self time (the function itself was running)", own, total, cpu_us, args.top)
             lines += table("Inclusive time (the function or its callees)", inclusive, total, cpu_us, args.top)
             lines += table("Self time by file", Counter({f"{k}": v for k, v in by_file.items()}), total, cpu_us, 15)
             if args.syscalls:
                 rows, requests = syscall_counts(workers, url, script, min(args.duration, 5.0), args.connections)
-                lines += ["#### System calls per request (strace -c -f on the workers)", "",
-                          f"{requests:,} requests under strace.", "", "| syscall | per request | errors per request |",
-                          "|---|---:|---:|"]
+                lines += [
+                    "#### System calls per request (strace -c -f on the workers)",
+                    "",
+                    f"{requests:,} requests under strace.",
+                    "",
+                    "| syscall | per request | errors per request |",
+                    "|---|---:|---:|",
+                ]
                 for name, calls, errors in rows[:20]:
                     lines.append(f"| {name} | {calls / max(requests, 1):.2f} | {errors / max(requests, 1):.2f} |")
                 lines.append(f"| **all** | {sum(r[1] for r in rows) / max(requests, 1):.2f} | |")
@@ -293,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep_raw:
                 keep = BENCH / "results" / "profiles"
                 keep.mkdir(parents=True, exist_ok=True)
-                for pid, raw in zip(workers, raws):
+                for pid, raw in zip(workers, raws, strict=True):
                     if raw.exists():
                         shutil.copy(raw, keep / f"{args.workload}-{pid}.collapsed")
         finally:
@@ -312,7 +404,7 @@ def parent_of(pid: int) -> int:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0
-    return int(text[text.rindex(")") + 2:].split()[1])
+    return int(text[text.rindex(")") + 2 :].split()[1])
 
 
 if __name__ == "__main__":

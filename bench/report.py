@@ -71,8 +71,7 @@ def machine_line(venv: Path, repo: Path) -> str:
                 break
     except OSError:
         pass
-    versions = [f"{cpu}, {os.cpu_count()} cores", f"Linux {platform.release()}",
-                f"Python {platform.python_version()}"]
+    versions = [f"{cpu}, {os.cpu_count()} cores", f"Linux {platform.release()}", f"Python {platform.python_version()}"]
     wrk = re.search(r"wrk (\S+)", command_output(["wrk", "-v"]))
     versions.append(f"wrk {wrk.group(1) if wrk else '?'}")
     nginx = re.search(r"nginx/(\S+)", command_output(["nginx", "-v"]))
@@ -84,12 +83,15 @@ def machine_line(venv: Path, repo: Path) -> str:
     python = venv / "bin" / "python"
     if python.exists():
         for package in ("gunicorn", "waitress", "uWSGI"):
-            found = command_output([str(python), "-c", f"import importlib.metadata as m; print(m.version('{package}'))"])
+            found = command_output(
+                [str(python), "-c", f"import importlib.metadata as m; print(m.version('{package}'))"]
+            )
             if found and "Error" not in found:
                 versions.append(f"{package} {found}")
     commit = command_output(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    dirty = command_output(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no",
-                            "server", "handlers"])
+    dirty = command_output(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "server", "handlers"]
+    )
     versions.append(f"porch {commit or '?'}{' + uncommitted changes' if dirty else ''}")
     return ", ".join(versions)
 
@@ -104,8 +106,9 @@ def notes_for(workload_name: str, probe: Probe | None) -> list[str]:
     if probe is None:
         return notes
     if probe.framing == "close":
-        notes.append("responses end when the connection closes (wrk counts each as a read error, "
-                     "and the request as completed)")
+        notes.append(
+            "responses end when the connection closes (wrk counts each as a read error, and the request as completed)"
+        )
     if probe.keep_alive and WORKLOADS[workload_name].headers.get("Connection") == "close":
         notes.append("ignores `Connection: close` and keeps the connection: not comparable")
     return notes
@@ -129,12 +132,20 @@ def aggregate(samples: list[dict], probes: dict[tuple[str, str], Probe]) -> dict
                 for key, count in s["errors"].items():
                     errors[key] = errors.get(key, 0) + count
             middle = median(values)
-            row = Row(server, phase, middle, median([s["p99_ms"] for s in group]),
-                      median([s["cpu_us"] for s in group]), median([s.get("switches", 0.0) for s in group]),
-                      len(group), errors,
-                      sum(s["requests"] for s in group), probe.keep_alive if probe else None,
-                      spread=(max(values) - min(values)) / middle if middle else 0.0,
-                      notes=notes_for(name, probe))
+            row = Row(
+                server,
+                phase,
+                middle,
+                median([s["p99_ms"] for s in group]),
+                median([s["cpu_us"] for s in group]),
+                median([s.get("switches", 0.0) for s in group]),
+                len(group),
+                errors,
+                sum(s["requests"] for s in group),
+                probe.keep_alive if probe else None,
+                spread=(max(values) - min(values)) / middle if middle else 0.0,
+                notes=notes_for(name, probe),
+            )
             if any("rss_mib" in s for s in group):
                 row.rss_mib = median([s["rss_mib"] for s in group])
                 row.threads = int(median([s["threads"] for s in group]))
@@ -176,17 +187,27 @@ def workload_table(name: str, rows: list[Row]) -> list[str]:
     workload = WORKLOADS[name]
     lines = [f"### {name}", "", f"{workload.description}: `{workload.method} {workload.path}`.", ""]
     if workload.idle_connections:
-        lines += ["| server | req/s | p99 ms | CPU µs/req | ctx sw/req | RSS MiB | threads | idle still open | with/without |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| server | req/s | p99 ms | CPU µs/req | ctx sw/req | RSS MiB | threads | idle still open "
+            "| with/without |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         base = find(rows, "porch-idle", "baseline")
         for row in rows:
-            versus = f"{row.throughput / base.throughput:.2f}×" if row.phase == "idle" and base and base.throughput else ""
-            lines.append(f"| {label(row)} | {row.throughput:,.0f} | {row.p99_ms:.2f} | {row.cpu_us:,.0f} | "
-                         f"{row.switches:.1f} | {row.rss_mib or 0:,.1f} | {row.threads or 0} | "
-                         f"{'' if row.idle_open is None else f'{row.idle_open:,}'} | {versus} |")
+            versus = (
+                f"{row.throughput / base.throughput:.2f}×" if row.phase == "idle" and base and base.throughput else ""
+            )
+            lines.append(
+                f"| {label(row)} | {row.throughput:,.0f} | {row.p99_ms:.2f} | {row.cpu_us:,.0f} | "
+                f"{row.switches:.1f} | {row.rss_mib or 0:,.1f} | {row.threads or 0} | "
+                f"{'' if row.idle_open is None else f'{row.idle_open:,}'} | {versus} |"
+            )
     else:
-        lines += [f"| server | {workload.unit} | spread | p99 ms | CPU µs/req | ctx sw/req | keep-alive | porch/peer "
-                  "| errors, notes |", "|---|---:|---:|---:|---:|---:|:-:|---:|---|"]
+        lines += [
+            f"| server | {workload.unit} | spread | p99 ms | CPU µs/req | ctx sw/req | keep-alive | porch/peer "
+            "| errors, notes |",
+            "|---|---:|---:|---:|---:|---:|:-:|---:|---|",
+        ]
         footnotes: list[str] = []
         for row in rows:
             ratio = None if SPECS[row.server].is_porch else ratio_of(rows, row)
@@ -200,12 +221,15 @@ def workload_table(name: str, rows: list[Row]) -> list[str]:
                 marks.append(f"[{footnotes.index(note) + 1}]")
             extra = " ".join(filter(None, [error_text(row), *marks]))
             spread = f"±{row.spread / 2:.0%}" if row.samples > 1 else ""
-            lines.append(f"| {label(row)} | {value} | {spread} | {row.p99_ms:.2f} | {row.cpu_us:,.0f} | "
-                         f"{row.switches:.1f} | {alive} | "
-                         f"{shown} | {extra} |")
+            lines.append(
+                f"| {label(row)} | {value} | {spread} | {row.p99_ms:.2f} | {row.cpu_us:,.0f} | "
+                f"{row.switches:.1f} | {alive} | "
+                f"{shown} | {extra} |"
+            )
         if footnotes:
-            lines += [""] + [f"[{n}] {note}" + ("  " if n < len(footnotes) else "")
-                             for n, note in enumerate(footnotes, 1)]
+            lines += [""] + [
+                f"[{n}] {note}" + ("  " if n < len(footnotes) else "") for n, note in enumerate(footnotes, 1)
+            ]
     lines.append("")
     return lines
 
@@ -245,8 +269,12 @@ def evaluate(target: Target, rows: dict[str, list[Row]]) -> Verdict:
         share = idle.throughput / base.throughput
         extra_threads = (idle.threads or 0) - (base.threads or 0)
         met = share >= target.minimum and extra_threads <= IDLE_THREAD_ALLOWANCE
-        return Verdict(name, f"{share:.2f}×; threads {base.threads} → {idle.threads}; RSS "
-                             f"{base.rss_mib or 0:.0f} → {idle.rss_mib or 0:.0f} MiB", met)
+        return Verdict(
+            name,
+            f"{share:.2f}×; threads {base.threads} → {idle.threads}; RSS "
+            f"{base.rss_mib or 0:.0f} → {idle.rss_mib or 0:.0f} MiB",
+            met,
+        )
     python_peers = [row for row in found if SPECS[row.server].python_peer and comparable(row)]
     if target.kind == "p99":
         name = f"{target.workload}: p99 ≤ best Python peer's"
@@ -256,8 +284,11 @@ def evaluate(target: Target, rows: dict[str, list[Row]]) -> Verdict:
         porch = find(found, SPECS[best.server].compare_to or "")
         if porch is None:
             return Verdict(name, "porch not measured", None)
-        return Verdict(name, f"{porch.p99_ms:.2f} ms vs {SPECS[best.server].label} {best.p99_ms:.2f} ms",
-                       porch.p99_ms <= best.p99_ms)
+        return Verdict(
+            name,
+            f"{porch.p99_ms:.2f} ms vs {SPECS[best.server].label} {best.p99_ms:.2f} ms",
+            porch.p99_ms <= best.p99_ms,
+        )
     ratios: list[tuple[float, Row]] = []
     if target.peer == "python":
         name = f"{target.workload} ≥ {target.minimum:g}× best Python peer"
@@ -273,8 +304,7 @@ def evaluate(target: Target, rows: dict[str, list[Row]]) -> Verdict:
         return Verdict(name, "not measured (peer skipped)", None)
     ratio, row = min(ratios, key=lambda pair: pair[0])  # the best peer is the one porch leads least
     margin = ratio / target.minimum - 1
-    return Verdict(name, f"{ratio:.2f}× {SPECS[row.server].label} ({margin:+.0%} vs target)",
-                   ratio >= target.minimum)
+    return Verdict(name, f"{ratio:.2f}× {SPECS[row.server].label} ({margin:+.0%} vs target)", ratio >= target.minimum)
 
 
 def targets_table(rows: dict[str, list[Row]]) -> list[str]:
@@ -296,12 +326,14 @@ def render(report: Report) -> str:
     for name, rows in report.rows.items():
         lines += workload_table(name, rows)
     lines += settings_table(report.rows)
-    lines += ["req/s, p99 and CPU are medians over the repeats; CPU µs/req is the user+system time of the "
-              "server's whole process tree (CGI scripts included) divided by the requests wrk completed; "
-              "ctx sw/req counts the context switches of the server's threads (/proc/PID/task/*/status), a gauge "
-              "of thread hand-offs and GIL contention (threads and processes that end during a run -- CGI scripts, "
-              "per-connection threads -- are missing from it); "
-              "porch/peer divides medians, each peer against the porch variant with its process and thread "
-              "counts. wrk shares the two cores with the server.", ""]
+    lines += [
+        "req/s, p99 and CPU are medians over the repeats; CPU µs/req is the user+system time of the "
+        "server's whole process tree (CGI scripts included) divided by the requests wrk completed; "
+        "ctx sw/req counts the context switches of the server's threads (/proc/PID/task/*/status), a gauge "
+        "of thread hand-offs and GIL contention (threads and processes that end during a run -- CGI scripts, "
+        "per-connection threads -- are missing from it); "
+        "porch/peer divides medians, each peer against the porch variant with its process and thread "
+        "counts. wrk shares the two cores with the server.",
+        "",
+    ]
     return "\n".join(lines)
-

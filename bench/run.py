@@ -59,8 +59,13 @@ def say(text: str) -> None:
 
 
 def pip(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                           "-q", *args], capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS, check=False)
+    return subprocess.run(
+        [str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT_SECONDS,
+        check=False,
+    )
 
 
 def ensure_venv(reinstall: bool) -> list[str]:
@@ -84,8 +89,7 @@ def ensure_venv(reinstall: bool) -> list[str]:
         if done.returncode != 0:
             UWSGI_FAILED_MARKER.write_text(done.stderr[-4000:])
     if UWSGI_FAILED_MARKER.exists():
-        problems.append(f"uWSGI did not build (see {UWSGI_FAILED_MARKER.relative_to(REPO)}; "
-                        "--reinstall tries again)")
+        problems.append(f"uWSGI did not build (see {UWSGI_FAILED_MARKER.relative_to(REPO)}; --reinstall tries again)")
     return problems
 
 
@@ -93,7 +97,7 @@ def prepare_root(paths: Paths) -> None:
     """The document root every server serves: two files and the two CGI scripts."""
     root = paths.root
     (root / "cgi-bin").mkdir(parents=True)
-    (root / "1k.txt").write_bytes((b"porch benchmark 1k file. " * 41)[:STATIC_SMALL_BYTES - 1] + b"\n")
+    (root / "1k.txt").write_bytes((b"porch benchmark 1k file. " * 41)[: STATIC_SMALL_BYTES - 1] + b"\n")
     with open(root / "10m.bin", "wb") as big:
         block = bytes(range(256)) * 4096
         for _ in range(STATIC_LARGE_BYTES // len(block)):
@@ -108,21 +112,39 @@ def prepare_root(paths: Paths) -> None:
         directory.chmod(0o755)
 
 
-def measure_once(server: RunningServer, workload: Workload, url: str, script: Path, duration: float,
-                 connections: int) -> dict:
+def measure_once(
+    server: RunningServer, workload: Workload, url: str, script: Path, duration: float, connections: int
+) -> dict:
     before, switches = tree_cpu_seconds(server.pid), tree_context_switches(server.pid)
     result = run_wrk(url, script, duration, connections)
     cpu = tree_cpu_seconds(server.pid) - before
     switches = tree_context_switches(server.pid) - switches
     requests = max(result.requests, 1)
-    return {"requests": result.requests, "bytes": result.bytes, "seconds": result.seconds, "rps": result.rps,
-            "mibps": result.mib_per_second, "p50_ms": result.p50_ms, "p90_ms": result.p90_ms,
-            "p99_ms": result.p99_ms, "max_ms": result.max_ms, "errors": result.errors,
-            "cpu_us": cpu / requests * 1e6, "switches": switches / requests}
+    return {
+        "requests": result.requests,
+        "bytes": result.bytes,
+        "seconds": result.seconds,
+        "rps": result.rps,
+        "mibps": result.mib_per_second,
+        "p50_ms": result.p50_ms,
+        "p90_ms": result.p90_ms,
+        "p99_ms": result.p99_ms,
+        "max_ms": result.max_ms,
+        "errors": result.errors,
+        "cpu_us": cpu / requests * 1e6,
+        "switches": switches / requests,
+    }
 
 
-def run_workload(workload: Workload, servers: list[str], paths: Paths, args: argparse.Namespace,
-                 samples: list[dict], probes: dict[tuple[str, str], Probe], skipped: list[str]) -> None:
+def run_workload(
+    workload: Workload,
+    servers: list[str],
+    paths: Paths,
+    args: argparse.Namespace,
+    samples: list[dict],
+    probes: dict[tuple[str, str], Probe],
+    skipped: list[str],
+) -> None:
     script = lua_script(BENCH, workload.script, paths.work)
     running: list[RunningServer] = []
     try:
@@ -163,23 +185,42 @@ def run_workload(workload: Workload, servers: list[str], paths: Paths, args: arg
                     skipped.append(f"{workload.name} / {server.spec.key} run {repeat + 1}: {error}")
                     say(f"  {server.spec.key:17} #{repeat + 1}: FAILED: {error}")
                     continue
-                samples.append({"workload": workload.name, "server": server.spec.key, "phase": "",
-                                "repeat": repeat, **sample})
+                samples.append(
+                    {"workload": workload.name, "server": server.spec.key, "phase": "", "repeat": repeat, **sample}
+                )
                 say(f"  {server.spec.key:17} #{repeat + 1}: {describe(workload, sample)}")
     finally:
         for server in running:
             server.stop()
 
 
-def measure_idle(server: RunningServer, workload: Workload, url: str, script: Path, args: argparse.Namespace,
-                 repeat: int, samples: list[dict]) -> None:
+def measure_idle(
+    server: RunningServer,
+    workload: Workload,
+    url: str,
+    script: Path,
+    args: argparse.Namespace,
+    repeat: int,
+    samples: list[dict],
+) -> None:
     """idle-10k: hello without, then with, the idle connections held open (A B per repeat)."""
     sample = measure_once(server, workload, url, script, args.duration, args.connections)
     memory = tree_memory(server.pid)
-    samples.append({"workload": workload.name, "server": server.spec.key, "phase": "baseline", "repeat": repeat,
-                    "rss_mib": memory.rss_mib, "threads": memory.threads, **sample})
-    say(f"  {server.spec.key:17} #{repeat + 1} without idle: {describe(workload, sample)}, "
-        f"RSS {memory.rss_mib:.0f} MiB, {memory.threads} threads")
+    samples.append(
+        {
+            "workload": workload.name,
+            "server": server.spec.key,
+            "phase": "baseline",
+            "repeat": repeat,
+            "rss_mib": memory.rss_mib,
+            "threads": memory.threads,
+            **sample,
+        }
+    )
+    say(
+        f"  {server.spec.key:17} #{repeat + 1} without idle: {describe(workload, sample)}, "
+        f"RSS {memory.rss_mib:.0f} MiB, {memory.threads} threads"
+    )
     holder = IdleHolder(BENCH, server.port, workload.idle_connections, workload.path)
     try:
         opened = holder.wait_ready()
@@ -188,19 +229,32 @@ def measure_idle(server: RunningServer, workload: Workload, url: str, script: Pa
         after = tree_memory(server.pid)
     finally:
         still_open = holder.stop()
-    samples.append({"workload": workload.name, "server": server.spec.key, "phase": "idle", "repeat": repeat,
-                    "rss_mib": max(held.rss_mib, after.rss_mib), "threads": max(held.threads, after.threads),
-                    "idle_opened": opened, "idle_open": still_open, **sample})
-    say(f"  {server.spec.key:17} #{repeat + 1} with {opened:,} idle: {describe(workload, sample)}, "
+    samples.append(
+        {
+            "workload": workload.name,
+            "server": server.spec.key,
+            "phase": "idle",
+            "repeat": repeat,
+            "rss_mib": max(held.rss_mib, after.rss_mib),
+            "threads": max(held.threads, after.threads),
+            "idle_opened": opened,
+            "idle_open": still_open,
+            **sample,
+        }
+    )
+    say(
+        f"  {server.spec.key:17} #{repeat + 1} with {opened:,} idle: {describe(workload, sample)}, "
         f"RSS {max(held.rss_mib, after.rss_mib):.0f} MiB, {max(held.threads, after.threads)} threads, "
-        f"{still_open} still open after")
+        f"{still_open} still open after"
+    )
 
 
 def describe(workload: Workload, sample: dict) -> str:
     speed = f"{sample['mibps']:,.1f} MiB/s" if workload.unit == "MiB/s" else f"{sample['rps']:,.0f} req/s"
     errors = {key: count for key, count in sample["errors"].items() if count}
-    return (f"{speed}, p99 {sample['p99_ms']:.2f} ms, {sample['cpu_us']:,.0f} µs CPU/req"
-            + (f", errors {errors}" if errors else ""))
+    return f"{speed}, p99 {sample['p99_ms']:.2f} ms, {sample['cpu_us']:,.0f} µs CPU/req" + (
+        f", errors {errors}" if errors else ""
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             workload = WORKLOADS[name]
             servers = []
             for key in workload.servers:
-                if args.server_names is not None and key not in args.server_names and not (
-                        SPECS[key].is_porch and any(SPECS[s].compare_to == key for s in args.server_names)):
+                if (
+                    args.server_names is not None
+                    and key not in args.server_names
+                    and not (SPECS[key].is_porch and any(SPECS[s].compare_to == key for s in args.server_names))
+                ):
                     continue
                 missing = SPECS[key].missing(paths)
                 if missing:
@@ -270,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             if servers:
                 plan.append((workload, servers))
         runs = sum(len(servers) * (2 if workload.idle_connections else 1) for workload, servers in plan)
-        say(f"{args.mode} run: {len(plan)} workloads, {runs} server runs × {args.repeats} repeats × "
-            f"{args.duration:g} s ≈ {runs * args.repeats * (args.duration + 0.3) / 60 + len(plan) * 0.15:.0f} min")
+        say(
+            f"{args.mode} run: {len(plan)} workloads, {runs} server runs × {args.repeats} repeats × "
+            f"{args.duration:g} s ≈ {runs * args.repeats * (args.duration + 0.3) / 60 + len(plan) * 0.15:.0f} min"
+        )
         samples: list[dict] = []
         probes: dict[tuple[str, str], Probe] = {}
         try:
@@ -280,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
                 run_workload(workload, servers, paths, args, samples, probes, skipped)
         except KeyboardInterrupt:
             say("interrupted: every server was stopped; reporting what was measured")
-        settings = (f"{args.mode} mode, `wrk -t2 -c{args.connections} -d{args.duration:g}s --latency`, "
-                    f"{args.repeats} repeat(s) interleaved per workload, {args.warmup:g} s warm-up per server, "
-                    f"{datetime.date.today().isoformat()}, {(time.monotonic() - started) / 60:.1f} min")
+        settings = (
+            f"{args.mode} mode, `wrk -t2 -c{args.connections} -d{args.duration:g}s --latency`, "
+            f"{args.repeats} repeat(s) interleaved per workload, {args.warmup:g} s warm-up per server, "
+            f"{datetime.date.today().isoformat()}, {(time.monotonic() - started) / 60:.1f} min"
+        )
         report = Report(machine_line(VENV, REPO), settings, aggregate(samples, probes), skipped)
     text = render(report)
     print(text)
@@ -291,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         results.mkdir(exist_ok=True)
         stem = results / f"{datetime.date.today().isoformat()}-{args.mode}"
         stem.with_suffix(".md").write_text(f"# porch benchmark, {args.mode} run\n\n{text}")
-        stem.with_suffix(".json").write_text(json.dumps(
-            {"machine": report.machine, "settings": settings, "skipped": skipped, "samples": samples}, indent=1))
+        stem.with_suffix(".json").write_text(
+            json.dumps(
+                {"machine": report.machine, "settings": settings, "skipped": skipped, "samples": samples}, indent=1
+            )
+        )
         say(f"written: {stem.with_suffix('.md').relative_to(REPO)} and .json")
     return 0
 

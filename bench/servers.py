@@ -93,94 +93,229 @@ def render(template: Path, target: Path, **values: object) -> Path:
 
 def porch(config: str, workers: int, threads: int, keepalive: float | None = None) -> Callable[[Paths, int], Command]:
     def build(paths: Paths, port: int) -> Command:
-        env = {"BENCH_PORT": str(port), "BENCH_ROOT": str(paths.root), "BENCH_WORKERS": str(workers),
-               "BENCH_THREADS": str(threads)}
+        env = {
+            "BENCH_PORT": str(port),
+            "BENCH_ROOT": str(paths.root),
+            "BENCH_WORKERS": str(workers),
+            "BENCH_THREADS": str(threads),
+        }
         if keepalive is not None:
             env["BENCH_KEEPALIVE"] = str(keepalive)
         return Command([sys.executable, "-m", "porch", "-c", str(paths.bench / "configs" / config)], env, paths.repo)
+
     return build
 
 
 def gunicorn(worker_class: str, workers: int, threads: int = 1) -> Callable[[Paths, int], Command]:
     def build(paths: Paths, port: int) -> Command:
-        argv = [str(paths.venv / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-                "--worker-class", worker_class, "--chdir", str(paths.apps)]
+        argv = [
+            str(paths.venv / "bin" / "gunicorn"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            worker_class,
+            "--chdir",
+            str(paths.apps),
+        ]
         if worker_class == "gthread":
             argv += ["--threads", str(threads)]
         return Command(argv + ["hello:app"], cwd=paths.apps)
+
     return build
 
 
 def waitress(paths: Paths, port: int) -> Command:
-    return Command([str(paths.venv / "bin" / "waitress-serve"), f"--listen=127.0.0.1:{port}", "--threads=8",
-                    "hello:app"], {"PYTHONPATH": str(paths.apps)}, paths.apps)
+    return Command(
+        [str(paths.venv / "bin" / "waitress-serve"), f"--listen=127.0.0.1:{port}", "--threads=8", "hello:app"],
+        {"PYTHONPATH": str(paths.apps)},
+        paths.apps,
+    )
 
 
 def uwsgi(paths: Paths, port: int) -> Command:
-    return Command([str(paths.venv / "bin" / "uwsgi"), "--http11-socket", f"127.0.0.1:{port}",
-                    "--wsgi-file", str(paths.apps / "hello.py"), "--callable", "app", "--master",
-                    "--processes", "2", "--threads", "8", "--disable-logging", "--die-on-term", "--need-app"],
-                   cwd=paths.apps, stop_signal=signal.SIGINT)
+    return Command(
+        [
+            str(paths.venv / "bin" / "uwsgi"),
+            "--http11-socket",
+            f"127.0.0.1:{port}",
+            "--wsgi-file",
+            str(paths.apps / "hello.py"),
+            "--callable",
+            "app",
+            "--master",
+            "--processes",
+            "2",
+            "--threads",
+            "8",
+            "--disable-logging",
+            "--die-on-term",
+            "--need-app",
+        ],
+        cwd=paths.apps,
+        stop_signal=signal.SIGINT,
+    )
 
 
 def http_server(cgi: bool) -> Callable[[Paths, int], Command]:
     def build(paths: Paths, port: int) -> Command:
-        argv = [sys.executable, str(paths.bench / "peers" / "httpserver.py"), "--port", str(port),
-                "--root", str(paths.root)]
+        argv = [
+            sys.executable,
+            str(paths.bench / "peers" / "httpserver.py"),
+            "--port",
+            str(port),
+            "--root",
+            str(paths.root),
+        ]
         return Command(argv + (["--cgi"] if cgi else []), cwd=paths.work)
+
     return build
 
 
 def xmlrpc_server(paths: Paths, port: int) -> Command:
-    return Command([sys.executable, str(paths.bench / "peers" / "xmlrpcserver.py"), "--port", str(port)],
-                   cwd=paths.work)
+    return Command(
+        [sys.executable, str(paths.bench / "peers" / "xmlrpcserver.py"), "--port", str(port)], cwd=paths.work
+    )
 
 
 def nginx(paths: Paths, port: int) -> Command:
-    conf = render(paths.bench / "configs" / "nginx.conf", paths.work / f"nginx-{port}.conf",
-                  port=port, root=paths.root, work=paths.work)
-    return Command(["nginx", "-p", str(paths.work), "-e", str(paths.work / "nginx-error.log"), "-c", str(conf)],
-                   cwd=paths.work)
+    conf = render(
+        paths.bench / "configs" / "nginx.conf",
+        paths.work / f"nginx-{port}.conf",
+        port=port,
+        root=paths.root,
+        work=paths.work,
+    )
+    return Command(
+        ["nginx", "-p", str(paths.work), "-e", str(paths.work / "nginx-error.log"), "-c", str(conf)], cwd=paths.work
+    )
 
 
 def lighttpd(paths: Paths, port: int) -> Command:
-    conf = render(paths.bench / "configs" / "lighttpd.conf", paths.work / f"lighttpd-{port}.conf",
-                  port=port, root=paths.root, work=paths.work)
+    conf = render(
+        paths.bench / "configs" / "lighttpd.conf",
+        paths.work / f"lighttpd-{port}.conf",
+        port=port,
+        root=paths.root,
+        work=paths.work,
+    )
     return Command(["lighttpd", "-D", "-f", str(conf)], cwd=paths.work)
 
 
-SPECS: dict[str, ServerSpec] = {spec.key: spec for spec in [
-    ServerSpec("porch-2x8", "porch", "workers: 2, threads: 8, threading, access log off",
-               porch("porch-wsgi.yaml", 2, 8)),
-    ServerSpec("porch-1x8", "porch 1×8", "workers: 1, threads: 8, threading, access log off",
-               porch("porch-wsgi.yaml", 1, 8)),
-    ServerSpec("porch-idle", "porch", "workers: 2, threads: 8, keepalive timeout 300 s, access log off",
-               porch("porch-wsgi.yaml", 2, 8, keepalive=300)),
-    ServerSpec("porch-static", "porch", "workers: 1, threads: 8, static mount defaults, access log off",
-               porch("porch-static.yaml", 1, 8)),
-    ServerSpec("porch-cgi", "porch", "workers: 1, threads: 8, cgi mount defaults, access log off",
-               porch("porch-cgi.yaml", 1, 8)),
-    ServerSpec("porch-xmlrpc", "porch", "workers: 1, threads: 8, xmlrpc mount defaults, access log off",
-               porch("porch-xmlrpc.yaml", 1, 8)),
-    ServerSpec("gunicorn-sync", "gunicorn sync", "--workers 2 --worker-class sync (no keep-alive by design)",
-               gunicorn("sync", 2), python_peer=True, compare_to="porch-2x8", needs=("venv:gunicorn",)),
-    ServerSpec("gunicorn-gthread", "gunicorn gthread", "--workers 2 --worker-class gthread --threads 8",
-               gunicorn("gthread", 2, 8), python_peer=True, compare_to="porch-2x8", needs=("venv:gunicorn",)),
-    ServerSpec("waitress", "waitress", "--threads=8 (one process)", waitress, python_peer=True,
-               compare_to="porch-1x8", needs=("venv:waitress-serve",)),
-    ServerSpec("uwsgi", "uWSGI", "--http11-socket --master --processes 2 --threads 8 --disable-logging",
-               uwsgi, compare_to="porch-2x8", needs=("venv:uwsgi",)),
-    ServerSpec("http.server", "http.server", "ThreadingHTTPServer, SimpleHTTPRequestHandler, HTTP/1.1",
-               http_server(cgi=False), python_peer=True, compare_to="porch-static"),
-    ServerSpec("http.server-cgi", "http.server CGI", "ThreadingHTTPServer, CGIHTTPRequestHandler, HTTP/1.0",
-               http_server(cgi=True), python_peer=True, compare_to="porch-cgi"),
-    ServerSpec("xmlrpc.server", "SimpleXMLRPCServer", "ThreadingMixIn, HTTP/1.1, logRequests=False",
-               xmlrpc_server, python_peer=True, compare_to="porch-xmlrpc"),
-    ServerSpec("nginx", "nginx", "worker_processes 1, sendfile on, access_log off", nginx,
-               compare_to="porch-static", needs=("nginx",)),
-    ServerSpec("lighttpd", "lighttpd", "one process, mod_cgi, no access log", lighttpd,
-               compare_to="porch-cgi", needs=("lighttpd",)),
-]}
+SPECS: dict[str, ServerSpec] = {
+    spec.key: spec
+    for spec in [
+        ServerSpec(
+            "porch-2x8", "porch", "workers: 2, threads: 8, threading, access log off", porch("porch-wsgi.yaml", 2, 8)
+        ),
+        ServerSpec(
+            "porch-1x8",
+            "porch 1×8",
+            "workers: 1, threads: 8, threading, access log off",
+            porch("porch-wsgi.yaml", 1, 8),
+        ),
+        ServerSpec(
+            "porch-idle",
+            "porch",
+            "workers: 2, threads: 8, keepalive timeout 300 s, access log off",
+            porch("porch-wsgi.yaml", 2, 8, keepalive=300),
+        ),
+        ServerSpec(
+            "porch-static",
+            "porch",
+            "workers: 1, threads: 8, static mount defaults, access log off",
+            porch("porch-static.yaml", 1, 8),
+        ),
+        ServerSpec(
+            "porch-cgi",
+            "porch",
+            "workers: 1, threads: 8, cgi mount defaults, access log off",
+            porch("porch-cgi.yaml", 1, 8),
+        ),
+        ServerSpec(
+            "porch-xmlrpc",
+            "porch",
+            "workers: 1, threads: 8, xmlrpc mount defaults, access log off",
+            porch("porch-xmlrpc.yaml", 1, 8),
+        ),
+        ServerSpec(
+            "gunicorn-sync",
+            "gunicorn sync",
+            "--workers 2 --worker-class sync (no keep-alive by design)",
+            gunicorn("sync", 2),
+            python_peer=True,
+            compare_to="porch-2x8",
+            needs=("venv:gunicorn",),
+        ),
+        ServerSpec(
+            "gunicorn-gthread",
+            "gunicorn gthread",
+            "--workers 2 --worker-class gthread --threads 8",
+            gunicorn("gthread", 2, 8),
+            python_peer=True,
+            compare_to="porch-2x8",
+            needs=("venv:gunicorn",),
+        ),
+        ServerSpec(
+            "waitress",
+            "waitress",
+            "--threads=8 (one process)",
+            waitress,
+            python_peer=True,
+            compare_to="porch-1x8",
+            needs=("venv:waitress-serve",),
+        ),
+        ServerSpec(
+            "uwsgi",
+            "uWSGI",
+            "--http11-socket --master --processes 2 --threads 8 --disable-logging",
+            uwsgi,
+            compare_to="porch-2x8",
+            needs=("venv:uwsgi",),
+        ),
+        ServerSpec(
+            "http.server",
+            "http.server",
+            "ThreadingHTTPServer, SimpleHTTPRequestHandler, HTTP/1.1",
+            http_server(cgi=False),
+            python_peer=True,
+            compare_to="porch-static",
+        ),
+        ServerSpec(
+            "http.server-cgi",
+            "http.server CGI",
+            "ThreadingHTTPServer, CGIHTTPRequestHandler, HTTP/1.0",
+            http_server(cgi=True),
+            python_peer=True,
+            compare_to="porch-cgi",
+        ),
+        ServerSpec(
+            "xmlrpc.server",
+            "SimpleXMLRPCServer",
+            "ThreadingMixIn, HTTP/1.1, logRequests=False",
+            xmlrpc_server,
+            python_peer=True,
+            compare_to="porch-xmlrpc",
+        ),
+        ServerSpec(
+            "nginx",
+            "nginx",
+            "worker_processes 1, sendfile on, access_log off",
+            nginx,
+            compare_to="porch-static",
+            needs=("nginx",),
+        ),
+        ServerSpec(
+            "lighttpd",
+            "lighttpd",
+            "one process, mod_cgi, no access log",
+            lighttpd,
+            compare_to="porch-cgi",
+            needs=("lighttpd",),
+        ),
+    ]
+}
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -220,8 +355,15 @@ class RunningServer:
         env = {**os.environ, **self.command.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.command.argv, cwd=self.command.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=raise_nofile)
+                self.command.argv,
+                cwd=self.command.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=raise_nofile,
+            )
 
     @property
     def pid(self) -> int:
@@ -240,8 +382,9 @@ class RunningServer:
                 time.sleep(0.05)
         return f"not listening after {timeout:.0f} s: {self.log_tail()}"
 
-    def probe(self, method: str, path: str, body: bytes, headers: dict[str, str],
-              check: Callable[[bytes], bool]) -> Probe:
+    def probe(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], check: Callable[[bytes], bool]
+    ) -> Probe:
         """Send the workload's request twice on one connection: a correct answer, and kept alive?"""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
         framing = ""
@@ -258,8 +401,13 @@ class RunningServer:
                 if response.status != 200 or not check(data):
                     return Probe(False, f"{method} {path}: {response.status} {data[:200]!r}")
                 if attempt == 0:
-                    framing = ("chunked" if response.chunked else "length" if response.length is not None
-                               or response.getheader("content-length") else "close")
+                    framing = (
+                        "chunked"
+                        if response.chunked
+                        else "length"
+                        if response.length is not None or response.getheader("content-length")
+                        else "close"
+                    )
                     if response.will_close:
                         return Probe(True, "answers Connection: close", False, framing)
             return Probe(True, "keeps connections alive", True, framing)

@@ -16,9 +16,11 @@ UPLOAD_BYTES = 65536
 STATIC_SMALL_BYTES = 1024
 STATIC_LARGE_BYTES = 10 * 2**20
 IDLE_CONNECTIONS = 10_000
-XMLRPC_ADD = (b"<?xml version='1.0'?>\n<methodCall>\n<methodName>add</methodName>\n<params>\n"
-              b"<param>\n<value><int>2</int></value>\n</param>\n<param>\n<value><int>3</int></value>\n"
-              b"</param>\n</params>\n</methodCall>\n")
+XMLRPC_ADD = (
+    b"<?xml version='1.0'?>\n<methodCall>\n<methodName>add</methodName>\n<params>\n"
+    b"<param>\n<value><int>2</int></value>\n</param>\n<param>\n<value><int>3</int></value>\n"
+    b"</param>\n</params>\n</methodCall>\n"
+)
 
 WSGI_SERVERS = ("porch-2x8", "porch-1x8", "gunicorn-sync", "gunicorn-gthread", "waitress", "uwsgi")
 
@@ -38,30 +40,92 @@ class Workload:
     idle_connections: int = 0  # > 0: the idle-10k procedure
 
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in [
-    Workload("wsgi-hello", "WSGI app answering 14 bytes; keep-alive", "/hello", "get.lua", WSGI_SERVERS,
-             lambda body: body == HELLO),
-    Workload("wsgi-hello-close", "the same with `Connection: close` (a new TCP connection per request)",
-             "/hello", "close.lua", WSGI_SERVERS, lambda body: body == HELLO, headers={"Connection": "close"}),
-    Workload("wsgi-post-64k", "POST of 64 KiB that the app reads whole; keep-alive", "/upload", "post-64k.lua",
-             WSGI_SERVERS, lambda body: body == b"%d\n" % UPLOAD_BYTES, method="POST",
-             body=b"x" * UPLOAD_BYTES, headers={"Content-Type": "application/octet-stream"}),
-    Workload("static-1k", "a 1 KiB file; keep-alive", "/1k.txt", "get.lua", ("porch-static", "http.server", "nginx"),
-             lambda body: len(body) == STATIC_SMALL_BYTES),
-    Workload("static-10m", "a 10 MiB file; keep-alive; throughput in MiB/s", "/10m.bin", "get.lua",
-             ("porch-static", "http.server", "nginx"), lambda body: len(body) == STATIC_LARGE_BYTES,
-             unit="MiB/s"),
-    Workload("cgi-sh", "a two-line sh script (`printf` of a header and 14 bytes)", "/cgi-bin/hello.sh", "get.lua",
-             ("porch-cgi", "http.server-cgi", "lighttpd"), lambda body: body == HELLO),
-    Workload("cgi-py", "the same in Python (`/usr/bin/python3`, no imports beyond sys)", "/cgi-bin/hello.py",
-             "get.lua", ("porch-cgi", "http.server-cgi", "lighttpd"), lambda body: body == HELLO),
-    Workload("xmlrpc-add", "XML-RPC call add(2, 3); keep-alive", "/RPC2", "xmlrpc-add.lua",
-             ("porch-xmlrpc", "xmlrpc.server"), lambda body: b"<int>5</int>" in body, method="POST",
-             body=XMLRPC_ADD, headers={"Content-Type": "text/xml"}),
-    Workload("idle-10k", f"wsgi-hello while {IDLE_CONNECTIONS:,} idle keep-alive connections are held open",
-             "/hello", "get.lua", ("porch-idle",), lambda body: body == HELLO,
-             idle_connections=IDLE_CONNECTIONS),
-]}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload(
+            "wsgi-hello",
+            "WSGI app answering 14 bytes; keep-alive",
+            "/hello",
+            "get.lua",
+            WSGI_SERVERS,
+            lambda body: body == HELLO,
+        ),
+        Workload(
+            "wsgi-hello-close",
+            "the same with `Connection: close` (a new TCP connection per request)",
+            "/hello",
+            "close.lua",
+            WSGI_SERVERS,
+            lambda body: body == HELLO,
+            headers={"Connection": "close"},
+        ),
+        Workload(
+            "wsgi-post-64k",
+            "POST of 64 KiB that the app reads whole; keep-alive",
+            "/upload",
+            "post-64k.lua",
+            WSGI_SERVERS,
+            lambda body: body == b"%d\n" % UPLOAD_BYTES,
+            method="POST",
+            body=b"x" * UPLOAD_BYTES,
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        Workload(
+            "static-1k",
+            "a 1 KiB file; keep-alive",
+            "/1k.txt",
+            "get.lua",
+            ("porch-static", "http.server", "nginx"),
+            lambda body: len(body) == STATIC_SMALL_BYTES,
+        ),
+        Workload(
+            "static-10m",
+            "a 10 MiB file; keep-alive; throughput in MiB/s",
+            "/10m.bin",
+            "get.lua",
+            ("porch-static", "http.server", "nginx"),
+            lambda body: len(body) == STATIC_LARGE_BYTES,
+            unit="MiB/s",
+        ),
+        Workload(
+            "cgi-sh",
+            "a two-line sh script (`printf` of a header and 14 bytes)",
+            "/cgi-bin/hello.sh",
+            "get.lua",
+            ("porch-cgi", "http.server-cgi", "lighttpd"),
+            lambda body: body == HELLO,
+        ),
+        Workload(
+            "cgi-py",
+            "the same in Python (`/usr/bin/python3`, no imports beyond sys)",
+            "/cgi-bin/hello.py",
+            "get.lua",
+            ("porch-cgi", "http.server-cgi", "lighttpd"),
+            lambda body: body == HELLO,
+        ),
+        Workload(
+            "xmlrpc-add",
+            "XML-RPC call add(2, 3); keep-alive",
+            "/RPC2",
+            "xmlrpc-add.lua",
+            ("porch-xmlrpc", "xmlrpc.server"),
+            lambda body: b"<int>5</int>" in body,
+            method="POST",
+            body=XMLRPC_ADD,
+            headers={"Content-Type": "text/xml"},
+        ),
+        Workload(
+            "idle-10k",
+            f"wsgi-hello while {IDLE_CONNECTIONS:,} idle keep-alive connections are held open",
+            "/hello",
+            "get.lua",
+            ("porch-idle",),
+            lambda body: body == HELLO,
+            idle_connections=IDLE_CONNECTIONS,
+        ),
+    ]
+}
 
 
 @dataclass(frozen=True)
@@ -92,8 +156,19 @@ TARGETS = [
     Target("cgi-sh", "ratio", "http.server-cgi", 4.0),
     Target("cgi-py", "ratio", "lighttpd", 0.95),
     Target("xmlrpc-add", "ratio", "xmlrpc.server", 1.3),
-    *[Target(name, "p99") for name in ("wsgi-hello", "wsgi-hello-close", "wsgi-post-64k", "static-1k",
-                                        "static-10m", "cgi-sh", "cgi-py", "xmlrpc-add")],
+    *[
+        Target(name, "p99")
+        for name in (
+            "wsgi-hello",
+            "wsgi-hello-close",
+            "wsgi-post-64k",
+            "static-1k",
+            "static-10m",
+            "cgi-sh",
+            "cgi-py",
+            "xmlrpc-add",
+        )
+    ],
     Target("idle-10k", "idle", minimum=0.8),
 ]
 IDLE_THREAD_ALLOWANCE = 10  # more threads than this with the idle connections = a thread per connection

@@ -63,4 +63,4 @@ class Handler:
     def path_info(self, request: Request) -> str:
         """The decoded request path below this handler's mount prefix, "" or starting with "/"."""
         prefix = self.mount.path.rstrip("/")
-        return request.path[len(prefix):]
+        return request.path[len(prefix) :]

@@ -60,8 +60,14 @@ def build_handlers(config: Config, context: HandlerContext) -> list[tuple[Mount,
         except ValueError as exc:
             problems.append(ConfigProblem(file, line, key, str(exc) + cause_tail(exc)))
         except (Exception, SystemExit) as exc:
-            problems.append(ConfigProblem(file, line, key, f"the {mount.type} handler failed to start: "
-                                                           f"{type(exc).__name__}: {exc}\n" + traceback_tail(exc)))
+            problems.append(
+                ConfigProblem(
+                    file,
+                    line,
+                    key,
+                    f"the {mount.type} handler failed to start: {type(exc).__name__}: {exc}\n" + traceback_tail(exc),
+                )
+            )
     if problems:
         for mount, handler in built:
             try:

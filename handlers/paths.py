@@ -30,8 +30,9 @@ WELL_KNOWN = ".well-known"  # RFC 8615: public by definition, served even when d
 class Root:
     """A directory whose names are served (or run) only while they stay inside it."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, follow_symlinks: bool, dotfiles: bool,
-                 well_known: bool) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, follow_symlinks: bool, dotfiles: bool, well_known: bool
+    ) -> None:
         """``well_known``: "/.well-known" is public; true only where the mount is the origin's root."""
         self.directory = os.path.realpath(directory)  # once, so every walk compares strings only
         self.prefix = self.directory.rstrip("/") + "/"
@@ -105,7 +106,7 @@ class Root:
         if not self.follow_symlinks:
             if not (real + "/").startswith(self.prefix):
                 raise NotFound()
-            if not self.dotfiles and "/." in real[len(self.prefix) - 1:]:
+            if not self.dotfiles and "/." in real[len(self.prefix) - 1 :]:
                 raise NotFound()
         return real, os.stat(real)
 

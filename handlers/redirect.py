@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from porch.handlers.base import Handler
 from porch.config.settings import setting
+from porch.handlers.base import Handler
 from porch.http.messages import Headers, Request, Response
 
 
@@ -31,7 +31,7 @@ class RedirectHandler(Handler):
         location = options.to
         if options.keep_path:
             prefix = self.mount.path.rstrip("/")
-            location = location.rstrip("/") + request.raw_path[len(prefix):]
+            location = location.rstrip("/") + request.raw_path[len(prefix) :]
             if request.query:
                 location += "?" + request.query
         body = f'<a href="{location}">moved</a>\n'.encode()

@@ -10,8 +10,8 @@ import json
 import os
 import time
 
-from porch.handlers.base import Handler, HandlerContext
 from porch.config.settings import Mount
+from porch.handlers.base import Handler, HandlerContext
 from porch.http.messages import Headers, Request, Response
 
 
@@ -23,11 +23,16 @@ class StatusHandler(Handler):
         self.started = time.monotonic()
 
     def handle(self, request: Request) -> Response:
-        body = json.dumps({
-            "status": "ok",
-            "software": self.context.software,
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "concurrency": self.context.concurrency,
-        }).encode() + b"\n"
+        body = (
+            json.dumps(
+                {
+                    "status": "ok",
+                    "software": self.context.software,
+                    "pid": os.getpid(),
+                    "uptime_seconds": round(time.monotonic() - self.started, 3),
+                    "concurrency": self.context.concurrency,
+                }
+            ).encode()
+            + b"\n"
+        )
         return Response(200, Headers([("Content-Type", "application/json"), ("Cache-Control", "no-store")]), body)

@@ -48,5 +48,8 @@ def refuse_shadowing(module_name: str, pythonpath: tuple[Path, ...], before: obj
         candidates = (Path(directory) / f"{module_name}.py", Path(directory) / module_name / "__init__.py")
         local = next((c for c in candidates if c.exists()), None)
         if local is not None and (origin is None or Path(origin).resolve() != local.resolve()):
-            raise OptionError(key, f"module {module_name!r} is already imported from {origin}, so "
-                                   f"{local} cannot be loaded too; give one of them another name")
+            raise OptionError(
+                key,
+                f"module {module_name!r} is already imported from {origin}, so "
+                f"{local} cannot be loaded too; give one of them another name",
+            )

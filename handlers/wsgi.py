@@ -48,12 +48,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
-from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.config.settings import setting
-from porch.http.messages import client_host
+from porch.handlers.base import Handler, HandlerContext, OptionError
+from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
 from porch.http.grammar import BODILESS_STATUSES, HOP_BY_HOP, MAX_REMEMBERED_NAMES, TOKEN
-from porch.http.messages import Body, FileRegion, Headers, Request, Response
+from porch.http.messages import Body, FileRegion, Headers, Request, Response, client_host
 
 if TYPE_CHECKING:
     from porch.config.settings import Mount
@@ -82,7 +81,7 @@ STATUS_LINE = re.compile(r"([1-5][0-9]{2}) ([\t\x20-\x7e\x80-\xff]*)")
 # Request headers that never become HTTP_* keys: CONTENT_* carry the first two; "Proxy" would be
 # HTTP_PROXY, which proxy-discovery code reads as a setting (httpoxy, CVE-2016-5385).
 NOT_HTTP_VARIABLES = frozenset({"content-type", "content-length", "proxy"})
-CONTROL_CHARACTERS = {i: f"\\x{i:02x}" for i in (*range(0x09), *range(0x0a, 0x20), 0x7f)}
+CONTROL_CHARACTERS = {i: f"\\x{i:02x}" for i in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
 # Statuses and header names an application sent before and that passed: apps reuse a handful,
 # and remembering them saves a regex or two per header on every request.  Bounded, so an app
 # that makes up names cannot grow them without end (past the bound, names are just checked).
@@ -105,7 +104,7 @@ def parse_app_spec(spec: str) -> tuple[str, tuple[Any, ...], dict[str, Any]] | N
         return None
     name = spec.partition("(")[0]
     try:
-        call = ast.parse(f"f{spec[len(name):]}", mode="eval").body
+        call = ast.parse(f"f{spec[len(name) :]}", mode="eval").body
         if not isinstance(call, ast.Call):
             raise ValueError("not a call")
         args = tuple(ast.literal_eval(arg) for arg in call.args)
@@ -122,7 +121,8 @@ def import_tail(exc: BaseException) -> str:
     to find the failing line of the app, short enough to read in a config error."""
     summary = traceback.TracebackException.from_exception(exc)
     summary.stack = traceback.StackSummary.from_list(
-        [frame for frame in summary.stack if not is_machinery(frame.filename)])
+        [frame for frame in summary.stack if not is_machinery(frame.filename)]
+    )
     if not summary.stack and summary.__cause__ is None and summary.__context__ is None:
         return ""  # nothing beyond the message itself: "No module named 'x'"
     lines = "".join(summary.format()).rstrip("\n").splitlines()
@@ -160,8 +160,9 @@ def load_application(app: str, pythonpath: tuple[Path, ...], chdir: Path | None)
     except (Exception, SystemExit) as exc:
         where = f" (pythonpath: {', '.join(map(str, pythonpath))})" if pythonpath else ""
         tail = import_tail(exc)
-        raise OptionError("app", f"cannot load {app!r}{where}: {type(exc).__name__}: {exc}"
-                          + (f"\n{tail}" if tail else "")) from None
+        raise OptionError(
+            "app", f"cannot load {app!r}{where}: {type(exc).__name__}: {exc}" + (f"\n{tail}" if tail else "")
+        ) from None
     refuse_shadowing(module_name, pythonpath, before, "app")
     if not callable(target):
         raise OptionError("app", f"{app!r} is a {type(target).__name__}, not a WSGI callable")
@@ -215,7 +216,7 @@ class ErrorStream:
     Control characters are escaped so an app echoing client text cannot forge log lines.
     """
 
-    __slots__ = ("_source", "_partial")
+    __slots__ = ("_partial", "_source")
 
     def __init__(self, source: str) -> None:
         self._source = source
@@ -306,8 +307,7 @@ def check_headers(headers: object) -> int | None:
         raise ApplicationError(f"response headers must be a list, not {type(headers).__name__}")
     length: int | None = None
     for item in headers:
-        if not (isinstance(item, tuple) and len(item) == 2
-                and isinstance(item[0], str) and isinstance(item[1], str)):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str)):
             raise ApplicationError(f"invalid header {item!r}: expected a (str, str) tuple")
         name, value = item
         lower = _VALID_NAMES.get(name) or _checked_name(name)
@@ -348,8 +348,17 @@ def check_chunk(chunk: object) -> bytes:
 class Exchange:
     """One request's response state: what start_response and write() were given."""
 
-    __slots__ = ("errors", "code", "reason", "headers", "length", "headers_sent", "returned",
-                 "spool", "queue")
+    __slots__ = (
+        "code",
+        "errors",
+        "headers",
+        "headers_sent",
+        "length",
+        "queue",
+        "reason",
+        "returned",
+        "spool",
+    )
 
     def __init__(self, errors: ErrorStream) -> None:
         self.errors = errors
@@ -362,8 +371,9 @@ class Exchange:
         self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self.queue: deque[bytes] = deque()
 
-    def start_response(self, status: str, headers: list[tuple[str, str]],
-                       exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
         """PEP 3333 start_response: validate and remember; nothing is sent yet."""
         if exc_info is not None:
             try:
@@ -402,9 +412,11 @@ class Exchange:
                 self.headers_sent = self.returned = True
                 self.finish()  # the connection closes the file: FileWrapper.close() in effect
                 return Response(self.code, Headers(self.headers), region, self.reason or None)
-        if result is None or isinstance(result, (str, bytes)):  # PEP 3333: an iterable OF bytes
-            raise ApplicationError(f"the application returned {type(result).__name__}, not an "
-                                   "iterable of bytes (return [body] instead)")
+        returned: object = result  # annotated as the PEP says; an application may return anything
+        if returned is None or isinstance(returned, (str, bytes)):  # PEP 3333: an iterable OF bytes
+            raise ApplicationError(
+                f"the application returned {type(returned).__name__}, not an iterable of bytes (return [body] instead)"
+            )
         chunks: list[bytes] = []
         iterator: Iterator[bytes] | None = None
         if type(result) in (list, tuple):  # all in memory already: take it whole
@@ -426,8 +438,7 @@ class Exchange:
             raise ApplicationError("the application returned without calling start_response()")
         self.headers_sent = self.returned = True
         headers = Headers(self.headers)
-        if (iterator is None and self.length is None and method != "HEAD"
-                and self.code not in BODILESS_STATUSES):
+        if iterator is None and self.length is None and method != "HEAD" and self.code not in BODILESS_STATUSES:
             total = sum(map(len, chunks)) + (self.spool.tell() if self.spool is not None else 0)
             headers.add("Content-Length", str(total))
         return Response(self.code, headers, AppBody(self, chunks, iterator, result), self.reason or None)
@@ -442,10 +453,11 @@ class Exchange:
 class AppBody:
     """The response body handed to the connection; ``close()`` closes the app's iterable."""
 
-    __slots__ = ("exchange", "chunks", "iterator", "result", "closed")
+    __slots__ = ("chunks", "closed", "exchange", "iterator", "result")
 
-    def __init__(self, exchange: Exchange, chunks: list[bytes], iterator: Iterator[bytes] | None,
-                 result: Iterable[bytes]) -> None:
+    def __init__(
+        self, exchange: Exchange, chunks: list[bytes], iterator: Iterator[bytes] | None, result: Iterable[bytes]
+    ) -> None:
         self.exchange = exchange
         self.chunks = chunks
         self.iterator = iterator
@@ -490,12 +502,16 @@ class WSGIHandler(Handler):
 
     @dataclass(frozen=True)
     class Options:
-        app: str = setting(doc='the WSGI callable: "module:callable", "module:factory()" (literal '
-                               'arguments allowed) or "module" for module:application')
+        app: str = setting(
+            doc='the WSGI callable: "module:callable", "module:factory()" (literal '
+            'arguments allowed) or "module" for module:application'
+        )
         pythonpath: tuple[Path, ...] = setting(
-            default_factory=tuple, doc="directories put in front of sys.path before importing")
+            default_factory=tuple, doc="directories put in front of sys.path before importing"
+        )
         chdir: Path | None = setting(
-            None, doc="working directory of the server process, set before importing (process-wide)")
+            None, doc="working directory of the server process, set before importing (process-wide)"
+        )
 
     def __init__(self, mount: Mount, context: HandlerContext) -> None:
         super().__init__(mount, context)
@@ -539,7 +555,7 @@ class WSGIHandler(Handler):
     def environ(self, request: Request, errors: ErrorStream) -> dict[str, Any]:
         """The PEP 3333 environ for ``request`` (CGI keys per RFC 3875 section 4.1)."""
         environ = self.base_environ.copy()
-        path_info = request.path[len(self.prefix):]
+        path_info = request.path[len(self.prefix) :]
         if not path_info.isascii():  # PEP 3333 "Unicode Issues": the raw bytes, as latin-1
             path_info = path_info.encode("utf-8", "surrogateescape").decode("latin-1")
         scheme = request.scheme

@@ -26,12 +26,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from porch import __version__
-from porch.config.settings import Config
-from porch.handlers.build import check_config
 from porch.config.load import config_from_mapping, load_config
+from porch.config.settings import Config, ConfigError, ConfigProblem
 from porch.config.yaml_nodes import read_yaml
+from porch.handlers.build import check_config
 from porch.master.daemon import check_privileges, process_gone, read_pid
-from porch.config.settings import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG = Path("config") / "porch.yaml"
 DEFAULT_PORT = 8000
@@ -59,32 +58,58 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"porch {__version__}")
     top.add_argument("-c", "--config", metavar="FILE", help="the YAML config file")
-    top.add_argument("-b", "--bind", metavar="ADDR", action="append",
-                     help="listen on ADDR (host:port, [v6]:port, unix:/path) instead of the configured "
-                          "listeners; repeatable")
-    top.add_argument("-D", "--daemon", action="store_true",
-                     help="run in the background; exits 0 once the server serves (needs a pidfile and "
-                          "log files)")
-    top.add_argument("--pidfile", metavar="FILE",
-                     help="write the master's pid to FILE, locked while it runs (overrides `pidfile`)")
+    top.add_argument(
+        "-b",
+        "--bind",
+        metavar="ADDR",
+        action="append",
+        help="listen on ADDR (host:port, [v6]:port, unix:/path) instead of the configured listeners; repeatable",
+    )
+    top.add_argument(
+        "-D",
+        "--daemon",
+        action="store_true",
+        help="run in the background; exits 0 once the server serves (needs a pidfile and log files)",
+    )
+    top.add_argument(
+        "--pidfile", metavar="FILE", help="write the master's pid to FILE, locked while it runs (overrides `pidfile`)"
+    )
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve a directory (with listings) without a config file")
     serve.add_argument("directory", nargs="?", default=".", help="the directory to serve (default: .)")
     serve.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("-b", "--bind", metavar="ADDR", default="127.0.0.1",
-                       help="address to bind (default 127.0.0.1; use 0.0.0.0 or :: for every interface)")
+    serve.add_argument(
+        "-b",
+        "--bind",
+        metavar="ADDR",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; use 0.0.0.0 or :: for every interface)",
+    )
     check = commands.add_parser("check", help="validate a config file and exit 0 (valid) or 1")
     check.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="the YAML config file")
     for name, summary in CONTROL_HELP.items():
         control = commands.add_parser(name, help=summary, description=summary)
-        control.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
-                             help="the config of the running server (for its pidfile)")
-        control.add_argument("--pidfile", metavar="FILE", default=argparse.SUPPRESS,
-                             help="the pidfile of the running server (instead of the config's)")
+        control.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            default=argparse.SUPPRESS,
+            help="the config of the running server (for its pidfile)",
+        )
+        control.add_argument(
+            "--pidfile",
+            metavar="FILE",
+            default=argparse.SUPPRESS,
+            help="the pidfile of the running server (instead of the config's)",
+        )
         if name == "stop":
-            control.add_argument("--timeout", metavar="S", type=float,
-                                 help="seconds to wait for the exit (default timeouts.graceful + "
-                                      f"{STOP_MARGIN_SECONDS:g}, or {STOP_TIMEOUT_SECONDS:g} without a config)")
+            control.add_argument(
+                "--timeout",
+                metavar="S",
+                type=float,
+                help="seconds to wait for the exit (default timeouts.graceful + "
+                f"{STOP_MARGIN_SECONDS:g}, or {STOP_TIMEOUT_SECONDS:g} without a config)",
+            )
     return top
 
 
@@ -92,7 +117,8 @@ def directory_config(directory: str, listen: Sequence[str]) -> Config:
     """The config of ``porch serve DIR``: one static mount with listings."""
     return config_from_mapping(
         {"listen": list(listen), "mounts": [{"path": "/", "type": "static", "root": directory, "listing": True}]},
-        source="<command line>", base_dir=Path.cwd(),
+        source="<command line>",
+        base_dir=Path.cwd(),
     )
 
 
@@ -180,11 +206,12 @@ def startup_problem(config: Config, *, daemon: bool, pidfile: Path | None) -> st
         if pidfile is None:
             return "--daemon needs a pidfile: give --pidfile FILE or set `pidfile:` in the config"
         if config.log.error == "-":
-            return ('--daemon detaches from the terminal, so log.error cannot be "-" (stderr): '
-                    "set it to a file path")
+            return '--daemon detaches from the terminal, so log.error cannot be "-" (stderr): set it to a file path'
         if config.log.access == "-":
-            return ('--daemon detaches from the terminal, so log.access cannot be "-" (stdout): '
-                    "set it to a file path, or to false for no access log")
+            return (
+                '--daemon detaches from the terminal, so log.access cannot be "-" (stdout): '
+                "set it to a file path, or to false for no access log"
+            )
     return check_privileges(config)
 
 
@@ -213,12 +240,12 @@ def control(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"porch: {problem}", file=sys.stderr)
         where = f" ({path} has none)" if path and not problems else ""
-        print(f"porch: no pidfile: give --pidfile FILE or -c FILE with a `pidfile:` setting{where}",
-              file=sys.stderr)
+        print(f"porch: no pidfile: give --pidfile FILE or -c FILE with a `pidfile:` setting{where}", file=sys.stderr)
         return failure
     if problems and args.command != "reload":
-        print(f"porch: warning: {path} has errors (porch check -c {path}); using its pidfile {pidfile}",
-              file=sys.stderr)
+        print(
+            f"porch: warning: {path} has errors (porch check -c {path}); using its pidfile {pidfile}", file=sys.stderr
+        )
     command = {"stop": stop, "reload": reload, "status": status, "reopen": reopen}[args.command]
     return command(args, pidfile, config, path)
 
@@ -250,8 +277,11 @@ def stop(args: argparse.Namespace, pidfile: Path, config: Config | None, path: s
     deadline = time.monotonic() + timeout
     while not process_gone(pid):
         if time.monotonic() >= deadline:
-            print(f"porch: pid {pid} is still running after {timeout:g} s; `kill -QUIT {pid}` stops it "
-                  "without waiting for requests in flight", file=sys.stderr)
+            print(
+                f"porch: pid {pid} is still running after {timeout:g} s; `kill -QUIT {pid}` stops it "
+                "without waiting for requests in flight",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(STOP_POLL_SECONDS)
     print(f"stopped (pid {pid})")
@@ -264,8 +294,7 @@ def reload(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
     if pid is None:
         return not_running(pidfile)
     if path is None:
-        print("porch: reload checks the config before signalling: give -c FILE (the server's config)",
-              file=sys.stderr)
+        print("porch: reload checks the config before signalling: give -c FILE (the server's config)", file=sys.stderr)
         return 1
     try:
         report = check_config(path)

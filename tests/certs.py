@@ -40,8 +40,13 @@ class Pki:
 
 
 def openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run([need_program("openssl"), *map(str, args)], cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [need_program("openssl"), *map(str, args)],
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def self_signed(directory: Path, name: str, subject: str, *extra: str) -> tuple[Path, Path]:
@@ -52,16 +57,32 @@ def self_signed(directory: Path, name: str, subject: str, *extra: str) -> tuple[
 
 def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    server_cert, server_key = self_signed(directory, "server", "/CN=localhost",
-                                          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1")
+    server_cert, server_key = self_signed(
+        directory, "server", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+    )
     other_key = directory / "other.key"
     openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", other_key, cwd=directory)
     ca_cert, ca_key = self_signed(directory, "ca", "/CN=porch test CA")
     client_key, request = directory / "client.key", directory / "client.csr"
-    openssl("req", "-new", *CURVE, "-keyout", client_key, "-out", request, "-subj", "/CN=porch test client",
-            cwd=directory)
+    openssl(
+        "req", "-new", *CURVE, "-keyout", client_key, "-out", request, "-subj", "/CN=porch test client", cwd=directory
+    )
     client_cert = directory / "client.pem"
-    openssl("x509", "-req", "-in", request, "-CA", ca_cert, "-CAkey", ca_key, "-set_serial", "2", *DAYS,
-            "-out", client_cert, cwd=directory)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        request,
+        "-CA",
+        ca_cert,
+        "-CAkey",
+        ca_key,
+        "-set_serial",
+        "2",
+        *DAYS,
+        "-out",
+        client_cert,
+        cwd=directory,
+    )
     rogue_cert, rogue_key = self_signed(directory, "rogue", "/CN=porch test client")
     return Pki(server_cert, server_key, other_key, ca_cert, client_cert, client_key, rogue_cert, rogue_key)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from porch.handlers.user_code import load_object
-from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.config.settings import CIDR, Mount, existing_directory, positive, setting
+from porch.handlers.base import Handler, HandlerContext, OptionError
+from porch.handlers.user_code import load_object
 from porch.http.messages import Headers, Request, Response
 
 closed: list[str] = []  # mount paths of handlers whose close() ran, in order

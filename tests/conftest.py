@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from porchtest import PorchServer
 
 # Property tests explore the same examples on every run, so CI results do not depend on luck.
 settings.register_profile("porch", derandomize=True, database=None, deadline=None)
 settings.load_profile("porch")
-
-from porchtest import PorchServer
 
 CONCURRENCY_MODELS = ["threading", "forking"]
 

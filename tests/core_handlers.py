@@ -35,10 +35,16 @@ class EchoHandler(Handler):
             return Response(200, headers, iter([b"x" * int(query["send"])]))
         body = b"" if query.get("read") == "0" else request.body.read()
         document = {
-            "method": request.method, "target": request.target, "path": request.path,
-            "query": request.query, "version": request.version, "headers": request.headers.items(),
-            "body": body.decode("latin-1"), "client": list(request.client) if isinstance(request.client, tuple) else request.client,
-            "request_id": request.request_id, "scheme": request.scheme,
+            "method": request.method,
+            "target": request.target,
+            "path": request.path,
+            "query": request.query,
+            "version": request.version,
+            "headers": request.headers.items(),
+            "body": body.decode("latin-1"),
+            "client": list(request.client) if isinstance(request.client, tuple) else request.client,
+            "request_id": request.request_id,
+            "scheme": request.scheme,
             "trailers": request.body.trailers.items(),
         }
         return Response(200, Headers([("Content-Type", "application/json")]), json.dumps(document).encode())

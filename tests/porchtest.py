@@ -39,8 +39,7 @@ def wait_until(condition: Callable[[], Any], what: str = "condition", timeout: f
 class PorchServer:
     """A running ``porch`` process with its config and log files."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], config_path: Path, access_log: Path,
-                 error_log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], config_path: Path, access_log: Path, error_log: Path) -> None:
         self.proc = proc
         self.config_path = config_path
         self.access_log = access_log
@@ -66,22 +65,32 @@ class PorchServer:
         return f"http://{self.address}"
 
     @classmethod
-    def start(cls, config: dict[str, Any], tmp_dir: Path, *, args: tuple[str, ...] = (),
-              env: dict[str, str] | None = None, wait: bool = True) -> PorchServer:
+    def start(
+        cls,
+        config: dict[str, Any],
+        tmp_dir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> PorchServer:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         access_log, error_log = tmp_dir / "access.log", tmp_dir / "error.log"
         full: dict[str, Any] = {"listen": ["127.0.0.1:0"]}
         full.update(config)
-        full["log"] = {"access": str(access_log), "error": str(error_log), "level": "debug",
-                       **config.get("log", {})}
+        full["log"] = {"access": str(access_log), "error": str(error_log), "level": "debug", **config.get("log", {})}
         config_path = tmp_dir / "porch.yaml"
         config_path.write_text(yaml.safe_dump(full, sort_keys=False))
         for log in (access_log, error_log):
             log.unlink(missing_ok=True)
         with open(tmp_dir / "stdout.log", "wb") as stdout, open(tmp_dir / "stderr.log", "wb") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "porch", "-c", str(config_path), *args],
-                                    stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})},
-                                    cwd=tmp_dir)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "porch", "-c", str(config_path), *args],
+                stdout=stdout,
+                stderr=stderr,
+                env={**os.environ, **(env or {})},
+                cwd=tmp_dir,
+            )
         server = cls(proc, config_path, access_log, error_log)
         if wait:
             server.addresses = server.wait_listening(len(full["listen"]))

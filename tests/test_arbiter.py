@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
 from porchtest import PorchServer
 from porchtest import wait_until as wait_for
 
 TESTS_DIR = Path(__file__).parent
 ENV = {"PYTHONPATH": str(TESTS_DIR)}
-
 
 
 def worker_pid(srv: PorchServer) -> int:
@@ -36,9 +34,15 @@ def site(tmp_path: Path, text: str, **extra: object) -> dict:
     root = tmp_path / f"www-{text}"
     root.mkdir(exist_ok=True)
     (root / "index.html").write_text(text)
-    config = {"workers": 2, "timeouts": {"keepalive": 2, "graceful": 5},
-              "mounts": [{"path": "/", "type": "static", "root": str(root)}, {"path": "/status", "type": "status"},
-                         {"path": "/echo", "type": "core_handlers:EchoHandler"}]}
+    config = {
+        "workers": 2,
+        "timeouts": {"keepalive": 2, "graceful": 5},
+        "mounts": [
+            {"path": "/", "type": "static", "root": str(root)},
+            {"path": "/status", "type": "status"},
+            {"path": "/echo", "type": "core_handlers:EchoHandler"},
+        ],
+    }
     config.update(extra)
     return config
 
@@ -93,8 +97,9 @@ def test_hup_with_an_app_that_cannot_import_keeps_serving(porch, tmp_path: Path)
     broken.mkdir()
     (broken / "broken_app.py").write_text("raise RuntimeError('this app cannot start')\n")
     config = site(tmp_path, "steady")
-    config["mounts"].append({"path": "/app", "type": "wsgi", "app": "broken_app:application",
-                             "pythonpath": [str(broken)]})
+    config["mounts"].append(
+        {"path": "/app", "type": "wsgi", "app": "broken_app:application", "pythonpath": [str(broken)]}
+    )
     rewrite(srv, config)
     srv.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed" in srv.error_text(), what="the reload error")
@@ -108,8 +113,9 @@ def test_worker_that_cannot_boot_stops_the_master(porch, tmp_path: Path) -> None
     broken.mkdir()
     (broken / "broken_boot.py").write_text("raise RuntimeError('no boot for you')\n")
     config = site(tmp_path, "x")
-    config["mounts"].append({"path": "/app", "type": "wsgi", "app": "broken_boot:application",
-                             "pythonpath": [str(broken)]})
+    config["mounts"].append(
+        {"path": "/app", "type": "wsgi", "app": "broken_boot:application", "pythonpath": [str(broken)]}
+    )
     srv = porch(config, env=ENV)
     assert srv.proc.wait(20) == 1
     assert "no boot for you" in srv.error_text()
@@ -143,7 +149,7 @@ def test_no_request_fails_through_three_reloads(porch, tmp_path: Path) -> None:
             time.sleep(1.0)
             rewrite(srv, site(tmp_path, f"v{version}"))
             srv.signal(signal.SIGHUP)
-            wait_for(lambda: f"generation {version} serving" in srv.error_text(), what=f"reload {version}")
+            wait_for(lambda v=version: f"generation {v} serving" in srv.error_text(), what=f"reload {version}")
         time.sleep(1.0)
     finally:
         stop.set()
@@ -184,10 +190,15 @@ def test_term_lets_a_slow_request_finish(porch, tmp_path: Path) -> None:
     assert srv.proc.wait(10) == 0
 
 
+def expect_failure(url: str) -> None:
+    """A request whose worker goes away under it: the client sees the connection fail."""
+    with pytest.raises(requests.RequestException):
+        requests.get(url, timeout=10)
+
+
 def test_quit_stops_at_once(porch, tmp_path: Path) -> None:
     srv = porch(site(tmp_path, "x"), env=ENV)
-    thread = threading.Thread(target=lambda: pytest.raises(requests.RequestException,
-                                                           requests.get, srv.url + "/echo?sleep=5", timeout=10))
+    thread = threading.Thread(target=expect_failure, args=(srv.url + "/echo?sleep=5",))
     thread.start()
     time.sleep(0.5)
     started = time.monotonic()
@@ -200,8 +211,7 @@ def test_quit_stops_at_once(porch, tmp_path: Path) -> None:
 def test_stuck_worker_is_killed_and_its_request_logged(porch, tmp_path: Path) -> None:
     srv = porch(site(tmp_path, "x", workers=1, worker_timeout=1), env=ENV)
     pid = worker_pid(srv)
-    thread = threading.Thread(target=lambda: pytest.raises(requests.RequestException, requests.get,
-                                                           srv.url + "/echo?sleep=3&stuck=yes", timeout=10))
+    thread = threading.Thread(target=expect_failure, args=(srv.url + "/echo?sleep=3&stuck=yes",))
     thread.start()
     time.sleep(1.2)  # a heartbeat reports the request in flight
     os.kill(pid, signal.SIGSTOP)

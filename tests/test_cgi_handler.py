@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from porch.config.settings import Limits, Mount
 from porch.handlers.base import HandlerContext, OptionError
 from porch.handlers.cgi.handler import CGIHandler, CGIOptions, wire_text
 from porch.handlers.cgi.process import (
@@ -26,7 +27,7 @@ from porch.handlers.cgi.process import (
     ScriptRun,
     SlotPool,
 )
-from porch.config.settings import Limits, Mount
+from porch.http.body import ChunkedBody, ContentLengthBody
 from porch.http.errors import (
     BadGateway,
     Forbidden,
@@ -36,7 +37,6 @@ from porch.http.errors import (
     NotFound,
 )
 from porch.http.messages import Headers, Request, Response
-from porch.http.body import ChunkedBody, ContentLengthBody
 
 SCRIPTS = Path(__file__).parent / "cgi_scripts"
 PY = {".py": sys.executable}
@@ -46,21 +46,33 @@ def build(mount: str = "/cgi-bin", **options: object) -> CGIHandler:
     if "root" not in options and "script" not in options:
         options["root"] = SCRIPTS
     options.setdefault("interpreters", PY)
-    return CGIHandler(Mount(path=mount, type="cgi", options=CGIOptions(**options)),  # type: ignore[arg-type]
-                      HandlerContext(software="porch/test"))
+    return CGIHandler(
+        Mount(path=mount, type="cgi", options=CGIOptions(**options)),  # type: ignore[arg-type]
+        HandlerContext(software="porch/test"),
+    )
 
 
-def make_request(target: str, *, method: str = "GET", headers: list[tuple[str, str]] | None = None,
-                 body: bytes | None = None, chunked: bool = False, client: object = ("127.0.0.1", 40000),
-                 server: object = ("127.0.0.1", 8080), scheme: str = "http") -> Request:
+def make_request(
+    target: str,
+    *,
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes | None = None,
+    chunked: bool = False,
+    client: object = ("127.0.0.1", 40000),
+    server: object = ("127.0.0.1", 8080),
+    scheme: str = "http",
+) -> Request:
     raw_path, _, query = target.partition("?")
     fields = Headers(headers or [])
     if "host" not in fields:
         fields.add("Host", "example.com")
     if chunked:
         data = body or b""
-        encoded = b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + 1000]), data[i:i + 1000])
-                           for i in range(0, len(data), 1000)) + b"0\r\n\r\n"
+        encoded = (
+            b"".join(b"%x\r\n%s\r\n" % (len(data[i : i + 1000]), data[i : i + 1000]) for i in range(0, len(data), 1000))
+            + b"0\r\n\r\n"
+        )
         fields.add("Transfer-Encoding", "chunked")
         request_body: object = ChunkedBody(io.BytesIO(encoded), None, limits=Limits())
     elif body is not None:
@@ -68,10 +80,20 @@ def make_request(target: str, *, method: str = "GET", headers: list[tuple[str, s
         request_body = ContentLengthBody(len(body), io.BytesIO(body), None)
     else:
         request_body = ContentLengthBody(0, io.BytesIO(), None)  # no body: done from the start
-    return Request(method=method, target=target, raw_path=raw_path,
-                   path=unquote(raw_path, errors="surrogateescape"), query=query, version="HTTP/1.1",
-                   headers=fields, body=request_body, client=client, server=server,  # type: ignore[arg-type]
-                   scheme=scheme, request_id="test")
+    return Request(
+        method=method,
+        target=target,
+        raw_path=raw_path,
+        path=unquote(raw_path, errors="surrogateescape"),
+        query=query,
+        version="HTTP/1.1",
+        headers=fields,
+        body=request_body,
+        client=client,
+        server=server,  # type: ignore[arg-type]
+        scheme=scheme,
+        request_id="test",
+    )
 
 
 def run(handler: CGIHandler, request: Request) -> tuple[Response, bytes]:
@@ -118,19 +140,22 @@ def handler() -> CGIHandler:
 
 
 class TestOptions:
-    @pytest.mark.parametrize("options, key", [
-        ({"root": None}, "root"),
-        ({"root": SCRIPTS, "script": SCRIPTS / "env.sh"}, "root"),
-        ({"script": SCRIPTS / "env.sh", "extensions": (".cgi",)}, "extensions"),
-        ({"script": SCRIPTS / "notexec.sh"}, "script"),
-        ({"script": SCRIPTS / "missing.sh"}, "script"),
-        ({"interpreters": {".py": "no-such-interpreter-anywhere"}}, "interpreters"),
-        ({"interpreters": {".py": ""}}, "interpreters"),
-        ({"env": {"SCRIPT_NAME": "x"}}, "env"),
-        ({"env": {"HTTP_HOST": "x"}}, "env"),
-        ({"env": {"A=B": "x"}}, "env"),
-        ({"pass_env": ("REMOTE_ADDR",)}, "pass_env"),
-    ])
+    @pytest.mark.parametrize(
+        "options, key",
+        [
+            ({"root": None}, "root"),
+            ({"root": SCRIPTS, "script": SCRIPTS / "env.sh"}, "root"),
+            ({"script": SCRIPTS / "env.sh", "extensions": (".cgi",)}, "extensions"),
+            ({"script": SCRIPTS / "notexec.sh"}, "script"),
+            ({"script": SCRIPTS / "missing.sh"}, "script"),
+            ({"interpreters": {".py": "no-such-interpreter-anywhere"}}, "interpreters"),
+            ({"interpreters": {".py": ""}}, "interpreters"),
+            ({"env": {"SCRIPT_NAME": "x"}}, "env"),
+            ({"env": {"HTTP_HOST": "x"}}, "env"),
+            ({"env": {"A=B": "x"}}, "env"),
+            ({"pass_env": ("REMOTE_ADDR",)}, "pass_env"),
+        ],
+    )
     def test_rejected(self, options: dict, key: str) -> None:
         with pytest.raises(OptionError) as caught:
             build(**options)
@@ -146,14 +171,17 @@ class TestOptions:
 
 
 class TestResolve:
-    @pytest.mark.parametrize("target, script_name, path_info", [
-        ("/cgi-bin/env.sh", "/cgi-bin/env.sh", ""),
-        ("/cgi-bin/env.sh/", "/cgi-bin/env.sh", "/"),
-        ("/cgi-bin/env.sh/a/b", "/cgi-bin/env.sh", "/a/b"),
-        ("/cgi-bin/env.sh/a%20b/%E2%82%AC", "/cgi-bin/env.sh", "/a b/\u20ac"),
-        ("/cgi-bin/sub/inner.sh/x/", "/cgi-bin/sub/inner.sh", "/x/"),
-        ("/cgi-bin//env.sh/y", "/cgi-bin//env.sh", "/y"),
-    ])
+    @pytest.mark.parametrize(
+        "target, script_name, path_info",
+        [
+            ("/cgi-bin/env.sh", "/cgi-bin/env.sh", ""),
+            ("/cgi-bin/env.sh/", "/cgi-bin/env.sh", "/"),
+            ("/cgi-bin/env.sh/a/b", "/cgi-bin/env.sh", "/a/b"),
+            ("/cgi-bin/env.sh/a%20b/%E2%82%AC", "/cgi-bin/env.sh", "/a b/\u20ac"),
+            ("/cgi-bin/sub/inner.sh/x/", "/cgi-bin/sub/inner.sh", "/x/"),
+            ("/cgi-bin//env.sh/y", "/cgi-bin//env.sh", "/y"),
+        ],
+    )
     def test_split(self, handler: CGIHandler, target: str, script_name: str, path_info: str) -> None:
         found = handler.resolve(make_request(target))
         assert found is not None
@@ -169,17 +197,20 @@ class TestResolve:
             found = single.resolve(make_request(target))
             assert found is not None and (found.script_name, found.path_info) == ("/git", path_info)
 
-    @pytest.mark.parametrize("target, error", [
-        ("/cgi-bin/missing.sh", NotFound),
-        ("/cgi-bin/missing.sh/extra", NotFound),
-        ("/cgi-bin/sub/missing/inner.sh", NotFound),
-        ("/cgi-bin/env.sh%2Fx", NotFound),  # an encoded separator
-        ("/cgi-bin/env.sh%5cx", NotFound),
-        ("/cgi-bin", Forbidden),  # a directory: no listing
-        ("/cgi-bin/sub/", Forbidden),
-        ("/cgi-bin/notexec.sh", Forbidden),  # never its source: it cannot run, so 403
-        ("/cgi-bin/notexec.sh/extra", Forbidden),
-    ])
+    @pytest.mark.parametrize(
+        "target, error",
+        [
+            ("/cgi-bin/missing.sh", NotFound),
+            ("/cgi-bin/missing.sh/extra", NotFound),
+            ("/cgi-bin/sub/missing/inner.sh", NotFound),
+            ("/cgi-bin/env.sh%2Fx", NotFound),  # an encoded separator
+            ("/cgi-bin/env.sh%5cx", NotFound),
+            ("/cgi-bin", Forbidden),  # a directory: no listing
+            ("/cgi-bin/sub/", Forbidden),
+            ("/cgi-bin/notexec.sh", Forbidden),  # never its source: it cannot run, so 403
+            ("/cgi-bin/notexec.sh/extra", Forbidden),
+        ],
+    )
     def test_refused(self, handler: CGIHandler, target: str, error: type) -> None:
         with pytest.raises(error):
             handler.handle(make_request(target))
@@ -233,8 +264,13 @@ class TestEnvironment:
         assert env["PORCH_TEST_PASSED"] == "passed" and "PORCH_TEST_UNSET" not in env
 
     def test_https_and_ports(self, handler: CGIHandler) -> None:
-        request = make_request("/cgi-bin/envjson.py", scheme="https", server=("::1", 8443),
-                               client=("::1", 5555), headers=[("Host", "[::1]:8443")])
+        request = make_request(
+            "/cgi-bin/envjson.py",
+            scheme="https",
+            server=("::1", 8443),
+            client=("::1", 5555),
+            headers=[("Host", "[::1]:8443")],
+        )
         target = handler.resolve(request)
         assert target is not None
         env = handler.environment(request, target, None)
@@ -244,8 +280,9 @@ class TestEnvironment:
         assert "HTTPS" not in handler.environment(make_request("/cgi-bin/envjson.py"), target, None)
 
     def test_unix_socket_addresses(self, handler: CGIHandler) -> None:
-        request = make_request("/cgi-bin/envjson.py", client="", server="/run/porch.sock",
-                               headers=[("Host", "example.com:81")])
+        request = make_request(
+            "/cgi-bin/envjson.py", client="", server="/run/porch.sock", headers=[("Host", "example.com:81")]
+        )
         target = handler.resolve(request)
         assert target is not None
         env = handler.environment(request, target, None)
@@ -278,8 +315,9 @@ class TestEnvironment:
 class TestRunning:
     def test_chunked_body_gets_a_content_length(self, handler: CGIHandler) -> None:
         payload = os.urandom(150_000)
-        result = json.loads(run(handler, make_request("/cgi-bin/body.py", method="POST", body=payload,
-                                                      chunked=True))[1])
+        result = json.loads(
+            run(handler, make_request("/cgi-bin/body.py", method="POST", body=payload, chunked=True))[1]
+        )
         assert result["content_length"] == str(len(payload))  # RFC 3875 4.2: recalculated
         assert result["received"] == len(payload)
 
@@ -298,10 +336,17 @@ class TestRunning:
         assert (response.status, response.reason) == (299, "Very Custom")
         assert data == b"straight from the script"
 
-    @pytest.mark.parametrize("script, error", [
-        ("crash.sh", InternalServerError), ("silent.sh", BadGateway), ("half_head.sh", BadGateway),
-        ("malformed.sh", BadGateway), ("no_cgi_field.sh", BadGateway), ("huge_head.py", BadGateway),
-    ])
+    @pytest.mark.parametrize(
+        "script, error",
+        [
+            ("crash.sh", InternalServerError),
+            ("silent.sh", BadGateway),
+            ("half_head.sh", BadGateway),
+            ("malformed.sh", BadGateway),
+            ("no_cgi_field.sh", BadGateway),
+            ("huge_head.py", BadGateway),
+        ],
+    )
     def test_failures(self, handler: CGIHandler, script: str, error: type) -> None:
         with pytest.raises(error):
             handler.handle(make_request(f"/cgi-bin/{script}"))
@@ -357,8 +402,7 @@ def make_script(directory: Path, name: str, text: str) -> Path:
 def script_lines(caplog: pytest.LogCaptureFixture, script: Path) -> list[str]:
     """What the error log says about ``script``, in order, without the tag."""
     prefix = f"{script}: "
-    return [record.getMessage()[len(prefix):] for record in caplog.records
-            if record.getMessage().startswith(prefix)]
+    return [record.getMessage()[len(prefix) :] for record in caplog.records if record.getMessage().startswith(prefix)]
 
 
 STDERR_FLOOD = r"""import sys
@@ -406,20 +450,23 @@ def reaping(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 class TestOutputAndStderr:
-    @pytest.mark.parametrize("name, text, whole", [
-        ("short.sh", "printf 'Content-Type: text/plain\\n\\nshort body'", True),
-        ("nph-short.sh", "printf 'HTTP/1.1 200 OK\\nContent-Type: text/plain\\n\\nshort body'", True),
-        ("agreeing.sh", "printf 'Content-Type: text/plain\\nContent-Length: 10\\n\\nshort body'", True),
-        ("liar.sh", "printf 'Content-Type: text/plain\\nContent-Length: 3\\n\\nshort body'", False),
-    ])
-    def test_output_complete_with_its_head_is_answered_whole(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                             name: str, text: str, whole: bool) -> None:
+    @pytest.mark.parametrize(
+        "name, text, whole",
+        [
+            ("short.sh", "printf 'Content-Type: text/plain\\n\\nshort body'", True),
+            ("nph-short.sh", "printf 'HTTP/1.1 200 OK\\nContent-Type: text/plain\\n\\nshort body'", True),
+            ("agreeing.sh", "printf 'Content-Type: text/plain\\nContent-Length: 10\\n\\nshort body'", True),
+            ("liar.sh", "printf 'Content-Type: text/plain\\nContent-Length: 3\\n\\nshort body'", False),
+        ],
+    )
+    def test_output_complete_with_its_head_is_answered_whole(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, text: str, whole: bool
+    ) -> None:
         script = make_script(tmp_path, name, f"#!/bin/sh\necho 'said on stderr' >&2\n{text}\n")
         handler = build(root=tmp_path)
         target = handler.resolve(make_request("/cgi-bin/" + name))
         assert target is not None
-        run = ScriptRun([str(script)], cwd=str(tmp_path), env={}, stdin=ScriptInput(), timeout=10,
-                        tag=str(script))
+        run = ScriptRun([str(script)], cwd=str(tmp_path), env={}, stdin=ScriptInput(), timeout=10, tag=str(script))
         assert dead(run.proc.pid)  # all its output is in the pipe before the handler reads any
         pool = SlotPool(1)
         slot = pool.acquire()
@@ -438,8 +485,11 @@ class TestOutputAndStderr:
             pool.close()
 
     def test_output_still_being_written_streams(self, tmp_path: Path) -> None:
-        make_script(tmp_path, "slow.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\none\\n'\n"
-                                         "sleep 0.5\nprintf 'two\\n'\n")
+        make_script(
+            tmp_path,
+            "slow.sh",
+            "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\none\\n'\nsleep 0.5\nprintf 'two\\n'\n",
+        )
         started = time.monotonic()
         body = output(build(root=tmp_path).handle(make_request("/cgi-bin/slow.sh")))
         try:
@@ -461,19 +511,21 @@ class TestOutputAndStderr:
         pieces = [STDERR_LINE_BYTES, STDERR_LINE_BYTES, 10000 - 2 * STDERR_LINE_BYTES]
         assert lines[10000:] == ["x" * size for size in pieces] + ["a last line without its newline"]
 
-    def test_stderr_after_the_output_is_closed(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                               reaping: str) -> None:
+    def test_stderr_after_the_output_is_closed(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, reaping: str
+    ) -> None:
         script = make_script(tmp_path, "late.py", STDERR_AFTER_OUTPUT)
         started = time.monotonic()
         with caplog.at_level(logging.WARNING):
-            response, data = run(build(root=tmp_path, timeout=20), make_request("/cgi-bin/late.py"))
+            _response, data = run(build(root=tmp_path, timeout=20), make_request("/cgi-bin/late.py"))
         assert data == b"body first" and time.monotonic() - started < 10
         lines = script_lines(caplog, script)
         assert len(lines) == 10000 and lines[-1].startswith("late line 09999 ")
         assert children() == []
 
-    def test_exit_after_the_output_is_waited_for(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                 reaping: str) -> None:
+    def test_exit_after_the_output_is_waited_for(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, reaping: str
+    ) -> None:
         script = make_script(tmp_path, "later.sh", EXITS_LATER)
         started = time.monotonic()
         with caplog.at_level(logging.WARNING):
@@ -482,10 +534,12 @@ class TestOutputAndStderr:
         assert script_lines(caplog, script) == ["late words", "exited with status 4"]
         assert children() == []
 
-    def test_running_on_after_the_output_is_stopped_at_the_timeout(self, tmp_path: Path, reaping: str,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
-        make_script(tmp_path, "lingers.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nbye'\n"
-                                            "exec >&-\nexec sleep 30\n")
+    def test_running_on_after_the_output_is_stopped_at_the_timeout(
+        self, tmp_path: Path, reaping: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        make_script(
+            tmp_path, "lingers.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nbye'\nexec >&-\nexec sleep 30\n"
+        )
         started = time.monotonic()
         with caplog.at_level(logging.WARNING):
             assert run(build(root=tmp_path, timeout=0.5), make_request("/cgi-bin/lingers.sh"))[1] == b"bye"
@@ -564,8 +618,8 @@ class TestLimits:
     def test_slot_pool_spans_processes_and_survives_crashes(self) -> None:
         pool = SlotPool(1)
         holder = subprocess.Popen(  # another process takes the only place and keeps it
-            [sys.executable, "-c", HOLD_SLOT, str(pool.directory / "slot-0")],
-            stdout=subprocess.PIPE)
+            [sys.executable, "-c", HOLD_SLOT, str(pool.directory / "slot-0")], stdout=subprocess.PIPE
+        )
         try:
             assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
             assert pool.acquire() is None

@@ -22,21 +22,24 @@ def read_all(output: bytes, limit: int = 65536, step: int | None = None) -> tupl
     if step is None:
         return reader.feed(output)
     for start in range(0, len(output), step):
-        found = reader.feed(output[start:start + step])
+        found = reader.feed(output[start : start + step])
         if found is not None:
             block, rest = found
-            return block, rest + output[start + step:]
+            return block, rest + output[start + step :]
     return None
 
 
 class TestHeaderBlockReader:
-    @pytest.mark.parametrize("output, block, rest", [
-        (b"Content-Type: text/plain\n\nbody", b"Content-Type: text/plain\n", b"body"),
-        (b"Content-Type: text/plain\r\n\r\nbody", b"Content-Type: text/plain\r\n", b"body"),
-        (b"A: 1\r\nB: 2\n\r\nx\n\ny", b"A: 1\r\nB: 2\n", b"x\n\ny"),  # mixed newlines
-        (b"\nbody", b"", b"body"),  # an empty block: found here, refused by the parser
-        (b"Status: 204\n\n", b"Status: 204\n", b""),
-    ])
+    @pytest.mark.parametrize(
+        "output, block, rest",
+        [
+            (b"Content-Type: text/plain\n\nbody", b"Content-Type: text/plain\n", b"body"),
+            (b"Content-Type: text/plain\r\n\r\nbody", b"Content-Type: text/plain\r\n", b"body"),
+            (b"A: 1\r\nB: 2\n\r\nx\n\ny", b"A: 1\r\nB: 2\n", b"x\n\ny"),  # mixed newlines
+            (b"\nbody", b"", b"body"),  # an empty block: found here, refused by the parser
+            (b"Status: 204\n\n", b"Status: 204\n", b""),
+        ],
+    )
     def test_finds_the_blank_line(self, output: bytes, block: bytes, rest: bytes) -> None:
         assert read_all(output) == (block, rest)
         assert read_all(output, step=1) == (block, rest)
@@ -77,15 +80,18 @@ class TestParseCGIHead:
         head = parse_cgi_head(b"Content-Type: a/b\nSet-Cookie: a=1\nSet-Cookie: b=2\n")
         assert [v for n, v in head.fields if n == "Set-Cookie"] == ["a=1", "b=2"]
 
-    @pytest.mark.parametrize("block, kind, status", [
-        (b"Location: /other/path?q=1\n", ResponseKind.LOCAL_REDIRECT, 302),
-        (b"Location: http://example.org/\n", ResponseKind.CLIENT_REDIRECT, 302),
-        (b"Location: //evil.example/\n", ResponseKind.CLIENT_REDIRECT, 302),  # a network path
-        (b"Location: /x\nSet-Cookie: a=1\n", ResponseKind.CLIENT_REDIRECT, 302),
-        (b"Location: /x\nContent-Type: text/html\n", ResponseKind.CLIENT_REDIRECT, 302),
-        (b"Status: 301 Moved\nLocation: http://e.org/\nContent-Type: a/b\n", ResponseKind.DOCUMENT, 301),
-        (b"Status: 201 Created\nLocation: /new/7\n", ResponseKind.DOCUMENT, 201),
-    ])
+    @pytest.mark.parametrize(
+        "block, kind, status",
+        [
+            (b"Location: /other/path?q=1\n", ResponseKind.LOCAL_REDIRECT, 302),
+            (b"Location: http://example.org/\n", ResponseKind.CLIENT_REDIRECT, 302),
+            (b"Location: //evil.example/\n", ResponseKind.CLIENT_REDIRECT, 302),  # a network path
+            (b"Location: /x\nSet-Cookie: a=1\n", ResponseKind.CLIENT_REDIRECT, 302),
+            (b"Location: /x\nContent-Type: text/html\n", ResponseKind.CLIENT_REDIRECT, 302),
+            (b"Status: 301 Moved\nLocation: http://e.org/\nContent-Type: a/b\n", ResponseKind.DOCUMENT, 301),
+            (b"Status: 201 Created\nLocation: /new/7\n", ResponseKind.DOCUMENT, 201),
+        ],
+    )
     def test_response_kinds(self, block: bytes, kind: ResponseKind, status: int) -> None:
         head = parse_cgi_head(block)
         assert head.kind() is kind
@@ -113,28 +119,31 @@ class TestParseCGIHead:
         head = parse_cgi_head(b"Content-Type: a/b\nX-Name: caf\xe9\n")
         assert head.get("x-name") == "caf\xe9"
 
-    @pytest.mark.parametrize("block", [
-        b"",  # no CGI field at all (RFC 3875 6.3: at least one)
-        b"X-Only: other\n",
-        b"not a header\n",
-        b": no name\n",
-        b"Content-Type : a/b\n",  # whitespace before the colon
-        b"Content-Type: a/b\n folded continuation\n",
-        b"Content-Type: a/b\nContent-Type: c/d\n",  # a CGI field twice
-        b"Status: 200\nStatus: 201\n",
-        b"Location: /a\nLocation: /b\n",
-        b"Status: abc\n",
-        b"Status: 20\n",
-        b"Status: 2000 Big\n",
-        b"Status: 100 Continue\n",  # not a final status
-        b"Status: 600 Beyond\n",
-        b"Content-Type: a/b\nX-Bad: a\x00b\n",
-        b"Content-Type: a/b\nX-Bad: a\rb\n",
-        b"Content-Type: a/b\nX-Bad: a\x7fb\n",
-        b"Content-Type: a/b\nContent-Length: 12x\n",
-        b"HTTP/1.1 200 OK\nContent-Type: a/b\n",  # an NPH head from a non-NPH script
-        b"Bad\x80Name: a\nContent-Type: a/b\n",
-    ])
+    @pytest.mark.parametrize(
+        "block",
+        [
+            b"",  # no CGI field at all (RFC 3875 6.3: at least one)
+            b"X-Only: other\n",
+            b"not a header\n",
+            b": no name\n",
+            b"Content-Type : a/b\n",  # whitespace before the colon
+            b"Content-Type: a/b\n folded continuation\n",
+            b"Content-Type: a/b\nContent-Type: c/d\n",  # a CGI field twice
+            b"Status: 200\nStatus: 201\n",
+            b"Location: /a\nLocation: /b\n",
+            b"Status: abc\n",
+            b"Status: 20\n",
+            b"Status: 2000 Big\n",
+            b"Status: 100 Continue\n",  # not a final status
+            b"Status: 600 Beyond\n",
+            b"Content-Type: a/b\nX-Bad: a\x00b\n",
+            b"Content-Type: a/b\nX-Bad: a\rb\n",
+            b"Content-Type: a/b\nX-Bad: a\x7fb\n",
+            b"Content-Type: a/b\nContent-Length: 12x\n",
+            b"HTTP/1.1 200 OK\nContent-Type: a/b\n",  # an NPH head from a non-NPH script
+            b"Bad\x80Name: a\nContent-Type: a/b\n",
+        ],
+    )
     def test_malformed(self, block: bytes) -> None:
         with pytest.raises(MalformedOutput):
             parse_cgi_head(block)
@@ -149,10 +158,19 @@ class TestParseNPHHead:
     def test_reason_optional(self) -> None:
         assert parse_nph_head(b"HTTP/1.0 204\n").reason is None
 
-    @pytest.mark.parametrize("block", [
-        b"", b"Content-Type: a/b\n", b"HTTP/1.1 OK\n", b"HTTP/1.1  200 OK\n", b"HTTP/11 200 OK\n",
-        b"HTTP/1.1 101 Switching\n", b"HTTP/1.1 200 O\x01K\n", b"HTTP/1.1 200 OK\nbad line\n",
-    ])
+    @pytest.mark.parametrize(
+        "block",
+        [
+            b"",
+            b"Content-Type: a/b\n",
+            b"HTTP/1.1 OK\n",
+            b"HTTP/1.1  200 OK\n",
+            b"HTTP/11 200 OK\n",
+            b"HTTP/1.1 101 Switching\n",
+            b"HTTP/1.1 200 O\x01K\n",
+            b"HTTP/1.1 200 OK\nbad line\n",
+        ],
+    )
     def test_malformed(self, block: bytes) -> None:
         with pytest.raises(MalformedOutput):
             parse_nph_head(block)
@@ -173,15 +191,20 @@ def test_any_header_block_parses_or_is_malformed(block: bytes) -> None:
 
 
 field_line = st.one_of(
-    st.sampled_from([b"Content-Type: text/plain", b"Status: 201 Created", b"Location: /x", b"X-A: 1",
-                     b"bad", b"Set-Cookie: a=b"]),
+    st.sampled_from(
+        [b"Content-Type: text/plain", b"Status: 201 Created", b"Location: /x", b"X-A: 1", b"bad", b"Set-Cookie: a=b"]
+    ),
     st.binary(max_size=20).filter(lambda line: b"\n" not in line),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(field_line, max_size=6), st.sampled_from([b"\n", b"\r\n"]), st.binary(max_size=40),
-       st.integers(min_value=1, max_value=17))
+@given(
+    st.lists(field_line, max_size=6),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.binary(max_size=40),
+    st.integers(min_value=1, max_value=17),
+)
 def test_reading_in_pieces_equals_reading_whole(lines: list[bytes], newline: bytes, body: bytes, step: int) -> None:
     output = b"".join(line + newline for line in lines) + newline + body
     try:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from porchtest import PorchServer
 
 CGI_BIN = Path(__file__).parent.parent / "cgi-bin"
@@ -18,8 +17,9 @@ SAMPLES = ("env.cgi", "form.py", "stream.sh")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
-    srv = PorchServer.start({"mounts": [{"path": "/cgi-bin", "type": "cgi", "root": str(CGI_BIN)}]},
-                            tmp_path_factory.mktemp("samples"))
+    srv = PorchServer.start(
+        {"mounts": [{"path": "/cgi-bin", "type": "cgi", "root": str(CGI_BIN)}]}, tmp_path_factory.mktemp("samples")
+    )
     yield srv
     srv.stop()
 
@@ -32,8 +32,9 @@ def test_samples_are_executable_programs(name: str) -> None:
 
 
 def test_environment_viewer_escapes_everything(server: PorchServer) -> None:
-    response = requests.get(server.url + "/cgi-bin/env.cgi/%3Cb%3Ex%3C/b%3E", timeout=10,
-                            headers={"X-Probe": "<script>alert(1)</script>"})
+    response = requests.get(
+        server.url + "/cgi-bin/env.cgi/%3Cb%3Ex%3C/b%3E", timeout=10, headers={"X-Probe": "<script>alert(1)</script>"}
+    )
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
     page = response.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
@@ -48,16 +49,18 @@ def test_form_by_get(server: PorchServer) -> None:
 
 
 def test_form_by_post(server: PorchServer) -> None:
-    response = requests.post(server.url + "/cgi-bin/form.py", data={"name": "Bob", "message": "a<b & c"},
-                             timeout=10)
+    response = requests.post(server.url + "/cgi-bin/form.py", data={"name": "Bob", "message": "a<b & c"}, timeout=10)
     assert response.status_code == 200
     assert "Received by POST" in response.text and "a&lt;b &amp; c" in response.text
 
 
-@pytest.mark.parametrize("method, kwargs, status", [
-    ("POST", {"json": {"name": "x"}}, 415),
-    ("PUT", {"data": "name=x"}, 405),
-])
+@pytest.mark.parametrize(
+    "method, kwargs, status",
+    [
+        ("POST", {"json": {"name": "x"}}, 415),
+        ("PUT", {"data": "name=x"}, 405),
+    ],
+)
 def test_form_refusals(server: PorchServer, method: str, kwargs: dict, status: int) -> None:
     assert requests.request(method, server.url + "/cgi-bin/form.py", timeout=10, **kwargs).status_code == status
 

@@ -20,7 +20,6 @@ from typing import IO
 
 import pytest
 import requests
-
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer
 
@@ -86,18 +85,35 @@ def cgi_config(concurrency: str, tmp: Path) -> dict:
         "timeouts": {"header": 5, "keepalive": 2, "body": 5, "graceful": 5},
         "mounts": [
             {"path": "/", "type": "static", "root": str(www)},
-            {"path": "/cgi-bin", "type": "cgi", **script_mount, "timeout": 20,
-             "env": {"FROM_CONFIG": "config value"}, "pass_env": ["PORCH_TEST_PASSED"]},
-            {"path": "/quick", "type": "cgi", **script_mount, "timeout": 1,
-             "env": {"PIDFILE": str(tmp / "sleep.pid")}},
-            {"path": "/limited", "type": "cgi", **script_mount, "timeout": 10, "max_concurrent": 2,
-             "cpu_seconds": 1, "open_files": 64},
+            {
+                "path": "/cgi-bin",
+                "type": "cgi",
+                **script_mount,
+                "timeout": 20,
+                "env": {"FROM_CONFIG": "config value"},
+                "pass_env": ["PORCH_TEST_PASSED"],
+            },
+            {"path": "/quick", "type": "cgi", **script_mount, "timeout": 1, "env": {"PIDFILE": str(tmp / "sleep.pid")}},
+            {
+                "path": "/limited",
+                "type": "cgi",
+                **script_mount,
+                "timeout": 10,
+                "max_concurrent": 2,
+                "cpu_seconds": 1,
+                "open_files": 64,
+            },
             {"path": "/single", "type": "cgi", "script": str(SCRIPTS / "envjson.py"), "interpreters": PY},
             {"path": "/tree", "type": "cgi", "root": str(make_tree(tmp / "tree")), "extensions": [".cgi"]},
             {"path": "/auth", "type": "cgi", **script_mount, "pass_auth": True},
             {"path": "/tight", "type": "cgi", **script_mount, "max_header_bytes": 512},
-            {"path": "/made", "type": "cgi", "root": str(make_scripts(tmp / "made")), "interpreters": PY,
-             "timeout": 20},
+            {
+                "path": "/made",
+                "type": "cgi",
+                "root": str(make_scripts(tmp / "made")),
+                "interpreters": PY,
+                "timeout": 20,
+            },
         ],
     }
 
@@ -105,8 +121,11 @@ def cgi_config(concurrency: str, tmp: Path) -> dict:
 @pytest.fixture(scope="module", params=CONCURRENCY_MODELS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
     tmp = tmp_path_factory.mktemp(f"cgi-{request.param}")
-    srv = PorchServer.start(cgi_config(request.param, tmp), tmp / "server",
-                            env={"PORCH_TEST_PASSED": "from the daemon", "PORCH_TEST_SECRET": "never leaks"})
+    srv = PorchServer.start(
+        cgi_config(request.param, tmp),
+        tmp / "server",
+        env={"PORCH_TEST_PASSED": "from the daemon", "PORCH_TEST_SECRET": "never leaks"},
+    )
     srv.tmp = tmp  # type: ignore[attr-defined]
     srv.concurrency = request.param  # type: ignore[attr-defined]
     for warm_up in ("/cgi-bin/env.sh", "/tree/page.txt"):  # let workers open what they keep open
@@ -202,8 +221,10 @@ def raw_exchange(server: PorchServer, data: bytes, timeout: float = 10) -> bytes
 class TestMetaVariables:
     def test_every_variable(self, server: PorchServer) -> None:
         with socket.create_connection((server.host, server.port)) as sock:
-            sock.sendall(b"GET /cgi-bin/envjson.py/extra/p%20ath?q=a%20b&x=%26&e=%E2%82%AC HTTP/1.1\r\n"
-                         b"Host: www.example.test:8123\r\nUser-Agent: cgi-test\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"GET /cgi-bin/envjson.py/extra/p%20ath?q=a%20b&x=%26&e=%E2%82%AC HTTP/1.1\r\n"
+                b"Host: www.example.test:8123\r\nUser-Agent: cgi-test\r\nConnection: close\r\n\r\n"
+            )
             client_port = sock.getsockname()[1]
             raw = b""
             while chunk := sock.recv(65536):
@@ -235,8 +256,15 @@ class TestMetaVariables:
         }
         assert {key: env.get(key) for key in expected} == expected
         assert env["SERVER_SOFTWARE"].startswith("porch/")
-        for absent in ("CONTENT_LENGTH", "CONTENT_TYPE", "AUTH_TYPE", "REMOTE_USER", "HTTPS",
-                       "PORCH_TEST_SECRET", "HTTP_CONTENT_LENGTH"):
+        for absent in (
+            "CONTENT_LENGTH",
+            "CONTENT_TYPE",
+            "AUTH_TYPE",
+            "REMOTE_USER",
+            "HTTPS",
+            "PORCH_TEST_SECRET",
+            "HTTP_CONTENT_LENGTH",
+        ):
             assert absent not in env
         assert result["argv"] == []
         assert result["cwd"] == str(SCRIPTS)
@@ -248,11 +276,15 @@ class TestMetaVariables:
         assert set(env) - extra <= meta_names(env)
 
     def test_header_fields(self, server: PorchServer) -> None:
-        raw = raw_exchange(server, (
-            b"POST /cgi-bin/envjson.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            b"X-Repeated: one\r\nX-Repeated: two\r\nCookie: a=1\r\nCookie: b=2\r\n"
-            b"X_Repeated: underscore\r\nProxy: http://evil.example:8080\r\n"
-            b"Authorization: Bearer secret-token\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc"))
+        raw = raw_exchange(
+            server,
+            (
+                b"POST /cgi-bin/envjson.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"X-Repeated: one\r\nX-Repeated: two\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                b"X_Repeated: underscore\r\nProxy: http://evil.example:8080\r\n"
+                b"Authorization: Bearer secret-token\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc"
+            ),
+        )
         env = json.loads(split_response(raw)[1])["env"]
         assert env["HTTP_X_REPEATED"] == "one, two"
         assert env["HTTP_COOKIE"] == "a=1; b=2"
@@ -266,16 +298,20 @@ class TestMetaVariables:
         env = env_json(server, "/auth/envjson.py", headers={"Authorization": "Basic dTpw"})["env"]
         assert env["HTTP_AUTHORIZATION"] == "Basic dTpw" and env["AUTH_TYPE"] == "Basic"
 
-    @pytest.mark.parametrize("target, script_name, path_info", [
-        ("/cgi-bin/envjson.py", "/cgi-bin/envjson.py", None),
-        ("/cgi-bin/envjson.py/", "/cgi-bin/envjson.py", "/"),
-        ("/cgi-bin/envjson.py/a/b/c.txt", "/cgi-bin/envjson.py", "/a/b/c.txt"),
-        ("/cgi-bin/envjson.py/%E2%82%AC/x%3Fy", "/cgi-bin/envjson.py", "/\u20ac/x?y"),
-        ("/single", "/single", None),
-        ("/single/repo.git/info/refs", "/single", "/repo.git/info/refs"),
-    ])
-    def test_script_name_and_path_info(self, server: PorchServer, target: str, script_name: str,
-                                       path_info: str | None) -> None:
+    @pytest.mark.parametrize(
+        "target, script_name, path_info",
+        [
+            ("/cgi-bin/envjson.py", "/cgi-bin/envjson.py", None),
+            ("/cgi-bin/envjson.py/", "/cgi-bin/envjson.py", "/"),
+            ("/cgi-bin/envjson.py/a/b/c.txt", "/cgi-bin/envjson.py", "/a/b/c.txt"),
+            ("/cgi-bin/envjson.py/%E2%82%AC/x%3Fy", "/cgi-bin/envjson.py", "/\u20ac/x?y"),
+            ("/single", "/single", None),
+            ("/single/repo.git/info/refs", "/single", "/repo.git/info/refs"),
+        ],
+    )
+    def test_script_name_and_path_info(
+        self, server: PorchServer, target: str, script_name: str, path_info: str | None
+    ) -> None:
         env = env_json(server, target)["env"]
         assert env["SCRIPT_NAME"] == script_name
         assert (env.get("PATH_INFO") or None) == path_info
@@ -294,32 +330,39 @@ class TestMetaVariables:
 class TestRequestBody:
     def test_empty_post(self, server: PorchServer) -> None:
         response = requests.post(server.url + "/cgi-bin/body.py", data=b"", timeout=10)
-        assert response.json() == {"content_length": "0", "received": 0,
-                                   "sha256": hashlib.sha256(b"").hexdigest()}
+        assert response.json() == {"content_length": "0", "received": 0, "sha256": hashlib.sha256(b"").hexdigest()}
 
     def test_one_mebibyte(self, server: PorchServer) -> None:
         payload = os.urandom(1 << 20)
         response = requests.post(server.url + "/cgi-bin/body.py", data=payload, timeout=20)
-        assert response.json() == {"content_length": str(len(payload)), "received": len(payload),
-                                   "sha256": hashlib.sha256(payload).hexdigest()}
+        assert response.json() == {
+            "content_length": str(len(payload)),
+            "received": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
 
     def test_chunked(self, server: PorchServer) -> None:
         parts = [os.urandom(n) for n in (1, 70000, 5, 200000)]
         response = requests.post(server.url + "/cgi-bin/body.py", data=iter(parts), timeout=20)
         payload = b"".join(parts)
-        assert response.json() == {"content_length": str(len(payload)), "received": len(payload),
-                                   "sha256": hashlib.sha256(payload).hexdigest()}
+        assert response.json() == {
+            "content_length": str(len(payload)),
+            "received": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
 
     def test_script_that_writes_before_reading(self, server: PorchServer) -> None:
         payload = os.urandom(1 << 20)
         response = requests.post(server.url + "/cgi-bin/write_first.py", data=payload, timeout=20)
         assert response.content[: 1 << 20] == b"x" * (1 << 20)
-        assert response.content[1 << 20:].decode() == hashlib.sha256(payload).hexdigest()
+        assert response.content[1 << 20 :].decode() == hashlib.sha256(payload).hexdigest()
 
     def test_expect_continue(self, server: PorchServer) -> None:
         with server.connect() as sock:
-            sock.sendall(b"POST /cgi-bin/body.py HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                         b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"POST /cgi-bin/body.py HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
             assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
             sock.sendall(b"hello")
             raw = b""
@@ -345,7 +388,10 @@ class TestResponses:
         assert response.status_code == 200
         env = env_lines(response.text)
         assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == (
-            "/cgi-bin/env.sh", "/landed", "via=local%20redirect")
+            "/cgi-bin/env.sh",
+            "/landed",
+            "via=local%20redirect",
+        )
 
     def test_local_redirect_of_a_post_is_a_get_without_body(self, server: PorchServer) -> None:
         response = requests.post(server.url + "/cgi-bin/local_redirect.sh", data=b"abc", timeout=5)
@@ -472,16 +518,33 @@ def split_response(raw: bytes) -> tuple[bytes, bytes]:
         if size == 0:
             return head, payload
         payload += body[:size]
-        assert body[size:size + 2] == b"\r\n"
-        body = body[size + 2:]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
 
 
 def meta_names(env: dict) -> set[str]:
     return {name for name in env if name.startswith("HTTP_")} | {
-        "GATEWAY_INTERFACE", "SERVER_SOFTWARE", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL",
-        "REQUEST_METHOD", "QUERY_STRING", "SCRIPT_NAME", "PATH_INFO", "PATH_TRANSLATED", "REMOTE_ADDR",
-        "REMOTE_HOST", "REMOTE_PORT", "REQUEST_URI", "SCRIPT_FILENAME", "DOCUMENT_ROOT", "CONTENT_LENGTH",
-        "CONTENT_TYPE", "AUTH_TYPE", "HTTPS"}
+        "GATEWAY_INTERFACE",
+        "SERVER_SOFTWARE",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "REQUEST_METHOD",
+        "QUERY_STRING",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "PATH_TRANSLATED",
+        "REMOTE_ADDR",
+        "REMOTE_HOST",
+        "REMOTE_PORT",
+        "REQUEST_URI",
+        "SCRIPT_FILENAME",
+        "DOCUMENT_ROOT",
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "AUTH_TYPE",
+        "HTTPS",
+    }
 
 
 class TestFailures:
@@ -502,10 +565,17 @@ class TestFailures:
         assert raw.startswith(b"HTTP/1.1 200 ") and b"first part" in raw
         assert not raw.endswith(b"0\r\n\r\n")  # no last chunk: the client sees the cut
 
-    @pytest.mark.parametrize("script, status", [
-        ("crash.sh", 500), ("silent.sh", 502), ("half_head.sh", 502), ("malformed.sh", 502),
-        ("no_cgi_field.sh", 502), ("huge_head.py", 502),
-    ])
+    @pytest.mark.parametrize(
+        "script, status",
+        [
+            ("crash.sh", 500),
+            ("silent.sh", 502),
+            ("half_head.sh", 502),
+            ("malformed.sh", 502),
+            ("no_cgi_field.sh", 502),
+            ("huge_head.py", 502),
+        ],
+    )
     def test_broken_scripts(self, server: PorchServer, script: str, status: int) -> None:
         response = requests.get(f"{server.url}/cgi-bin/{script}", timeout=10)
         assert response.status_code == status
@@ -563,8 +633,13 @@ class TestFailures:
 
     def test_disconnect_stops_a_silent_script(self, porch, tmp_path: Path) -> None:
         pid_file = tmp_path / "quiet.pid"
-        srv = porch({"mounts": [{"path": "/cgi-bin", "type": "cgi", "root": str(SCRIPTS),
-                                 "env": {"QUIET_PID_FILE": str(pid_file)}}]})
+        srv = porch(
+            {
+                "mounts": [
+                    {"path": "/cgi-bin", "type": "cgi", "root": str(SCRIPTS), "env": {"QUIET_PID_FILE": str(pid_file)}}
+                ]
+            }
+        )
         with srv.connect() as sock:
             sock.sendall(b"GET /cgi-bin/quiet_then_talk.sh HTTP/1.1\r\nHost: x\r\n\r\n")
             deadline = time.monotonic() + 5
@@ -578,16 +653,19 @@ class TestFailures:
 
 
 class TestSourceIsNeverServed:
-    @pytest.mark.parametrize("target, status", [
-        ("/cgi-bin/notexec.sh", 403),
-        ("/cgi-bin/notexec.sh/more", 403),
-        ("/cgi-bin/missing.sh", 404),
-        ("/cgi-bin/", 403),
-        ("/cgi-bin/sub", 403),
-        ("/cgi-bin/sub%2Finner.sh", 404),  # an encoded separator
-        ("/tree/source.cgi", 403),
-        ("/tree/innocent.txt", 403),  # a harmless name that is a link to a script
-    ])
+    @pytest.mark.parametrize(
+        "target, status",
+        [
+            ("/cgi-bin/notexec.sh", 403),
+            ("/cgi-bin/notexec.sh/more", 403),
+            ("/cgi-bin/missing.sh", 404),
+            ("/cgi-bin/", 403),
+            ("/cgi-bin/sub", 403),
+            ("/cgi-bin/sub%2Finner.sh", 404),  # an encoded separator
+            ("/tree/source.cgi", 403),
+            ("/tree/innocent.txt", 403),  # a harmless name that is a link to a script
+        ],
+    )
     def test_refused(self, server: PorchServer, target: str, status: int) -> None:
         response = requests.get(server.url + target, timeout=5)
         assert response.status_code == status

@@ -37,8 +37,7 @@ def wait_for_url(proc: subprocess.Popen[str]) -> str:
 @contextmanager
 def serving(*args: str, cwd: Path | None = None) -> Iterator[str]:
     """Run ``porch ARGS`` (logs on stderr) and yield its URL once it listens."""
-    proc = subprocess.Popen([*PORCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd)
+    proc = subprocess.Popen([*PORCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
     try:
         yield wait_for_url(proc)
     finally:
@@ -91,10 +90,7 @@ def test_check_accepts_the_bundled_config() -> None:
 
 def test_check_reports_file_line_and_key(tmp_path: Path) -> None:
     config = tmp_path / "broken.yaml"
-    config.write_text("listen: ['127.0.0.1:8000']\n"
-                      "threads: lots\n"
-                      "mounts:\n"
-                      "  - {path: /, type: static, root: wwww}\n")
+    config.write_text("listen: ['127.0.0.1:8000']\nthreads: lots\nmounts:\n  - {path: /, type: static, root: wwww}\n")
     result = run("check", "-c", str(config))
     assert result.returncode == 1
     assert re.search(rf"{re.escape(str(config))}:2: threads: ", result.stderr), result.stderr

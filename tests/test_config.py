@@ -16,17 +16,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import config_handlers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import config_handlers
-from porch.handlers.base import HandlerContext
-from porch.config.settings import AccessRules, Config, Limits, Listener, LogSettings, TLSSettings, Timeouts
-from porch.handlers.build import build_handlers, check_config
 from porch.config.load import config_from_mapping, load_config, parse_address, settings_reference
+from porch.config.settings import AccessRules, Config, ConfigError, Limits, Listener, LogSettings, Timeouts, TLSSettings
 from porch.config.yaml_nodes import expand
-from porch.config.settings import ConfigError
+from porch.handlers.base import HandlerContext
+from porch.handlers.build import build_handlers, check_config
 
 ECHO = "config_handlers:EchoHandler"
 REPO = Path(__file__).resolve().parent.parent
@@ -106,8 +105,7 @@ def test_an_unquoted_variable_in_flow_style_gets_a_hint(here: Path) -> None:
 
 def test_the_top_level_must_be_one_mapping(here: Path) -> None:
     assert problems("- a\n- b\n") == ["porch.yaml:1: expected a mapping of settings at the top level, got a list"]
-    assert problems("threads: 1\n---\nthreads: 2\n") == [
-        "porch.yaml:3: expected one YAML document, found another here"]
+    assert problems("threads: 1\n---\nthreads: 2\n") == ["porch.yaml:3: expected one YAML document, found another here"]
 
 
 def test_duplicate_keys_are_errors_at_the_second(here: Path) -> None:
@@ -125,8 +123,9 @@ def test_python_tags_are_refused_and_never_run(here: Path) -> None:
     found = problems("""
         server_header: !!python/object/apply:os.system ["touch pwned"]
     """)
-    assert found == ["porch.yaml:1: server_header: unsupported YAML tag "
-                     "'tag:yaml.org,2002:python/object/apply:os.system'"]
+    assert found == [
+        "porch.yaml:1: server_header: unsupported YAML tag 'tag:yaml.org,2002:python/object/apply:os.system'"
+    ]
     assert not (here / "pwned").exists()
 
 
@@ -160,7 +159,9 @@ def test_merge_keys_apply_and_explicit_keys_win(here: Path) -> None:
 
 def test_every_option_type_converts(here: Path) -> None:
     (here / "sub").mkdir()
-    options = echo_options(here, """
+    options = echo_options(
+        here,
+        """
         name: 0x1F
         count: 3
         ratio: 2
@@ -175,7 +176,8 @@ def test_every_option_type_converts(here: Path) -> None:
         sizes: {small: 1, big: 1_000_000}
         networks: [10.1.2.3/8, "::1", 192.168.0.1]
         extra: {a: [1, two, null]}
-    """)
+    """,
+    )
     assert options.root == here
     assert options.name == "0x1F"  # a string setting takes a YAML number's text as written
     assert (options.count, options.ratio, options.enabled) == (3, 2.0, True)
@@ -186,8 +188,11 @@ def test_every_option_type_converts(here: Path) -> None:
     assert options.search == (here / "sub", Path("/abs/dir"), Path.home() / "lib")
     assert options.env == {"PORT": "8000", "NAME": "porch"}
     assert options.sizes == {"small": 1, "big": 1000000}
-    assert options.networks == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"),
-                                ipaddress.ip_network("192.168.0.1/32"))
+    assert options.networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("192.168.0.1/32"),
+    )
     assert options.extra == {"a": [1, "two", None]}
 
 
@@ -196,32 +201,37 @@ def test_empty_lists_and_mappings(here: Path) -> None:
     assert (options.index, options.search, options.env) == ((), (), {})
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("count: true", "count: expected an integer, got true"),
-    ("count: 1.5", "count: expected an integer, got 1.5"),
-    ("count: '8'", "count: expected an integer, got '8' (quoted, it is text: remove the quotes)"),
-    ("count: [1]", "count: expected an integer, got a list"),
-    ("count: 0", "count: must be greater than 0, got 0"),
-    ("ratio: fast", "ratio: expected a number, got 'fast'"),
-    ("ratio: .nan", "ratio: expected a number, got nan"),
-    ("enabled: 1", "enabled: expected true or false, got 1"),
-    ("enabled: 'true'", "enabled: expected true or false, got 'true' (quoted, it is text: remove the quotes)"),
-    ("enabled: maybe", "enabled: expected true or false, got 'maybe'"),
-    ("name: true", "name: expected a string, got true (quote it to mean the text)"),
-    ("name: ~", "name: expected a string, got null"),
-    ("name: {a: 1}", "name: expected a string, got a mapping"),
-    ("mode: quick", "mode: expected one of 'fast', 'safe', got 'quick'"),
-    ("mode: Fast", "mode: expected one of 'fast', 'safe', got 'Fast' (did you mean 'fast'?)"),
-    ("code: 303", "code: expected one of 301, 302, got 303"),
-    ("code: '301'", "code: expected one of 301, 302, got '301' (quoted, it is text: remove the quotes)"),
-    ("index: {a: b}", "index: expected a string, got a mapping"),
-    ("env: [a, b]", "env: expected a mapping, got a list"),
-    ("env: {A: [1]}", "env.A: expected a string, got a list"),
-    ("sizes: {big: huge}", "sizes.big: expected an integer, got 'huge'"),
-    ("networks: [10.0.0.256]", "networks[0]: expected a network (CIDR such as 10.0.0.0/8) or an address, "
-                               "got '10.0.0.256'"),
-    ("search: [1, '']", "search[1]: expected a path, got ''"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("count: true", "count: expected an integer, got true"),
+        ("count: 1.5", "count: expected an integer, got 1.5"),
+        ("count: '8'", "count: expected an integer, got '8' (quoted, it is text: remove the quotes)"),
+        ("count: [1]", "count: expected an integer, got a list"),
+        ("count: 0", "count: must be greater than 0, got 0"),
+        ("ratio: fast", "ratio: expected a number, got 'fast'"),
+        ("ratio: .nan", "ratio: expected a number, got nan"),
+        ("enabled: 1", "enabled: expected true or false, got 1"),
+        ("enabled: 'true'", "enabled: expected true or false, got 'true' (quoted, it is text: remove the quotes)"),
+        ("enabled: maybe", "enabled: expected true or false, got 'maybe'"),
+        ("name: true", "name: expected a string, got true (quote it to mean the text)"),
+        ("name: ~", "name: expected a string, got null"),
+        ("name: {a: 1}", "name: expected a string, got a mapping"),
+        ("mode: quick", "mode: expected one of 'fast', 'safe', got 'quick'"),
+        ("mode: Fast", "mode: expected one of 'fast', 'safe', got 'Fast' (did you mean 'fast'?)"),
+        ("code: 303", "code: expected one of 301, 302, got 303"),
+        ("code: '301'", "code: expected one of 301, 302, got '301' (quoted, it is text: remove the quotes)"),
+        ("index: {a: b}", "index: expected a string, got a mapping"),
+        ("env: [a, b]", "env: expected a mapping, got a list"),
+        ("env: {A: [1]}", "env.A: expected a string, got a list"),
+        ("sizes: {big: huge}", "sizes.big: expected an integer, got 'huge'"),
+        (
+            "networks: [10.0.0.256]",
+            "networks[0]: expected a network (CIDR such as 10.0.0.0/8) or an address, got '10.0.0.256'",
+        ),
+        ("search: [1, '']", "search[1]: expected a path, got ''"),
+    ],
+)
 def test_conversion_errors_say_what_was_expected(here: Path, line: str, message: str) -> None:
     found = problems(f"mounts:\n  - path: /\n    type: {ECHO}\n    root: .\n    {line}\n")
     assert found == [f"porch.yaml:5: mounts[0].{message}"]
@@ -239,8 +249,9 @@ def test_a_missing_directory_is_named_as_written_with_the_base(here: Path) -> No
     assert found == [f"porch.yaml:6: mounts[2].root: directory 'wwww' does not exist (relative to {here})"]
 
 
-def test_relative_paths_resolve_against_the_config_directory_not_the_cwd(here: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_config_directory_not_the_cwd(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (here / "etc" / "www").mkdir(parents=True)
     write(f"mounts: [{{path: /, type: '{ECHO}', root: www}}]\nlog: {{error: logs/error.log}}\n", "etc/porch.yaml")
     monkeypatch.chdir("/")
@@ -283,8 +294,9 @@ def test_global_settings_convert(here: Path) -> None:
     assert config.limits == Limits(body=0, headers=50)
     assert config.timeouts == Timeouts(header=2.0, keepalive=0.5)
     assert config.log == LogSettings(access=False, access_format="json", error="-", level="debug")
-    assert config.access == AccessRules(allow=(ipaddress.ip_network("127.0.0.1/32"),),
-                                        deny=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert config.access == AccessRules(
+        allow=(ipaddress.ip_network("127.0.0.1/32"),), deny=(ipaddress.ip_network("10.0.0.0/8"),)
+    )
     assert config.trusted_proxies == (ipaddress.ip_network("192.168.1.0/24"),)
     assert config.server_header == ""
     assert config.warnings == ()  # "mounts: []" says no mounts on purpose
@@ -299,7 +311,8 @@ def test_access_log_file_is_made_absolute_and_dash_is_kept(here: Path) -> None:
     assert config.log.access == str(here / "logs" / "access.log")
     assert config.log.error == "-"
     assert problems("log: {access: ''}\n") == [
-        "porch.yaml:1: log.access: expected '-', a file path (or false for access)"]
+        "porch.yaml:1: log.access: expected '-', a file path (or false for access)"
+    ]
 
 
 def test_unknown_keys_suggest_the_closest_or_list_the_choices(here: Path) -> None:
@@ -337,8 +350,10 @@ def test_every_problem_is_reported_at_once_in_line_order(here: Path) -> None:
     """)
     assert [line.split(":")[1] for line in found] == ["1", "2", "3", "5", "7", "8", "9", "10"]
     assert found[0] == "porch.yaml:1: listen[0]: port must be a number from 0 to 65535, got '99999'"
-    assert found[2] == "porch.yaml:3: concurrency: expected one of 'threading', 'forking', got 'thread' " \
-                       "(did you mean 'threading'?)"
+    assert (
+        found[2] == "porch.yaml:3: concurrency: expected one of 'threading', 'forking', got 'thread' "
+        "(did you mean 'threading'?)"
+    )
     assert found[4].startswith("porch.yaml:7: mounts[0].root: directory 'missing' does not exist")
     assert found[5] == "porch.yaml:8: mounts[0].rot: unknown key 'rot' (did you mean 'root'?)"
     assert found[6].startswith("porch.yaml:9: mounts[1].type: unknown handler type 'nosuch' (known: ")
@@ -402,32 +417,38 @@ def test_expand_never_raises_and_dollar_dollar_round_trips(text: str) -> None:
 # --- listeners ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("address", "normal"), [
-    ("127.0.0.1:8000", "127.0.0.1:8000"),
-    ("localhost:0", "localhost:0"),
-    ("example.org:443", "example.org:443"),
-    ("0.0.0.0:080", "0.0.0.0:80"),
-    ("[::1]:8000", "[::1]:8000"),
-    ("[::]:65535", "[::]:65535"),
-    ("unix:/run/porch.sock", "unix:/run/porch.sock"),
-])
+@pytest.mark.parametrize(
+    ("address", "normal"),
+    [
+        ("127.0.0.1:8000", "127.0.0.1:8000"),
+        ("localhost:0", "localhost:0"),
+        ("example.org:443", "example.org:443"),
+        ("0.0.0.0:080", "0.0.0.0:80"),
+        ("[::1]:8000", "[::1]:8000"),
+        ("[::]:65535", "[::]:65535"),
+        ("unix:/run/porch.sock", "unix:/run/porch.sock"),
+    ],
+)
 def test_listen_address_forms(address: str, normal: str) -> None:
     assert parse_address(address, Path) == normal
 
 
-@pytest.mark.parametrize(("address", "message"), [
-    ("8000", "expected 'host:port', '[ipv6]:port' or 'unix:/path', got '8000'"),
-    (":8000", "expected 'host:port', '[ipv6]:port' or 'unix:/path', got ':8000'"),
-    ("127.0.0.1:65536", "port must be a number from 0 to 65535, got '65536'"),
-    ("127.0.0.1:http", "port must be a number from 0 to 65535, got 'http'"),
-    ("127.0.0.1:-1", "port must be a number from 0 to 65535, got '-1'"),
-    ("300.1.1.1:80", "'300.1.1.1' is not an IPv4 address"),
-    ("::1:80", "an IPv6 address needs brackets: '[::1]:80'"),
-    ("[::1]80", "expected '[ipv6-address]:port', got '[::1]80'"),
-    ("[nope]:80", "'nope' is not an IPv6 address"),
-    ("bad_host!:80", "'bad_host!' is not a host name or address"),
-    ("unix:", "expected a socket path after 'unix:'"),
-])
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("8000", "expected 'host:port', '[ipv6]:port' or 'unix:/path', got '8000'"),
+        (":8000", "expected 'host:port', '[ipv6]:port' or 'unix:/path', got ':8000'"),
+        ("127.0.0.1:65536", "port must be a number from 0 to 65535, got '65536'"),
+        ("127.0.0.1:http", "port must be a number from 0 to 65535, got 'http'"),
+        ("127.0.0.1:-1", "port must be a number from 0 to 65535, got '-1'"),
+        ("300.1.1.1:80", "'300.1.1.1' is not an IPv4 address"),
+        ("::1:80", "an IPv6 address needs brackets: '[::1]:80'"),
+        ("[::1]80", "expected '[ipv6-address]:port', got '[::1]80'"),
+        ("[nope]:80", "'nope' is not an IPv6 address"),
+        ("bad_host!:80", "'bad_host!' is not a host name or address"),
+        ("unix:", "expected a socket path after 'unix:'"),
+    ],
+)
 def test_bad_listen_addresses(address: str, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_address(address, Path)
@@ -473,14 +494,16 @@ def test_command_line_listeners_replace_the_file_ones(here: Path) -> None:
     config = load("listen: ['${PORCH_UNSET}']\n", listen=["127.0.0.1:9001", "unix:sock"])
     assert config.listen == (Listener("127.0.0.1:9001"), Listener(f"unix:{Path.cwd()}/sock"))
     assert problems("threads: 2\n", listen=["127.0.0.1:99999"]) == [
-        "command line: --bind: '127.0.0.1:99999': port must be a number from 0 to 65535, got '99999'"]
+        "command line: --bind: '127.0.0.1:99999': port must be a number from 0 to 65535, got '99999'"
+    ]
 
 
 def test_no_listeners_is_a_warning(here: Path) -> None:
     config = load("listen: []\nmounts: []\n")
     assert config.listen == ()
     assert [str(w) for w in config.warnings] == [
-        "porch.yaml:1: listen: no addresses: porch serves only sockets it inherits (systemd socket activation)"]
+        "porch.yaml:1: listen: no addresses: porch serves only sockets it inherits (systemd socket activation)"
+    ]
 
 
 # --- mounts ---------------------------------------------------------------------------------
@@ -507,16 +530,20 @@ def test_mount_paths_are_normalised(here: Path, path: str, normal: str) -> None:
     assert load(f"mounts: [{{path: '{path}', type: '{ECHO}', root: .}}]\n").mounts[0].path == normal
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ("app", "expected a URL path starting with '/', got 'app'"),
-    ("/a/../b", "a mount path cannot contain empty, '.' or '..' segments, got '/a/../b'"),
-    ("/a//b", "a mount path cannot contain empty, '.' or '..' segments, got '/a//b'"),
-    ("/a?x=1", "a mount path cannot contain '?', '#', spaces or control characters, got '/a?x=1'"),
-    ("/a b", "a mount path cannot contain '?', '#', spaces or control characters, got '/a b'"),
-])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("app", "expected a URL path starting with '/', got 'app'"),
+        ("/a/../b", "a mount path cannot contain empty, '.' or '..' segments, got '/a/../b'"),
+        ("/a//b", "a mount path cannot contain empty, '.' or '..' segments, got '/a//b'"),
+        ("/a?x=1", "a mount path cannot contain '?', '#', spaces or control characters, got '/a?x=1'"),
+        ("/a b", "a mount path cannot contain '?', '#', spaces or control characters, got '/a b'"),
+    ],
+)
 def test_bad_mount_paths(here: Path, path: str, message: str) -> None:
     assert problems(f"mounts: [{{path: '{path}', type: '{ECHO}', root: .}}]\n") == [
-        f"porch.yaml:1: mounts[0].path: {message}"]
+        f"porch.yaml:1: mounts[0].path: {message}"
+    ]
 
 
 def test_mount_problems(here: Path) -> None:
@@ -543,12 +570,15 @@ def test_mount_problems(here: Path) -> None:
 
 
 def test_a_handler_module_that_fails_to_import_is_a_problem_with_its_traceback(
-        here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (here / "porch_bad_handler_mod.py").write_text("import os\nraise RuntimeError('handler module is broken')\n")
     monkeypatch.syspath_prepend(str(here))
     found = problems("mounts: [{path: /, type: 'porch_bad_handler_mod:Handler'}]\n")
-    assert found[0].startswith("porch.yaml:1: mounts[0].type: cannot load handler 'porch_bad_handler_mod:Handler': "
-                               "RuntimeError: handler module is broken\n")
+    assert found[0].startswith(
+        "porch.yaml:1: mounts[0].type: cannot load handler 'porch_bad_handler_mod:Handler': "
+        "RuntimeError: handler module is broken\n"
+    )
     assert f'File "{here / "porch_bad_handler_mod.py"}", line 2, in <module>' in found[0]
 
 
@@ -574,7 +604,8 @@ def test_limits_narrow_and_timeouts_replace(here: Path) -> None:
     assert small.limits == Limits(body=1000, headers=10)  # the global 1000 wins over the mount's 5000
     assert (plain.limits, plain.timeouts) == (config.limits, config.timeouts)
     assert [str(w) for w in config.warnings] == [
-        "porch.yaml:12: mounts[1].limits.body: 5000 is above the global limit 1000, which applies"]
+        "porch.yaml:12: mounts[1].limits.body: 5000 is above the global limit 1000, which applies"
+    ]
 
 
 def test_mount_limits_and_timeouts_are_checked(here: Path) -> None:
@@ -643,9 +674,13 @@ def test_a_mount_hiding_a_served_file_is_a_warning(here: Path) -> None:
 def test_config_from_mapping(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     config = config_from_mapping(
-        {"listen": ["127.0.0.1:0"], "mounts": [{"path": "/", "type": ECHO, "root": "site", "name": "${HOME}",
-                                                "search": [tmp_path]}]},
-        source="<command line>", base_dir=tmp_path)
+        {
+            "listen": ["127.0.0.1:0"],
+            "mounts": [{"path": "/", "type": ECHO, "root": "site", "name": "${HOME}", "search": [tmp_path]}],
+        },
+        source="<command line>",
+        base_dir=tmp_path,
+    )
     options = config.mounts[0].options
     assert options.root == tmp_path / "site"
     assert options.name == "${HOME}"  # data built in memory is taken literally
@@ -653,8 +688,11 @@ def test_config_from_mapping(tmp_path: Path) -> None:
     assert config.source is None
     assert config.mounts[0].location == "<command line>"
     with pytest.raises(ConfigError) as caught:
-        config_from_mapping({"threads": "x", "mounts": [{"path": "/", "type": ECHO, "root": "nope"}]},
-                            source="<command line>", base_dir=tmp_path)
+        config_from_mapping(
+            {"threads": "x", "mounts": [{"path": "/", "type": ECHO, "root": "nope"}]},
+            source="<command line>",
+            base_dir=tmp_path,
+        )
     assert [str(p) for p in caught.value.problems] == [
         "<command line>: threads: expected an integer, got 'x'",
         f"<command line>: mounts[0].root: directory 'nope' does not exist (relative to {tmp_path})",
@@ -668,7 +706,9 @@ def test_build_handlers_builds_every_mount(here: Path) -> None:
     config = load(f"mounts: [{{path: /a, type: '{ECHO}', root: .}}, {{path: /b, type: '{ECHO}', root: .}}]\n")
     built = build_handlers(config, HandlerContext())
     assert [(mount.path, type(handler).__name__) for mount, handler in built] == [
-        ("/a", "EchoHandler"), ("/b", "EchoHandler")]
+        ("/a", "EchoHandler"),
+        ("/b", "EchoHandler"),
+    ]
     assert built[1][1].mount is config.mounts[1]
 
 
@@ -698,8 +738,10 @@ def test_build_problems_point_at_the_option_and_close_what_was_built(here: Path)
         "porch.yaml:12: mounts[2].env.bad: this variable is refused",
         "porch.yaml:13: mounts[3]: this handler cannot work here",
     ]
-    assert found[3].startswith("porch.yaml:14: mounts[4]: the config_handlers:CrashingHandler handler failed "
-                               "to start: RuntimeError: the constructor crashed\n")
+    assert found[3].startswith(
+        "porch.yaml:14: mounts[4]: the config_handlers:CrashingHandler handler failed "
+        "to start: RuntimeError: the constructor crashed\n"
+    )
     assert "config_handlers.py" in found[3] and "in __init__" in found[3]
     assert config_handlers.closed == ["/first"]
 
@@ -723,7 +765,8 @@ def test_check_config_summarises(here: Path) -> None:
         f"porch.yaml:5: warning: mounts[1].path: '/docs' hides '{here}/www/docs', which mounts[0] "
         f"('/' {ECHO}) would otherwise serve\n"
         f"porch.yaml:6: warning: mounts[2].path: '/docs' hides '{here}/www/docs', which mounts[0] "
-        f"('/' {ECHO}) would otherwise serve")
+        f"('/' {ECHO}) would otherwise serve"
+    )
 
 
 def test_check_config_reports_load_problems_without_a_child(here: Path) -> None:
@@ -754,8 +797,10 @@ def test_check_config_survives_an_app_whose_import_raises(apps: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         check_config(app_config("porch_crash_app:application"))
     text = str(caught.value)
-    assert text.startswith("porch.yaml:1: mounts[0]: the config_handlers:AppHandler handler failed to start: "
-                           "RuntimeError: broken on purpose\n")
+    assert text.startswith(
+        "porch.yaml:1: mounts[0]: the config_handlers:AppHandler handler failed to start: "
+        "RuntimeError: broken on purpose\n"
+    )
     assert f'File "{apps / "porch_crash_app.py"}", line 2, in <module>' in text
     assert "porch_crash_app" not in sys.modules  # imported in the child only
 
@@ -768,7 +813,8 @@ def test_check_config_survives_an_app_that_exits_the_interpreter(apps: Path) -> 
 
 def test_check_config_ignores_what_apps_print(apps: Path) -> None:
     assert check_config(app_config("porch_noisy_app:application")) == (
-        "porch.yaml OK: 1 listener (127.0.0.1:8000), threading x1 worker, 1 mount (/app config_handlers:AppHandler)")
+        "porch.yaml OK: 1 listener (127.0.0.1:8000), threading x1 worker, 1 mount (/app config_handlers:AppHandler)"
+    )
 
 
 def test_check_config_gives_up_on_an_app_that_hangs(apps: Path) -> None:
@@ -785,17 +831,38 @@ def test_check_config_gives_up_on_an_app_that_hangs(apps: Path) -> None:
 def test_settings_reference_lists_every_setting() -> None:
     table = settings_reference()
     assert table.startswith("| Key | Type | Default | Meaning |\n|---|---|---|---|\n")
-    for key in ("listen", "listen[].address", "listen[].tls.cert", "listen[].tls.key", "concurrency", "workers",
-                "limits.request_line", "limits.body", "timeouts.graceful", "log.access", "log.level",
-                "access.allow", "access.deny", "trusted_proxies", "server_header", "mounts[].path",
-                "mounts[].type", "mounts[].host", "mounts[].limits", "mounts[].timeouts", "mounts[].access"):
+    for key in (
+        "listen",
+        "listen[].address",
+        "listen[].tls.cert",
+        "listen[].tls.key",
+        "concurrency",
+        "workers",
+        "limits.request_line",
+        "limits.body",
+        "timeouts.graceful",
+        "log.access",
+        "log.level",
+        "access.allow",
+        "access.deny",
+        "trusted_proxies",
+        "server_header",
+        "mounts[].path",
+        "mounts[].type",
+        "mounts[].host",
+        "mounts[].limits",
+        "mounts[].timeouts",
+        "mounts[].access",
+    ):
         assert f"| `{key}` |" in table
     for internal in ("source", "warnings", "location", "options", "lines"):
         assert f".{internal}` |" not in table and f"| `{internal}` |" not in table
     assert '| `workers` | integer or `"auto"` | `1` |' in table
     assert '| `access.allow` | list of CIDR | `["0.0.0.0/0", "::/0"]` |' in table
-    assert "| `mounts[].limits` | mapping |  | limits narrowing the global ones (the smaller value wins) " \
-           "(same keys as `limits`) |" in table
+    assert (
+        "| `mounts[].limits` | mapping |  | limits narrowing the global ones (the smaller value wins) "
+        "(same keys as `limits`) |" in table
+    )
 
 
 def test_readme_reference_is_current() -> None:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from porchtest import wait_until
+
 from porch.config.load import config_from_mapping, load_config
+from porch.config.settings import ConfigError
 from porch.master.daemon import (
     AlreadyRunning,
     DaemonError,
@@ -36,13 +37,11 @@ from porch.master.daemon import (
     read_pid,
     root_warning,
 )
-from porch.config.settings import ConfigError
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="switching users needs root")
 NOBODY = pwd.getpwnam("nobody")
 WAIT_SECONDS = 10.0
-
 
 
 def dead_pid() -> int:
@@ -95,8 +94,16 @@ def test_a_second_porch_is_refused_with_pid_and_path(tmp_path: Path) -> None:
     held = Pidfile(path)
     held.acquire()
     try:
-        other = subprocess.run([sys.executable, "-c", "import sys; from porch.master.daemon import Pidfile\n"
-                                "Pidfile(sys.argv[1]).acquire()", str(path)], capture_output=True, text=True)
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from porch.master.daemon import Pidfile\nPidfile(sys.argv[1]).acquire()",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert other.returncode != 0
         assert f"porch is already running (pid {os.getpid()}, pidfile {path})" in other.stderr
         with pytest.raises(AlreadyRunning, match=f"pid {os.getpid()}"):
@@ -213,8 +220,12 @@ def test_porches_starting_together_get_exactly_one_pidfile(tmp_path: Path, exist
     path, go = tmp_path / "porch.pid", tmp_path / "go"
     if existing == "stale":
         path.write_text(f"{dead_pid()}\n")
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(path), str(go)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(path), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
     time.sleep(0.3)  # let the interpreters start, so that they really race
     go.touch()
     outcomes = [racer.communicate(timeout=30) for racer in racers]
@@ -277,8 +288,13 @@ held.release()
 
 def start_daemon(tmp_path: Path, mode: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", DAEMON, str(tmp_path / "d.pid"), str(tmp_path / "report"),
-                             mode], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", DAEMON, str(tmp_path / "d.pid"), str(tmp_path / "report"), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     return result, time.monotonic() - started
 
 
@@ -313,8 +329,9 @@ def test_a_daemon_dying_before_ready_makes_the_command_fail(tmp_path: Path) -> N
 def test_workers_do_not_keep_the_command_waiting(tmp_path: Path) -> None:
     """A worker closes its copy of the pipe (forget), so a master dying is reported at once."""
     result, elapsed = start_daemon(tmp_path, "worker")
-    worker = int(wait_until(lambda: (tmp_path / "report").exists() and (tmp_path / "report").read_text(),
-                            "the worker's pid"))
+    worker = int(
+        wait_until(lambda: (tmp_path / "report").exists() and (tmp_path / "report").read_text(), "the worker's pid")
+    )
     try:
         assert result.returncode == 1 and "exited during start-up" in result.stderr
         assert elapsed < 10
@@ -339,8 +356,11 @@ def test_drop_privileges_to_nobody_cannot_go_back() -> None:
             regained = True
         except PermissionError:
             regained = False
-        return {"ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()], "groups": os.getgroups(),
-                "regained": regained}
+        return {
+            "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
+            "groups": os.getgroups(),
+            "regained": regained,
+        }
 
     result = in_child(drop)["value"]
     assert result["ids"] == [NOBODY.pw_uid, NOBODY.pw_uid, NOBODY.pw_gid, NOBODY.pw_gid]
@@ -400,8 +420,9 @@ def test_root_is_refused_on_network_addresses(tmp_path: Path, listen: list[str])
 
 
 @needs_root
-@pytest.mark.parametrize("listen", [["127.0.0.1:8080"], ["[::1]:8080", "localhost:8081"], ["127.8.9.10:80"],
-                                    ["unix:/tmp/porch-test.sock"]])
+@pytest.mark.parametrize(
+    "listen", [["127.0.0.1:8080"], ["[::1]:8080", "localhost:8081"], ["127.8.9.10:80"], ["unix:/tmp/porch-test.sock"]]
+)
 def test_root_on_loopback_only_is_a_warning(tmp_path: Path, listen: list[str]) -> None:
     assert check_root(config(tmp_path, listen=listen)) is None
     warning = root_warning(config(tmp_path, listen=listen))
@@ -447,15 +468,19 @@ def test_the_log_files_are_handed_to_the_workers_user(tmp_path: Path) -> None:
 
 def test_daemon_settings_load(tmp_path: Path) -> None:
     path = tmp_path / "porch.yaml"
-    path.write_text("pidfile: run/porch.pid\nuser: nobody\ngroup: '65534'\nallow_root: false\numask: 027\n"
-                    "mounts: []\n")
+    path.write_text("pidfile: run/porch.pid\nuser: nobody\ngroup: '65534'\nallow_root: false\numask: 027\nmounts: []\n")
     loaded = load_config(path)
     assert loaded.pidfile == tmp_path / "run" / "porch.pid"
     assert (loaded.user, loaded.group, loaded.allow_root, loaded.umask) == ("nobody", "65534", False, "027")
     path.write_text("mounts: []\n")
     defaults = load_config(path)
     assert (defaults.pidfile, defaults.user, defaults.group, defaults.allow_root, defaults.umask) == (
-        None, None, None, False, None)
+        None,
+        None,
+        None,
+        False,
+        None,
+    )
 
 
 def test_bad_daemon_settings_name_line_and_key(tmp_path: Path) -> None:

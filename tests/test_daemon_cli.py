@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from porchtest import wait_until
+
 from porch.master.daemon import process_gone, read_pid
 
 PORCH = [sys.executable, "-m", "porch"]
@@ -28,7 +28,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the root policy appli
 
 def porch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PORCH, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
-
 
 
 # --- porch stop, reload, status, reopen -----------------------------------------------------
@@ -86,8 +85,12 @@ def holder(tmp_path: Path) -> Iterator[Callable[..., Holder]]:
 def write_config(tmp_path: Path, **settings: Any) -> Path:
     (tmp_path / "www").mkdir(exist_ok=True)
     path = tmp_path / "porch.yaml"
-    data = {"listen": ["127.0.0.1:0"], "pidfile": "porch.pid",
-            "mounts": [{"path": "/", "type": "static", "root": "www"}], **settings}
+    data = {
+        "listen": ["127.0.0.1:0"],
+        "pidfile": "porch.pid",
+        "mounts": [{"path": "/", "type": "static", "root": "www"}],
+        **settings,
+    }
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -95,7 +98,9 @@ def write_config(tmp_path: Path, **settings: Any) -> Path:
 def test_status_follows_lsb(tmp_path: Path, holder: Callable[..., Holder]) -> None:
     config_file = write_config(tmp_path)
     assert (porch("status", "-c", str(config_file)).returncode, porch("status", "-c", str(config_file)).stdout) == (
-        3, "not running\n")
+        3,
+        "not running\n",
+    )
     running = holder()
     result = porch("status", "-c", str(config_file))
     assert (result.returncode, result.stdout) == (0, f"running (pid {running.proc.pid})\n")
@@ -163,8 +168,7 @@ def test_reload_checks_the_config_before_signalling(tmp_path: Path, holder: Call
     assert running.wait_signals(2) == ["SIGHUP", "SIGUSR1"], "the bad reload sent nothing"
 
 
-def test_reload_refuses_a_config_whose_handlers_cannot_be_built(tmp_path: Path,
-                                                               holder: Callable[..., Holder]) -> None:
+def test_reload_refuses_a_config_whose_handlers_cannot_be_built(tmp_path: Path, holder: Callable[..., Holder]) -> None:
     config_file = write_config(tmp_path, mounts=[{"path": "/", "type": "wsgi", "app": "no_such_module:app"}])
     running = holder()
     result = porch("reload", "-c", str(config_file))
@@ -195,14 +199,18 @@ def test_control_commands_without_a_pidfile(tmp_path: Path) -> None:
 # --- the serving command's checks (no server needed) ------------------------------------------
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"pidfile": None, "log": {"error": "e.log", "access": False}},
-     "porch: --daemon needs a pidfile: give --pidfile FILE or set `pidfile:` in the config\n"),
-    ({"log": {"error": "-", "access": False}}, 'log.error cannot be "-" (stderr)'),
-    ({"log": {"error": "e.log", "access": "-"}}, 'log.access cannot be "-" (stdout)'),
-])
-def test_daemon_mode_refuses_what_it_could_not_honour(tmp_path: Path, settings: dict[str, Any],
-                                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"pidfile": None, "log": {"error": "e.log", "access": False}},
+            "porch: --daemon needs a pidfile: give --pidfile FILE or set `pidfile:` in the config\n",
+        ),
+        ({"log": {"error": "-", "access": False}}, 'log.error cannot be "-" (stderr)'),
+        ({"log": {"error": "e.log", "access": "-"}}, 'log.access cannot be "-" (stdout)'),
+    ],
+)
+def test_daemon_mode_refuses_what_it_could_not_honour(tmp_path: Path, settings: dict[str, Any], message: str) -> None:
     result = porch("--daemon", "-c", str(write_config(tmp_path, **settings)))
     assert result.returncode == 1 and message in result.stderr
     assert not (tmp_path / "porch.pid").exists()

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
-
 from porchtest import wait_until
+
 from porch.master.daemon import process_gone, read_pid
 
 wait_for = functools.partial(wait_until, timeout=15.0)  # a daemon starts slower than a foreground server
@@ -43,13 +43,13 @@ def arbiter_supports_daemon() -> bool:
     return "daemon" in parameters and "pidfile" in parameters
 
 
-pytestmark = pytest.mark.skipif(not arbiter_supports_daemon(),
-                                reason="porch.master.arbiter.Arbiter does not take daemon= and pidfile= yet")
+pytestmark = pytest.mark.skipif(
+    not arbiter_supports_daemon(), reason="porch.master.arbiter.Arbiter does not take daemon= and pidfile= yet"
+)
 
 
 def porch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PORCH, *args], capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS, cwd=cwd)
-
 
 
 class Site:
@@ -64,10 +64,13 @@ class Site:
         self.pidfile = directory / "porch.pid"
         self.access_log, self.error_log = directory / "access.log", directory / "error.log"
         self.settings: dict[str, Any] = {
-            "listen": ["127.0.0.1:0"], "pidfile": str(self.pidfile),
+            "listen": ["127.0.0.1:0"],
+            "pidfile": str(self.pidfile),
             "log": {"access": str(self.access_log), "error": str(self.error_log), "level": "debug"},
             "timeouts": {"graceful": 5},
-            "mounts": [{"path": "/", "type": "static", "root": str(self.www)}], **settings}
+            "mounts": [{"path": "/", "type": "static", "root": str(self.www)}],
+            **settings,
+        }
         self.write()
 
     def write(self) -> None:
@@ -75,11 +78,13 @@ class Site:
 
     def url(self) -> str:
         """The address from the error log's "listening on" line."""
+
         def address() -> str | None:
             for line in self.error_log.read_text(errors="replace").splitlines():
                 if "listening on " in line:
                     return line.rsplit("listening on ", 1)[1].split()[0]
             return None
+
         return "http://" + wait_for(address, "the listening line")
 
     def stop_leftovers(self) -> None:
@@ -127,8 +132,14 @@ def test_daemon_start_status_serve_reopen_reload_stop(site: Site) -> None:
     site.access_log.rename(site.directory / "access.log.1")  # what logrotate does
     reopened = porch("reopen", "-c", str(site.config))
     assert (reopened.returncode, reopened.stdout) == (0, f"log reopen signalled (pid {pid})\n")
-    wait_for(lambda: requests.get(url + "/hello.txt?after-reopen", timeout=5) and site.access_log.exists()
-             and "after-reopen" in site.access_log.read_text(), "the access log to be reopened")
+    wait_for(
+        lambda: (
+            requests.get(url + "/hello.txt?after-reopen", timeout=5)
+            and site.access_log.exists()
+            and "after-reopen" in site.access_log.read_text()
+        ),
+        "the access log to be reopened",
+    )
     assert "after-reopen" not in (site.directory / "access.log.1").read_text()
 
     site.settings["mounts"].append({"path": "/status", "type": "status"})
@@ -159,8 +170,9 @@ def test_a_second_daemon_is_refused(site: Site) -> None:
 
 def test_a_daemon_that_cannot_boot_says_so(site: Site) -> None:
     (site.directory / "porch_boom_app.py").write_text("raise RuntimeError('boom at import')\n")
-    site.settings["mounts"] = [{"path": "/", "type": "wsgi", "app": "porch_boom_app:application",
-                                "pythonpath": [str(site.directory)]}]
+    site.settings["mounts"] = [
+        {"path": "/", "type": "wsgi", "app": "porch_boom_app:application", "pythonpath": [str(site.directory)]}
+    ]
     site.write()
     started = time.monotonic()
     result = porch("--daemon", "-c", str(site.config))
@@ -174,8 +186,12 @@ def test_a_daemon_that_cannot_boot_says_so(site: Site) -> None:
 def test_a_foreground_server_writes_a_pidfile_that_stop_uses(site: Site) -> None:
     site.settings.pop("pidfile")
     site.write()
-    server = subprocess.Popen([*PORCH, "-c", str(site.config), "--pidfile", "relative.pid"], cwd=site.directory,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*PORCH, "-c", str(site.config), "--pidfile", "relative.pid"],
+        cwd=site.directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pidfile = site.directory / "relative.pid"
     try:
         wait_for(lambda: read_pid(pidfile) == server.pid, "the foreground pidfile")

@@ -54,8 +54,10 @@ def imports_of(path: Path, modules: Iterable[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
-                     for alias in node.names]
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                for alias in node.names
+            ]
         else:
             continue
         found.update(name for name in names if name == "porch" or name.startswith("porch."))
@@ -141,16 +143,23 @@ def test_dependencies_point_one_way() -> None:
     assert violations(import_graph()) == []
 
 
-@pytest.mark.parametrize(("graph", "expected"), [
-    ({"porch.a": {"porch.b"}, "porch.b": {"porch.c"}, "porch.c": {"porch.a"}}, [["porch.a", "porch.b", "porch.c"]]),
-    ({"porch.a": {"porch.b"}, "porch.b": set()}, []),
-])
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"porch.a": {"porch.b"}, "porch.b": {"porch.c"}, "porch.c": {"porch.a"}}, [["porch.a", "porch.b", "porch.c"]]),
+        ({"porch.a": {"porch.b"}, "porch.b": set()}, []),
+    ],
+)
 def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], expected: list[list[str]]) -> None:
     assert cycles(graph) == expected
 
 
 def test_the_rules_catch_a_wrong_direction() -> None:
-    graph = {"porch.http.head": {"porch.config.settings"}, "porch.handlers.static.handler": {"porch.net.connection"},
-             "porch.spine.pipeline": {"porch.master.arbiter"}, "porch.config.settings": {"porch.http.errors"}}
+    graph = {
+        "porch.http.head": {"porch.config.settings"},
+        "porch.handlers.static.handler": {"porch.net.connection"},
+        "porch.spine.pipeline": {"porch.master.arbiter"},
+        "porch.config.settings": {"porch.http.errors"},
+    }
     found = violations(graph)
     assert len(found) == 5, found  # the spine one breaks two rules

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import requests
 import yaml
-
 from certs import make_pki
 from conftest import CONCURRENCY_MODELS, need_program
 from porchtest import PorchServer
+
 from porch.config.settings import Listener, TLSSettings
-from porch.net.listener import BoundListener, ListenError, bind, bind_all, inherited_sockets, matches, rebind
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
+from porch.net.listener import BoundListener, ListenError, bind, bind_all, inherited_sockets, matches, rebind
 
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent
@@ -46,8 +46,14 @@ def echo(listen: list[Any], **extra: Any) -> dict[str, Any]:
 
 
 def porch_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "porch", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=20, env={**os.environ, **ENV})
+    return subprocess.run(
+        [sys.executable, "-m", "porch", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, **ENV},
+    )
 
 
 def write_config(directory: Path, config: dict[str, Any]) -> Path:
@@ -58,8 +64,12 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
 
 
 def curl_unix(path: Path, target: str = "/") -> dict[str, Any]:
-    result = subprocess.run([need_program("curl"), "-sS", "--max-time", "5", "--unix-socket", str(path),
-                             f"http://localhost{target}"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [need_program("curl"), "-sS", "--max-time", "5", "--unix-socket", str(path), f"http://localhost{target}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 
@@ -93,7 +103,11 @@ def test_a_unix_socket_serves_curl_with_its_mode(porch: Any, tmp_path: Path, con
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
     document = curl_unix(path, "/over/unix?x=1")
     assert (document["path"], document["query"], document["client"], document["scheme"]) == (
-        "/over/unix", "x=1", "", "http")
+        "/over/unix",
+        "x=1",
+        "",
+        "http",
+    )
     assert server.stop() == 0
     assert not path.exists(), "the socket file outlived the server"
 
@@ -164,16 +178,21 @@ def test_a_newer_socket_file_at_the_path_is_left_alone(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-@pytest.mark.parametrize(("listener", "message"), [
-    ({"address": "127.0.0.1:0", "mode": "0600"}, "listen[0].mode: applies only to unix: listeners"),
-    ({"address": "unix:x.sock", "reuse_port": True}, "listen[0].reuse_port: applies only to TCP listeners"),
-    ({"address": "127.0.0.1:0", "v6only": False}, "listen[0].v6only: applies only to [v6] addresses"),
-    ({"address": "unix:x.sock", "mode": "660x"}, "listen[0].mode: expected permission bits in octal like \"0660\""),
-    ({"address": "unix:x.sock", "owner": "no-such-user-here"}, "listen[0].owner: no user 'no-such-user-here'"),
-    ({"address": "127.0.0.1:0", "backlog": 0}, "listen[0].backlog: must be greater than 0"),
-    ({"address": "127.0.0.1:0", "tls": {"cert": "c.pem", "key": "c.pem", "verify_client": "required"}},
-     "listen[0].tls.verify_client: needs 'ca'"),
-])
+@pytest.mark.parametrize(
+    ("listener", "message"),
+    [
+        ({"address": "127.0.0.1:0", "mode": "0600"}, "listen[0].mode: applies only to unix: listeners"),
+        ({"address": "unix:x.sock", "reuse_port": True}, "listen[0].reuse_port: applies only to TCP listeners"),
+        ({"address": "127.0.0.1:0", "v6only": False}, "listen[0].v6only: applies only to [v6] addresses"),
+        ({"address": "unix:x.sock", "mode": "660x"}, 'listen[0].mode: expected permission bits in octal like "0660"'),
+        ({"address": "unix:x.sock", "owner": "no-such-user-here"}, "listen[0].owner: no user 'no-such-user-here'"),
+        ({"address": "127.0.0.1:0", "backlog": 0}, "listen[0].backlog: must be greater than 0"),
+        (
+            {"address": "127.0.0.1:0", "tls": {"cert": "c.pem", "key": "c.pem", "verify_client": "required"}},
+            "listen[0].tls.verify_client: needs 'ca'",
+        ),
+    ],
+)
 def test_listener_options_are_checked(tmp_path: Path, listener: dict[str, Any], message: str) -> None:
     (tmp_path / "c.pem").write_text("")
     result = porch_run("check", "-c", str(write_config(tmp_path, echo([listener]))), cwd=tmp_path)
@@ -226,8 +245,9 @@ def test_without_reuse_port_the_second_server_fails(porch: Any, tmp_path: Path) 
 def test_the_backlog_is_passed_to_listen() -> None:
     listener = bind(Listener("127.0.0.1:0", backlog=7))
     try:
-        shown = subprocess.run(["ss", "-Hltn", f"sport = :{listener.address[1]}"], capture_output=True,
-                               text=True, check=True).stdout
+        shown = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{listener.address[1]}"], capture_output=True, text=True, check=True
+        ).stdout
         assert shown.split()[2] == "7", shown  # Send-Q of a listening socket is its backlog
     finally:
         listener.close()
@@ -246,9 +266,15 @@ def start_activated(config: dict[str, Any], directory: Path, sock: socket.socket
     fd = sock.fileno()
     script = 'LISTEN_PID=$$ exec "$0" -m porch -c "$1"'  # exec keeps the pid the variable names
     with open(directory / "stdout.log", "wb") as stdout, open(directory / "stderr.log", "wb") as stderr:
-        proc = subprocess.Popen(["sh", "-c", script, sys.executable, str(config_path)], cwd=directory,
-                                env={**os.environ, **ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"},
-                                stdout=stdout, stderr=stderr, pass_fds=(3,), preexec_fn=lambda: os.dup2(fd, 3))
+        proc = subprocess.Popen(
+            ["sh", "-c", script, sys.executable, str(config_path)],
+            cwd=directory,
+            env={**os.environ, **ENV, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"},
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=(3,),
+            preexec_fn=lambda: os.dup2(fd, 3),
+        )
     server = PorchServer(proc, config_path, access_log, error_log)
     server.addresses = server.wait_listening(listening)
     return server
@@ -261,14 +287,16 @@ def activation_socket() -> Iterator[socket.socket]:
     sock.close()
 
 
-needs_activation = pytest.mark.skipif(not arbiter_calls("bind_all"),
-                                      reason="the master does not bind with bind_all() yet")
+needs_activation = pytest.mark.skipif(
+    not arbiter_calls("bind_all"), reason="the master does not bind with bind_all() yet"
+)
 
 
 @needs_activation
 @pytest.mark.parametrize("concurrency", CONCURRENCY_MODELS)
-def test_a_configured_address_is_served_on_the_inherited_socket(activation_socket: socket.socket, tmp_path: Path,
-                                                               concurrency: str) -> None:
+def test_a_configured_address_is_served_on_the_inherited_socket(
+    activation_socket: socket.socket, tmp_path: Path, concurrency: str
+) -> None:
     address = "127.0.0.1:%d" % activation_socket.getsockname()[1]
     # The test still holds the socket, so binding the address anew would fail: serving proves adoption.
     server = start_activated(echo([address], concurrency=concurrency), tmp_path, activation_socket, 1)
@@ -282,8 +310,7 @@ def test_a_configured_address_is_served_on_the_inherited_socket(activation_socke
 
 
 @needs_activation
-def test_an_inherited_socket_no_listener_names_is_served_too(activation_socket: socket.socket,
-                                                            tmp_path: Path) -> None:
+def test_an_inherited_socket_no_listener_names_is_served_too(activation_socket: socket.socket, tmp_path: Path) -> None:
     inherited = "127.0.0.1:%d" % activation_socket.getsockname()[1]
     server = start_activated(echo(["127.0.0.1:0"]), tmp_path, activation_socket, 2)
     try:
@@ -310,14 +337,22 @@ def test_tls_settings_apply_to_an_inherited_socket(activation_socket: socket.soc
 
 def test_inherited_sockets_come_from_the_environment_which_is_then_cleared(activation_socket: socket.socket) -> None:
     """In a child process, as systemd starts one: fd 3, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES."""
-    code = ("import json, os; from porch.net.listener import inherited_sockets, socket_address; "
-            "found = inherited_sockets(); "
-            "print(json.dumps([[s.fileno(), list(socket_address(s))] for s in found] + "
-            "[[k for k in os.environ if k.startswith('LISTEN_')]]))")
+    code = (
+        "import json, os; from porch.net.listener import inherited_sockets, socket_address; "
+        "found = inherited_sockets(); "
+        "print(json.dumps([[s.fileno(), list(socket_address(s))] for s in found] + "
+        "[[k for k in os.environ if k.startswith('LISTEN_')]]))"
+    )
     fd = activation_socket.fileno()
-    output = subprocess.run(["sh", "-c", 'LISTEN_PID=$$ exec "$0" -c "$1"', sys.executable, code],
-                            env={**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"}, pass_fds=(3,),
-                            preexec_fn=lambda: os.dup2(fd, 3), capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        ["sh", "-c", 'LISTEN_PID=$$ exec "$0" -c "$1"', sys.executable, code],
+        env={**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"},
+        pass_fds=(3,),
+        preexec_fn=lambda: os.dup2(fd, 3),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(output) == [[3, ["127.0.0.1", activation_socket.getsockname()[1]]], []]
 
 
@@ -380,8 +415,9 @@ def test_a_failed_rebind_changes_nothing(tmp_path: Path) -> None:
     current = bind_all((Listener("127.0.0.1:0"),), inherited=[])
     (tmp_path / "file").write_text("")
     with pytest.raises(ListenError, match=f"cannot listen on unix:{tmp_path}/file: .* exists and is not a socket"):
-        rebind(current, (Listener("127.0.0.1:0"), Listener(f"unix:{tmp_path}/new.sock"),
-                         Listener(f"unix:{tmp_path}/file")))
+        rebind(
+            current, (Listener("127.0.0.1:0"), Listener(f"unix:{tmp_path}/new.sock"), Listener(f"unix:{tmp_path}/file"))
+        )
     assert current[0].sock.fileno() != -1
     assert not (tmp_path / "new.sock").exists(), "a socket bound before the failure was left behind"
     current[0].close()
@@ -418,8 +454,10 @@ def test_notify_sends_one_datagram(notify_socket: tuple[socket.socket, str]) -> 
     assert notify("STATUS=warming up", {"NOTIFY_SOCKET": path})
     assert sock.recv(4096) == b"STATUS=warming up"
     assert notify_ready(["127.0.0.1:8000", "unix:/run/p.sock"], {"NOTIFY_SOCKET": path})
-    assert sock.recv(4096) == (f"READY=1\nMAINPID={os.getpid()}\n"
-                               "STATUS=serving on 127.0.0.1:8000, unix:/run/p.sock").encode()
+    assert (
+        sock.recv(4096)
+        == (f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving on 127.0.0.1:8000, unix:/run/p.sock").encode()
+    )
     assert notify_reloading({"NOTIFY_SOCKET": path})
     assert re.fullmatch(rb"RELOADING=1\nMONOTONIC_USEC=\d+", sock.recv(4096))
 
@@ -446,7 +484,10 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({}) is None and watchdog_interval({"WATCHDOG_USEC": "0"}) is None
 
 
-@pytest.mark.skipif(not (arbiter_calls("notify") or arbiter_calls("notify_ready")), reason="the master does not notify the service manager yet")
+@pytest.mark.skipif(
+    not (arbiter_calls("notify") or arbiter_calls("notify_ready")),
+    reason="the master does not notify the service manager yet",
+)
 def test_a_started_server_reports_ready(porch: Any, notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
     porch(echo(["127.0.0.1:0"]), env={**ENV, "NOTIFY_SOCKET": path})

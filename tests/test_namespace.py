@@ -18,29 +18,28 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
 from porchtest import PorchServer
 
 APP_MODULES = {
-    "server.py": '''
+    "server.py": """
         NAME = "the app's server module"
 
         def application(environ, start_response):
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [NAME.encode()]
-    ''',
-    "handlers.py": '''
+    """,
+    "handlers.py": """
         def hello(name):
             return f"hello {name}, from the app's handlers module"
-    ''',
-    "config.py": '''
+    """,
+    "config.py": """
         GREETING = "the app's config module"
-    ''',
-    "protocol.py": '''
+    """,
+    "protocol.py": """
         def version():
             return "the app's protocol module"
-    ''',
-    "app.py": '''
+    """,
+    "app.py": """
         import json
 
         import config
@@ -64,7 +63,7 @@ APP_MODULES = {
 
         def greeting():
             return config.GREETING
-    ''',
+    """,
 }
 
 
@@ -79,12 +78,18 @@ def app_dir(tmp_path: Path) -> Path:
 
 def app_config(app_dir: Path) -> dict[str, object]:
     pythonpath = [str(app_dir)]
-    return {"mounts": [
-        {"path": "/app", "type": "wsgi", "app": "app:application", "pythonpath": pythonpath},
-        {"path": "/server", "type": "wsgi", "app": "server:application", "pythonpath": pythonpath},
-        {"path": "/RPC2", "type": "xmlrpc", "pythonpath": pythonpath,
-         "functions": {"hello": "handlers:hello", "version": "protocol:version", "greeting": "app:greeting"}},
-    ]}
+    return {
+        "mounts": [
+            {"path": "/app", "type": "wsgi", "app": "app:application", "pythonpath": pythonpath},
+            {"path": "/server", "type": "wsgi", "app": "server:application", "pythonpath": pythonpath},
+            {
+                "path": "/RPC2",
+                "type": "xmlrpc",
+                "pythonpath": pythonpath,
+                "functions": {"hello": "handlers:hello", "version": "protocol:version", "greeting": "app:greeting"},
+            },
+        ]
+    }
 
 
 def test_porch_installs_one_top_level_package() -> None:
@@ -98,14 +103,16 @@ def test_porch_installs_one_top_level_package() -> None:
 def test_an_app_named_like_porchs_folders_passes_check(app_dir: Path, tmp_path: Path) -> None:
     config_path = tmp_path / "porch.yaml"
     config_path.write_text(yaml.safe_dump({"listen": ["127.0.0.1:0"], **app_config(app_dir)}))
-    result = subprocess.run([sys.executable, "-m", "porch", "check", "-c", str(config_path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "porch", "check", "-c", str(config_path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "3 mounts (/app wsgi, /server wsgi, /RPC2 xmlrpc)" in result.stdout
 
 
 def test_an_app_named_like_porchs_folders_is_served_with_its_own_modules(
-        app_dir: Path, porch: Callable[..., PorchServer]) -> None:
+    app_dir: Path, porch: Callable[..., PorchServer]
+) -> None:
     server = porch(app_config(app_dir))
     answer = requests.get(f"{server.url}/app/", timeout=10)
     assert answer.status_code == 200, server.error_text()

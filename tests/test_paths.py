@@ -27,7 +27,7 @@ from porch.http.messages import FileRegion, Headers, Request
 
 SECRET = b"SECRET-outside-the-root-4d1c"
 HIDDEN = b"HIDDEN-dotfile-9b07"
-RAN = "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nran %s%s' \"$SCRIPT_NAME\" \"$PATH_INFO\"\n"
+RAN = '#!/bin/sh\nprintf \'Content-Type: text/plain\\n\\nran %s%s\' "$SCRIPT_NAME" "$PATH_INFO"\n'
 
 
 class Answers(Protocol):
@@ -70,13 +70,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def static(root: Path, **options: Any) -> StaticHandler:
-    return StaticHandler(Mount(path="/", type="static", options=StaticOptions(root=root, **options)),
-                         HandlerContext())
+    return StaticHandler(Mount(path="/", type="static", options=StaticOptions(root=root, **options)), HandlerContext())
 
 
 def cgi(root: Path, **options: Any) -> CGIHandler:
-    return CGIHandler(Mount(path="/", type="cgi", options=CGIOptions(root=root, **options)),
-                      HandlerContext(software="porch/test"))
+    return CGIHandler(
+        Mount(path="/", type="cgi", options=CGIOptions(root=root, **options)), HandlerContext(software="porch/test")
+    )
 
 
 def request(target: str, resolved: str | None = None) -> Request:
@@ -84,11 +84,18 @@ def request(target: str, resolved: str | None = None) -> Request:
     raw_path, _, query = target.partition("?")
     if resolved is not None:
         raw_path = resolved
-    return Request(method="GET", target=target, raw_path=raw_path,
-                   path=unquote(raw_path, errors="surrogateescape"), query=query, version="HTTP/1.1",
-                   headers=Headers([("Host", "example.com")]),
-                   body=ContentLengthBody(0, io.BytesIO(), None),  # type: ignore[arg-type]
-                   client=("127.0.0.1", 40000), server=("127.0.0.1", 8080))
+    return Request(
+        method="GET",
+        target=target,
+        raw_path=raw_path,
+        path=unquote(raw_path, errors="surrogateescape"),
+        query=query,
+        version="HTTP/1.1",
+        headers=Headers([("Host", "example.com")]),
+        body=ContentLengthBody(0, io.BytesIO(), None),  # type: ignore[arg-type]
+        client=("127.0.0.1", 40000),
+        server=("127.0.0.1", 8080),
+    )
 
 
 def answer(handler: Answers, req: Request) -> tuple[int, bytes]:
@@ -211,26 +218,30 @@ def test_root_is_resolved_once(root: Path, tmp_path: Path) -> None:
     assert tree.locate("/link-in.sh")[0] == os.path.join(tree.directory, "ok.sh")
 
 
-@pytest.mark.parametrize(("target", "resolved", "whole_path", "dotfiles", "well_known", "refused"), [
-    ("/a/b", None, True, False, False, False),
-    ("/a/.b", None, True, False, False, True),
-    ("/a/.b", None, False, False, False, False),  # a CGI mount asks hidden() name by name
-    ("/a/.b", None, True, True, False, False),
-    ("/.well-known/x", None, True, False, True, False),
-    ("/.well-known/x", None, True, False, False, True),
-    ("/a/.well-known", None, True, False, True, True),  # only directly below the origin's root
-    ("/a/../b", None, False, True, True, True),  # dot-segments: whatever the options
-    ("/a/../b", "/b", False, True, True, True),
-    ("/a/%2e/b", "/a/b", False, True, True, True),
-    ("/a%2Fb", None, False, True, True, True),
-    ("/a%5Cb", None, False, True, True, True),
-    ("/a\\b", None, False, True, True, True),
-    ("/a%00b", None, False, True, True, True),
-    ("/a%252e%252e", None, True, False, False, False),  # "%2e%2e" once decoded: a plain name
-    ("/a?x=/../y", None, True, False, False, False),  # the query is no path
-])
-def test_check(target: str, resolved: str | None, whole_path: bool, dotfiles: bool, well_known: bool,
-               refused: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("target", "resolved", "whole_path", "dotfiles", "well_known", "refused"),
+    [
+        ("/a/b", None, True, False, False, False),
+        ("/a/.b", None, True, False, False, True),
+        ("/a/.b", None, False, False, False, False),  # a CGI mount asks hidden() name by name
+        ("/a/.b", None, True, True, False, False),
+        ("/.well-known/x", None, True, False, True, False),
+        ("/.well-known/x", None, True, False, False, True),
+        ("/a/.well-known", None, True, False, True, True),  # only directly below the origin's root
+        ("/a/../b", None, False, True, True, True),  # dot-segments: whatever the options
+        ("/a/../b", "/b", False, True, True, True),
+        ("/a/%2e/b", "/a/b", False, True, True, True),
+        ("/a%2Fb", None, False, True, True, True),
+        ("/a%5Cb", None, False, True, True, True),
+        ("/a\\b", None, False, True, True, True),
+        ("/a%00b", None, False, True, True, True),
+        ("/a%252e%252e", None, True, False, False, False),  # "%2e%2e" once decoded: a plain name
+        ("/a?x=/../y", None, True, False, False, False),  # the query is no path
+    ],
+)
+def test_check(
+    target: str, resolved: str | None, whole_path: bool, dotfiles: bool, well_known: bool, refused: bool, tmp_path: Path
+) -> None:
     tree = Root(tmp_path, follow_symlinks=False, dotfiles=dotfiles, well_known=well_known)
     req = request(target, resolved)
     if refused:
@@ -254,20 +265,23 @@ def test_hidden() -> None:
     assert not Root("/", follow_symlinks=False, dotfiles=True, well_known=False).hidden(".git", 3)
 
 
-@pytest.mark.parametrize(("name", "follow_symlinks", "dotfiles", "expected"), [
-    ("ok.sh", False, False, "ok.sh"),
-    ("link-in.sh", False, False, "ok.sh"),  # a link: where it leads
-    ("dirlink-in", False, False, "sub"),
-    ("link-out.sh", False, False, NotFound),
-    ("dirlink-out", False, False, NotFound),
-    ("link-hidden.sh", False, False, NotFound),
-    ("link-hidden.sh", False, True, ".hidden.sh"),
-    ("link-out.sh", True, False, "../outside/secret.sh"),
-    ("link-hidden.sh", True, False, ".hidden.sh"),  # follow_symlinks: wherever links lead
-    ("missing.sh", False, False, FileNotFoundError),
-    ("dangling.sh", False, False, FileNotFoundError),
-    ("dangling.sh", True, False, FileNotFoundError),
-])
+@pytest.mark.parametrize(
+    ("name", "follow_symlinks", "dotfiles", "expected"),
+    [
+        ("ok.sh", False, False, "ok.sh"),
+        ("link-in.sh", False, False, "ok.sh"),  # a link: where it leads
+        ("dirlink-in", False, False, "sub"),
+        ("link-out.sh", False, False, NotFound),
+        ("dirlink-out", False, False, NotFound),
+        ("link-hidden.sh", False, False, NotFound),
+        ("link-hidden.sh", False, True, ".hidden.sh"),
+        ("link-out.sh", True, False, "../outside/secret.sh"),
+        ("link-hidden.sh", True, False, ".hidden.sh"),  # follow_symlinks: wherever links lead
+        ("missing.sh", False, False, FileNotFoundError),
+        ("dangling.sh", False, False, FileNotFoundError),
+        ("dangling.sh", True, False, FileNotFoundError),
+    ],
+)
 def test_entry(root: Path, name: str, follow_symlinks: bool, dotfiles: bool, expected: str | type) -> None:
     tree = Root(root, follow_symlinks=follow_symlinks, dotfiles=dotfiles, well_known=False)
     if isinstance(expected, type):
@@ -316,21 +330,35 @@ def test_without_links_a_walk_costs_one_lstat_per_segment(root: Path, monkeypatc
     assert calls == {"lstat": 2, "stat": 1, "readlink": 0}
 
 
-@pytest.mark.parametrize(("error", "answer_type"), [
-    (PermissionError(13, "denied"), Forbidden),
-    (FileNotFoundError(2, "missing"), NotFound),
-    (NotADirectoryError(20, "not a directory"), NotFound),
-    (OSError(36, "name too long"), NotFound),
-    (ValueError("embedded null byte"), NotFound),
-])
+@pytest.mark.parametrize(
+    ("error", "answer_type"),
+    [
+        (PermissionError(13, "denied"), Forbidden),
+        (FileNotFoundError(2, "missing"), NotFound),
+        (NotADirectoryError(20, "not a directory"), NotFound),
+        (OSError(36, "name too long"), NotFound),
+        (ValueError("embedded null byte"), NotFound),
+    ],
+)
 def test_refusal(error: OSError | ValueError, answer_type: type) -> None:
     assert type(refusal(error)) is answer_type
 
 
-@pytest.mark.parametrize(("target", "refused"), [
-    ("/a/b/c", False), ("/a/./b", True), ("/a/..", True), ("/a/%2E%2e/b", True), ("/a/%2e/b", True),
-    ("/a/...", False), ("/a/b?x=/../y", False), ("http://h/a/../b", True), ("http://h", False), ("*", False),
-])
+@pytest.mark.parametrize(
+    ("target", "refused"),
+    [
+        ("/a/b/c", False),
+        ("/a/./b", True),
+        ("/a/..", True),
+        ("/a/%2E%2e/b", True),
+        ("/a/%2e/b", True),
+        ("/a/...", False),
+        ("/a/b?x=/../y", False),
+        ("http://h/a/../b", True),
+        ("http://h", False),
+        ("*", False),
+    ],
+)
 def test_check_target(target: str, refused: bool) -> None:
     if refused:
         with pytest.raises(NotFound):

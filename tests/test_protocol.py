@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from porch.config.settings import Limits
-from porch.http.errors import PayloadTooLarge, ProtocolError
 from porch.http import head as head_module
 from porch.http.body import ChunkedBody, ContentLengthBody, EmptyBody, body_reader
+from porch.http.errors import PayloadTooLarge, ProtocolError
 from porch.http.grammar import MAX_REMEMBERED_NAMES
 from porch.http.head import RequestHead, find_head_end, parse_head
 from porch.http.response import LAST_CHUNK, encode_chunk, serialize_response_head
@@ -88,8 +88,7 @@ REQUEST_LINE_ERRORS: list[tuple[str, bytes, HTTPStatus]] = [
 ]
 
 
-@pytest.mark.parametrize("data, status", [c[1:] for c in REQUEST_LINE_ERRORS],
-                         ids=[c[0] for c in REQUEST_LINE_ERRORS])
+@pytest.mark.parametrize("data, status", [c[1:] for c in REQUEST_LINE_ERRORS], ids=[c[0] for c in REQUEST_LINE_ERRORS])
 def test_request_line_errors(data: bytes, status: HTTPStatus) -> None:
     assert rejected(data) == status
 
@@ -129,9 +128,26 @@ def test_origin_form_targets(target: str, expected: dict[str, Any]) -> None:
 
 
 PATH_ERRORS = [
-    "/%zz", "/%", "/a%", "/a%4", "/%4g", "/%00", "/a%00b", "/..", "/../a", "/a/../..",
-    "/a/b/../../../c", "/%2e%2e", "/%2E%2E/etc", "/a/.%2e/b", "/a/%2e./b", "/%2e", "/a/%2e/b",
-    "/a/..%2f..%2fetc", "/a%2f..%2f..", "/a/..%2F",
+    "/%zz",
+    "/%",
+    "/a%",
+    "/a%4",
+    "/%4g",
+    "/%00",
+    "/a%00b",
+    "/..",
+    "/../a",
+    "/a/../..",
+    "/a/b/../../../c",
+    "/%2e%2e",
+    "/%2E%2E/etc",
+    "/a/.%2e/b",
+    "/a/%2e./b",
+    "/%2e",
+    "/a/%2e/b",
+    "/a/..%2f..%2fetc",
+    "/a%2f..%2f..",
+    "/a/..%2F",
 ]
 
 
@@ -236,14 +252,18 @@ def test_obs_fold_is_named_as_such(fold: bytes) -> None:
         parse(request("GET / HTTP/1.1", "X-A: b", fold))
 
 
-@pytest.mark.parametrize("data", [
-    b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
-    b"GET / HTTP/1.1\nHost: a\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\n\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\n\r\r\n",
-], ids=["cr-in-value", "lf-in-value", "lf-after-request-line", "lf-blank-line", "cr-cr-lf", "cr-on-blank-line"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\r\n",
+    ],
+    ids=["cr-in-value", "lf-in-value", "lf-after-request-line", "lf-blank-line", "cr-cr-lf", "cr-on-blank-line"],
+)
 def test_bare_line_breaks_rejected_by_both_stages(data: bytes) -> None:
     """find_head_end catches them early; parse_head alone must still refuse them."""
     with pytest.raises(ProtocolError) as early:
@@ -255,8 +275,18 @@ def test_bare_line_breaks_rejected_by_both_stages(data: bytes) -> None:
 
 
 def test_field_values_and_names() -> None:
-    head = parse(request("GET / HTTP/1.1", "X-Pad: \t  two  words \t", "X-Empty:", "x-CASE: Kept",
-                         b"X-Latin: caf\xe9", "X-Tab: a\tb", "X-Rep: 1", "X-Rep: 2"))
+    head = parse(
+        request(
+            "GET / HTTP/1.1",
+            "X-Pad: \t  two  words \t",
+            "X-Empty:",
+            "x-CASE: Kept",
+            b"X-Latin: caf\xe9",
+            "X-Tab: a\tb",
+            "X-Rep: 1",
+            "X-Rep: 2",
+        )
+    )
     headers = head.headers
     assert headers.get("x-pad") == "two  words"
     assert headers.get("X-EMPTY") == ""
@@ -270,8 +300,10 @@ def test_field_values_and_names() -> None:
 def test_field_count_limit() -> None:
     limits = Limits(headers=3)
     assert len(parse(request("GET / HTTP/1.1", "A: 1", "B: 2"), limits).headers) == 3
-    assert rejected(request("GET / HTTP/1.1", "A: 1", "B: 2", "C: 3"), limits) == \
-        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    assert (
+        rejected(request("GET / HTTP/1.1", "A: 1", "B: 2", "C: 3"), limits)
+        == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    )
 
 
 def test_head_size_limit() -> None:
@@ -290,19 +322,51 @@ def test_request_line_limit() -> None:
 # ---------------------------------------------------------------------------------------------
 # Host
 
-@pytest.mark.parametrize("host", [
-    "example.com", "example.com:8080", "EXAMPLE.com", "127.0.0.1", "127.0.0.1:80", "[::1]", "[::1]:8080",
-    "[2001:db8::1]", "xn--bcher-kva.example", "under_score.example", "a.example:", "a.example:65535",
-    "%41.example",
-])
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "example.com",
+        "example.com:8080",
+        "EXAMPLE.com",
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:8080",
+        "[2001:db8::1]",
+        "xn--bcher-kva.example",
+        "under_score.example",
+        "a.example:",
+        "a.example:65535",
+        "%41.example",
+    ],
+)
 def test_valid_hosts(host: str) -> None:
     assert parse(request("GET / HTTP/1.1", host=host)).headers.get("host") == host
 
 
-@pytest.mark.parametrize("host", [
-    "", "exa mple.com", "a/b", "a@b", "a?b", "a#b", "[::1", "::1", "[::g]", "[1.2.3.4]", "a:b",
-    "a:80:80", "a:65536", "a:123456", "a\\b", "%zz.example", "a\"b",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "exa mple.com",
+        "a/b",
+        "a@b",
+        "a?b",
+        "a#b",
+        "[::1",
+        "::1",
+        "[::g]",
+        "[1.2.3.4]",
+        "a:b",
+        "a:80:80",
+        "a:65536",
+        "a:123456",
+        "a\\b",
+        "%zz.example",
+        'a"b',
+    ],
+)
 def test_invalid_hosts(host: str) -> None:
     assert rejected(request("GET / HTTP/1.1", host=host)) == BAD
 
@@ -329,7 +393,12 @@ def test_host_rules() -> None:
 # Framing: Content-Length and Transfer-Encoding (RFC 9112 6)
 
 CONTENT_LENGTHS: list[tuple[list[str], int]] = [
-    (["0"], 0), (["5"], 5), (["00012"], 12), (["5, 5"], 5), (["5", "5"], 5), (["5,5", " 5 "], 5),
+    (["0"], 0),
+    (["5"], 5),
+    (["00012"], 12),
+    (["5, 5"], 5),
+    (["5", "5"], 5),
+    (["5,5", " 5 "], 5),
     (["1" * 20], int("1" * 20)),
 ]
 
@@ -340,10 +409,26 @@ def test_content_length(values: list[str], length: int) -> None:
     assert (head.content_length, head.chunked) == (length, False)
 
 
-@pytest.mark.parametrize("values", [
-    ["5, 6"], ["5", "6"], ["05", "5"], ["-1"], ["+5"], ["0x10"], ["1e3"], ["1 0"], [""], ["5,"],
-    [",5"], ["1" * 21], ["\u00b2"], ["5;"], ["five"],
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["5, 6"],
+        ["5", "6"],
+        ["05", "5"],
+        ["-1"],
+        ["+5"],
+        ["0x10"],
+        ["1e3"],
+        ["1 0"],
+        [""],
+        ["5,"],
+        [",5"],
+        ["1" * 21],
+        ["\u00b2"],
+        ["5;"],
+        ["five"],
+    ],
+)
 def test_invalid_content_length(values: list[str]) -> None:
     assert rejected(request("POST / HTTP/1.1", *[f"Content-Length: {v}" for v in values])) == BAD
 
@@ -379,11 +464,14 @@ def test_transfer_encoding_errors(values: list[str], status: HTTPStatus) -> None
     assert rejected(request("POST / HTTP/1.1", *[f"Transfer-Encoding: {v}" for v in values])) == status
 
 
-@pytest.mark.parametrize("fields", [
-    ["Content-Length: 5", "Transfer-Encoding: chunked"],
-    ["Transfer-Encoding: chunked", "Content-Length: 5"],
-    ["Transfer-Encoding: chunked", "Content-Length: 0"],
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["Content-Length: 5", "Transfer-Encoding: chunked"],
+        ["Transfer-Encoding: chunked", "Content-Length: 5"],
+        ["Transfer-Encoding: chunked", "Content-Length: 0"],
+    ],
+)
 def test_content_length_with_transfer_encoding_is_smuggling(fields: list[str]) -> None:
     assert rejected(request("POST / HTTP/1.1", *fields)) == BAD
 
@@ -417,13 +505,16 @@ def test_keep_alive(version: str, values: list[str], keep_alive: bool) -> None:
     assert head.keep_alive is keep_alive
 
 
-@pytest.mark.parametrize("version, value, expected", [
-    ("HTTP/1.1", None, False),
-    ("HTTP/1.1", "100-continue", True),
-    ("HTTP/1.1", "100-Continue", True),
-    ("HTTP/1.1", " 100-CONTINUE ", True),
-    ("HTTP/1.0", "100-continue", False),  # RFC 9110 10.1.1: ignored in 1.0
-])
+@pytest.mark.parametrize(
+    "version, value, expected",
+    [
+        ("HTTP/1.1", None, False),
+        ("HTTP/1.1", "100-continue", True),
+        ("HTTP/1.1", "100-Continue", True),
+        ("HTTP/1.1", " 100-CONTINUE ", True),
+        ("HTTP/1.0", "100-continue", False),  # RFC 9110 10.1.1: ignored in 1.0
+    ],
+)
 def test_expect_continue(version: str, value: str | None, expected: bool) -> None:
     fields = [f"Expect: {value}"] if value is not None else []
     assert parse(request(f"POST / {version}", *fields)).expect_continue is expected
@@ -436,6 +527,7 @@ def test_unknown_expectation(value: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # find_head_end: incremental and early rejection
+
 
 def test_find_head_end_waits_for_the_blank_line() -> None:
     data = request("GET / HTTP/1.1", "Accept: */*")
@@ -452,8 +544,12 @@ def test_find_head_end_returns_the_first_head_of_a_pipeline() -> None:
 
 EARLY: list[tuple[str, bytes, Limits, HTTPStatus]] = [
     ("request-line-too-long", b"GET /" + b"a" * 100, Limits(request_line=50), HTTPStatus.REQUEST_URI_TOO_LONG),
-    ("head-too-large", b"GET / HTTP/1.1\r\nX: " + b"v" * 200, Limits(header_bytes=100),
-     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE),
+    (
+        "head-too-large",
+        b"GET / HTTP/1.1\r\nX: " + b"v" * 200,
+        Limits(header_bytes=100),
+        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+    ),
     ("only-empty-lines", b"\r\n" * 60, Limits(header_bytes=100), HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE),
     ("bare-lf", b"GET / HTTP/1.1\nHo", LIMITS, BAD),
     ("bare-lf-first", b"\n", LIMITS, BAD),
@@ -521,8 +617,15 @@ def test_parse_head_rejects_incomplete_or_empty_heads() -> None:
 # ---------------------------------------------------------------------------------------------
 # Body readers
 
-def body_for(fields: list[str], payload: bytes, limit: int | None = None, *,
-             on_first_read: Callable[[], None] | None = None, limits: Limits = LIMITS) -> Any:
+
+def body_for(
+    fields: list[str],
+    payload: bytes,
+    limit: int | None = None,
+    *,
+    on_first_read: Callable[[], None] | None = None,
+    limits: Limits = LIMITS,
+) -> Any:
     head = parse(request("POST / HTTP/1.1", *fields))
     return body_reader(head, source(payload), limit, on_first_read, limits=limits)
 
@@ -537,8 +640,12 @@ def test_content_length_body() -> None:
 
 def test_content_length_readline() -> None:
     body = body_for(["Content-Length: 14"], b"one\ntwo\nthree\nNEXT")
-    assert [body.readline(), body.readline(2), body.readline(), body.readline()] == \
-        [b"one\n", b"tw", b"o\n", b"three\n"]
+    assert [body.readline(), body.readline(2), body.readline(), body.readline()] == [
+        b"one\n",
+        b"tw",
+        b"o\n",
+        b"three\n",
+    ]
     assert body.readline() == b""
 
 
@@ -589,10 +696,13 @@ class RecordingSource:
         return self._inner.readline(size)
 
 
-@pytest.mark.parametrize("fields, payload", [
-    (["Content-Length: 3"], b"abc"),
-    (["Transfer-Encoding: chunked"], b"3\r\nabc\r\n0\r\n\r\n"),
-])
+@pytest.mark.parametrize(
+    "fields, payload",
+    [
+        (["Content-Length: 3"], b"abc"),
+        (["Transfer-Encoding: chunked"], b"3\r\nabc\r\n0\r\n\r\n"),
+    ],
+)
 def test_on_first_read_runs_once_before_any_pull(fields: list[str], payload: bytes) -> None:
     log: list[str] = []
     head = parse(request("POST / HTTP/1.1", "Expect: 100-continue", *fields))
@@ -608,8 +718,9 @@ def test_on_first_read_runs_once_before_any_pull(fields: list[str], payload: byt
 def test_empty_body_never_reads() -> None:
     calls: list[str] = []
     head = parse(request("POST / HTTP/1.1", "Content-Length: 0", "Expect: 100-continue"))
-    body = body_reader(head, RecordingSource(b"NEXT REQUEST", calls), 10, lambda: calls.append("continue"),
-                       limits=LIMITS)
+    body = body_reader(
+        head, RecordingSource(b"NEXT REQUEST", calls), 10, lambda: calls.append("continue"), limits=LIMITS
+    )
     assert isinstance(body, EmptyBody)
     assert (body.read(), body.readline(), body.done, body.length, len(body.trailers)) == (b"", b"", True, 0, 0)
     assert calls == []
@@ -624,7 +735,7 @@ CHUNKED_OK: list[tuple[str, bytes, bytes, list[tuple[str, str]]]] = [
     ("extension-token", b"3;name=value\r\nabc\r\n0;x\r\n\r\n", b"abc", []),
     ("extension-quoted", b'3;a="q \\" ;x"\r\nabc\r\n0\r\n\r\n', b"abc", []),
     ("extension-bws", b"3 ; a = b ;c\r\nabc\r\n0\r\n\r\n", b"abc", []),
-    ("extension-many", b"3;a;b=1;c=\"\"\r\nabc\r\n0\r\n\r\n", b"abc", []),
+    ("extension-many", b'3;a;b=1;c=""\r\nabc\r\n0\r\n\r\n', b"abc", []),
     ("trailers", b"3\r\nabc\r\n0\r\nX-Sum:  123 \r\nx-sum: 4\r\n\r\n", b"abc", [("X-Sum", "123"), ("x-sum", "4")]),
     ("binary", b"4\r\n\r\n\x00\n\r\n0\r\n\r\n", b"\r\n\x00\n", []),
     ("16-digit-size", b"0000000000000003\r\nabc\r\n0\r\n\r\n", b"abc", []),
@@ -744,22 +855,31 @@ def test_chunked_extension_and_trailer_budget() -> None:
 # ---------------------------------------------------------------------------------------------
 # Responses
 
+
 def test_serialize_response_head() -> None:
-    assert serialize_response_head("HTTP/1.1", 200, None, [("Content-Type", "text/plain"), ("Content-Length", "2")]) \
+    assert (
+        serialize_response_head("HTTP/1.1", 200, None, [("Content-Type", "text/plain"), ("Content-Length", "2")])
         == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n"
+    )
     assert serialize_response_head("HTTP/1.0", HTTPStatus.NOT_FOUND, None, []) == b"HTTP/1.0 404 Not Found\r\n\r\n"
     assert serialize_response_head("HTTP/1.1", 299, None, []) == b"HTTP/1.1 299 \r\n\r\n"
     assert serialize_response_head("HTTP/1.1", 200, "Fine\tThanks", []) == b"HTTP/1.1 200 Fine\tThanks\r\n\r\n"
-    assert serialize_response_head("HTTP/1.1", 200, "", [("X-Latin", "caf\u00e9"), ("X-Empty", "")]) == \
-        b"HTTP/1.1 200 \r\nX-Latin: caf\xe9\r\nX-Empty: \r\n\r\n"
+    assert (
+        serialize_response_head("HTTP/1.1", 200, "", [("X-Latin", "caf\u00e9"), ("X-Empty", "")])
+        == b"HTTP/1.1 200 \r\nX-Latin: caf\xe9\r\nX-Empty: \r\n\r\n"
+    )
 
 
 def test_serialized_head_parses_back() -> None:
     """What we write is what a strict parser reads (http.client here)."""
     import http.client
 
-    raw = serialize_response_head("HTTP/1.1", 201, None, [("Location", "/x"), ("Set-Cookie", "a=1"),
-                                                          ("Set-Cookie", "b=2"), ("Content-Length", "0")])
+    raw = serialize_response_head(
+        "HTTP/1.1",
+        201,
+        None,
+        [("Location", "/x"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Content-Length", "0")],
+    )
     response = http.client.HTTPResponse(FakeSocket(raw))  # type: ignore[arg-type]
     response.begin()
     assert (response.status, response.reason) == (201, "Created")
@@ -774,26 +894,30 @@ class FakeSocket:
         return source(self._data)
 
 
-@pytest.mark.parametrize("version, status, reason, headers", [
-    ("HTTP/1.1", 200, None, [("X-Evil", "a\r\nSet-Cookie: pwned=1")]),
-    ("HTTP/1.1", 200, None, [("X-Evil", "a\nb")]),
-    ("HTTP/1.1", 200, None, [("X-Evil", "a\rb")]),
-    ("HTTP/1.1", 200, None, [("X-Evil", "a\x00b")]),
-    ("HTTP/1.1", 200, None, [("X-Evil\r\nSet-Cookie", "x")]),
-    ("HTTP/1.1", 200, None, [("Bad Name", "x")]),
-    ("HTTP/1.1", 200, None, [("Bad:Name", "x")]),
-    ("HTTP/1.1", 200, None, [("", "x")]),
-    ("HTTP/1.1", 200, None, [("X-Snowman", "\u2603")]),
-    ("HTTP/1.1", 200, "OK\r\nSet-Cookie: pwned=1", []),
-    ("HTTP/1.1", 200, "OK\n", []),
-    ("HTTP/1.1", 200, "OK\x00", []),
-    ("HTTP/1.1", 99, None, []),
-    ("HTTP/1.1", 1000, None, []),
-    ("HTTP/2", 200, None, []),
-    ("HTTP/1.1\r\nX: y", 200, None, []),
-])
-def test_serialize_refuses_injection(version: str, status: int, reason: str | None,
-                                     headers: list[tuple[str, str]]) -> None:
+@pytest.mark.parametrize(
+    "version, status, reason, headers",
+    [
+        ("HTTP/1.1", 200, None, [("X-Evil", "a\r\nSet-Cookie: pwned=1")]),
+        ("HTTP/1.1", 200, None, [("X-Evil", "a\nb")]),
+        ("HTTP/1.1", 200, None, [("X-Evil", "a\rb")]),
+        ("HTTP/1.1", 200, None, [("X-Evil", "a\x00b")]),
+        ("HTTP/1.1", 200, None, [("X-Evil\r\nSet-Cookie", "x")]),
+        ("HTTP/1.1", 200, None, [("Bad Name", "x")]),
+        ("HTTP/1.1", 200, None, [("Bad:Name", "x")]),
+        ("HTTP/1.1", 200, None, [("", "x")]),
+        ("HTTP/1.1", 200, None, [("X-Snowman", "\u2603")]),
+        ("HTTP/1.1", 200, "OK\r\nSet-Cookie: pwned=1", []),
+        ("HTTP/1.1", 200, "OK\n", []),
+        ("HTTP/1.1", 200, "OK\x00", []),
+        ("HTTP/1.1", 99, None, []),
+        ("HTTP/1.1", 1000, None, []),
+        ("HTTP/2", 200, None, []),
+        ("HTTP/1.1\r\nX: y", 200, None, []),
+    ],
+)
+def test_serialize_refuses_injection(
+    version: str, status: int, reason: str | None, headers: list[tuple[str, str]]
+) -> None:
     with pytest.raises(ValueError):
         serialize_response_head(version, status, reason, headers)
 

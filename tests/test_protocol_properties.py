@@ -14,16 +14,17 @@ import io
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from porch.config.settings import Limits
-from porch.http.errors import HTTPError
-from porch.http.body import ChunkedBody, body_reader
-from porch.http.head import find_head_end, parse_head
-from porch.http.response import LAST_CHUNK, encode_chunk
 from test_request_corpus import VALID, PieceSource
 
-DETERMINISTIC = settings(derandomize=True, max_examples=300, deadline=None, database=None,
-                         suppress_health_check=[HealthCheck.too_slow])
+from porch.config.settings import Limits
+from porch.http.body import ChunkedBody, body_reader
+from porch.http.errors import HTTPError
+from porch.http.head import find_head_end, parse_head
+from porch.http.response import LAST_CHUNK, encode_chunk
+
+DETERMINISTIC = settings(
+    derandomize=True, max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LIMITS = Limits(request_line=512, header_bytes=2048, headers=20, body=4096)
 
 SEEDS = [case.data for case in VALID] + [
@@ -31,9 +32,36 @@ SEEDS = [case.data for case in VALID] + [
     b"GET http://h:80/x HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n\r\n",
 ]
 # Bytes that matter to the grammar, so that mutations hit interesting paths more often than noise.
-SPECIAL = st.sampled_from([b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b";", b",", b"%", b"/", b".", b"?",
-                           b"#", b"\x00", b"\x7f", b"\xff", b"0", b"f", b"-", b"chunked", b"Content-Length: ",
-                           b"Transfer-Encoding: ", b"Host: ", b"%2e", b"/..", b"\r\n\r\n"])
+SPECIAL = st.sampled_from(
+    [
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"\t",
+        b":",
+        b";",
+        b",",
+        b"%",
+        b"/",
+        b".",
+        b"?",
+        b"#",
+        b"\x00",
+        b"\x7f",
+        b"\xff",
+        b"0",
+        b"f",
+        b"-",
+        b"chunked",
+        b"Content-Length: ",
+        b"Transfer-Encoding: ",
+        b"Host: ",
+        b"%2e",
+        b"/..",
+        b"\r\n\r\n",
+    ]
+)
 
 
 def outcome(data: bytes, limits: Limits = LIMITS) -> tuple[str, object]:
@@ -76,9 +104,9 @@ def mutated_requests(draw: st.DrawFn) -> bytes:
         if kind == "insert":
             data[at:at] = piece
         elif kind == "delete":
-            del data[at:at + draw(st.integers(1, 4))]
+            del data[at : at + draw(st.integers(1, 4))]
         else:
-            data[at:at + len(piece)] = piece
+            data[at : at + len(piece)] = piece
     return bytes(data)
 
 
@@ -103,7 +131,7 @@ def head_outcome(data: bytes, sizes: list[int]) -> tuple[str, object]:
     while start < len(data):
         size = sizes[index % len(sizes)]
         index += 1
-        buffer += data[start:start + size]
+        buffer += data[start : start + size]
         start += size
         try:
             end = find_head_end(buffer, LIMITS)
@@ -115,23 +143,30 @@ def head_outcome(data: bytes, sizes: list[int]) -> tuple[str, object]:
 
 
 @DETERMINISTIC
-@given(st.lists(st.binary(max_size=80), max_size=12), st.lists(st.integers(1, 30), min_size=1, max_size=20),
-       st.sampled_from(["read", "read-n", "readline", "readline-n"]), st.integers(1, 50))
+@given(
+    st.lists(st.binary(max_size=80), max_size=12),
+    st.lists(st.integers(1, 30), min_size=1, max_size=20),
+    st.sampled_from(["read", "read-n", "readline", "readline-n"]),
+    st.integers(1, 50),
+)
 def test_chunked_round_trip(pieces: list[bytes], splits: list[int], how: str, size: int) -> None:
     wire = b"".join(encode_chunk(piece) for piece in pieces) + LAST_CHUNK + b"NEXT"
     cut, start = [], 0
     for n in splits * (len(wire) // len(splits) + 1):
         if start >= len(wire):
             break
-        cut.append(wire[start:start + n])
+        cut.append(wire[start : start + n])
         start += n
     source = PieceSource(cut)
     body = ChunkedBody(source, limit=sum(map(len, pieces)), limits=LIMITS)
     if how == "read":
         received = body.read()
     else:
-        reader = {"read-n": lambda: body.read(size), "readline": body.readline,
-                  "readline-n": lambda: body.readline(size)}[how]
+        reader = {
+            "read-n": lambda: body.read(size),
+            "readline": body.readline,
+            "readline-n": lambda: body.readline(size),
+        }[how]
         chunks = list(iter(reader, b""))
         assert all(len(chunk) <= size for chunk in chunks) or how == "readline"
         received = b"".join(chunks)

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from porchtest import PorchServer
+
 from porch.config.settings import Limits
-from porch.http.errors import HTTPError
-from porch.http.messages import Body
 from porch.http.body import ChunkedBody, body_reader
+from porch.http.errors import HTTPError
 from porch.http.head import RequestHead, find_head_end, parse_head
+from porch.http.messages import Body
 
 CORPUS = Path(__file__).parent / "requests"
 LIMITS_CONFIG: dict[str, int] = json.loads((CORPUS / "limits.json").read_text())
@@ -54,8 +54,10 @@ class Case:
 
 def load_cases(kind: str) -> list[Case]:
     folder = CORPUS / kind
-    return [Case(path.stem, path.read_bytes(), json.loads(path.with_suffix(".expect").read_text()))
-            for path in sorted(folder.glob("*.http"))]
+    return [
+        Case(path.stem, path.read_bytes(), json.loads(path.with_suffix(".expect").read_text()))
+        for path in sorted(folder.glob("*.http"))
+    ]
 
 
 VALID = load_cases("valid")
@@ -98,12 +100,12 @@ def split(data: bytes, how: str) -> list[bytes]:
     if how == "lines":
         return re.findall(rb"[^\n]*\n|[^\n]+", data)
     if how == "bytes":
-        return [data[i:i + 1] for i in range(len(data))]
+        return [data[i : i + 1] for i in range(len(data))]
     rng = random.Random(int(how.removeprefix("random-")))
     pieces, start = [], 0
     while start < len(data):
         size = rng.randint(1, 24)
-        pieces.append(data[start:start + size])
+        pieces.append(data[start : start + size])
         start += size
     return pieces
 
@@ -165,8 +167,7 @@ def parse_corpus_request(data: bytes, how: str, limits: Limits = LIMITS) -> Outc
         assert body.read() == b"" and body.readline() == b"", "reads past the end must give b''"
     except HTTPError as error:
         return Outcome(status=error.status, stage="body", detail=error.detail, head=head)
-    return Outcome(head=head, body=data, trailers=body.trailers.items(), done=body.done,
-                   leftover=source.rest())
+    return Outcome(head=head, body=data, trailers=body.trailers.items(), done=body.done, leftover=source.rest())
 
 
 @pytest.mark.parametrize("how", SPLITS)
@@ -175,8 +176,18 @@ def test_valid_request_parses_to_expected(case: Case, how: str) -> None:
     outcome = parse_corpus_request(case.data, how)
     assert outcome.status is None and outcome.head is not None, f"rejected: {outcome}"
     head, expect = outcome.head, case.expect
-    for key in ("method", "target", "path", "raw_path", "query", "version", "keep_alive", "chunked",
-                "content_length", "expect_continue"):
+    for key in (
+        "method",
+        "target",
+        "path",
+        "raw_path",
+        "query",
+        "version",
+        "keep_alive",
+        "chunked",
+        "content_length",
+        "expect_continue",
+    ):
         if key in expect:
             assert getattr(head, key) == expect[key], key
     for name, values in expect.get("headers", {}).items():
@@ -184,8 +195,9 @@ def test_valid_request_parses_to_expected(case: Case, how: str) -> None:
     if "body" in expect:
         assert outcome.body == expect["body"].encode("latin-1")
     if "trailers" in expect:
-        trailers = {name.lower(): [v for n, v in outcome.trailers if n.lower() == name.lower()]
-                    for name, _ in outcome.trailers}
+        trailers = {
+            name.lower(): [v for n, v in outcome.trailers if n.lower() == name.lower()] for name, _ in outcome.trailers
+        }
         assert trailers == expect["trailers"]
     assert outcome.done, "the body must be consumed to its end"
     assert outcome.leftover == b"", "the framing must account for every byte of the file"
@@ -235,8 +247,9 @@ LIVE_CONFIG: dict[str, Any] = {"limits": LIMITS_CONFIG, "timeouts": {"header": 3
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
     """The status handler answers everything and never reads the body."""
-    server = PorchServer.start({"mounts": [{"path": "/", "type": "status"}], **LIVE_CONFIG},
-                               tmp_path_factory.mktemp("corpus-status"))
+    server = PorchServer.start(
+        {"mounts": [{"path": "/", "type": "status"}], **LIVE_CONFIG}, tmp_path_factory.mktemp("corpus-status")
+    )
     yield server
     server.stop()
 
@@ -244,19 +257,23 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
 @pytest.fixture(scope="module")
 def live_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
     """The core tests' echo handler reads the whole body and answers the request it saw as JSON."""
-    server = PorchServer.start({"mounts": [{"path": "/", "type": "core_handlers:EchoHandler"}], **LIVE_CONFIG},
-                               tmp_path_factory.mktemp("corpus-echo"), env={"PYTHONPATH": str(Path(__file__).parent)})
+    server = PorchServer.start(
+        {"mounts": [{"path": "/", "type": "core_handlers:EchoHandler"}], **LIVE_CONFIG},
+        tmp_path_factory.mktemp("corpus-echo"),
+        env={"PYTHONPATH": str(Path(__file__).parent)},
+    )
     yield server
     server.stop()
 
 
-def exchange(server: PorchServer, data: bytes, *, byte_by_byte: bool, half_close: bool,
-             stop_when_answered: bool) -> bytes:
+def exchange(
+    server: PorchServer, data: bytes, *, byte_by_byte: bool, half_close: bool, stop_when_answered: bool
+) -> bytes:
     """Send ``data`` and read until the server closes (a timeout means it never did)."""
     received = bytearray()
     with socket.create_connection((server.host, server.port), timeout=CLIENT_TIMEOUT_SECONDS) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        pieces = [data[i:i + 1] for i in range(len(data))] if byte_by_byte else [data]
+        pieces = [data[i : i + 1] for i in range(len(data))] if byte_by_byte else [data]
         try:
             for piece in pieces:
                 sock.sendall(piece)
@@ -286,14 +303,14 @@ def parse_responses(data: bytes, *, head_request: bool = False) -> list[tuple[in
         status_line, *lines = data[pos:end].split(b"\r\n")
         version, code, *_ = status_line.split(b" ", 2)
         assert version in (b"HTTP/1.1", b"HTTP/1.0"), status_line
-        fields = {name.strip().lower(): value.strip() for name, _, value in (l.partition(b":") for l in lines)}
+        fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
         pos, status = end + 4, int(code)
         if 100 <= status < 200:
             continue
         if head_request or status in (204, 304):
             body = b""
         elif b"content-length" in fields:
-            body = data[pos:pos + int(fields[b"content-length"])]
+            body = data[pos : pos + int(fields[b"content-length"])]
         elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
             source = PieceSource([data[pos:]])
             responses.append((status, ChunkedBody(source, None, limits=LIMITS).read()))
@@ -310,8 +327,7 @@ def parse_responses(data: bytes, *, head_request: bool = False) -> list[tuple[in
 @pytest.mark.parametrize("case", INVALID, ids=[case.name for case in INVALID])
 def test_live_server_rejects_invalid_request_and_closes(live: PorchServer, case: Case, byte_by_byte: bool) -> None:
     body_stage = case.expect["stage"] == "body"
-    raw = exchange(live, case.data, byte_by_byte=byte_by_byte, half_close=body_stage,
-                   stop_when_answered=True)
+    raw = exchange(live, case.data, byte_by_byte=byte_by_byte, half_close=body_stage, stop_when_answered=True)
     responses = parse_responses(raw)
     assert len(responses) == 1, f"expected one response then close, got {raw!r}"
     status = responses[0][0]
@@ -336,8 +352,7 @@ BODY_STAGE = [case for case in INVALID if case.expect["stage"] == "body"]
 
 @pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole", "byte-by-byte"])
 @pytest.mark.parametrize("case", BODY_STAGE, ids=[case.name for case in BODY_STAGE])
-def test_live_server_reading_the_body_answers_its_error(live_echo: PorchServer, case: Case,
-                                                        byte_by_byte: bool) -> None:
+def test_live_server_reading_the_body_answers_its_error(live_echo: PorchServer, case: Case, byte_by_byte: bool) -> None:
     raw = exchange(live_echo, case.data, byte_by_byte=byte_by_byte, half_close=True, stop_when_answered=True)
     assert [status for status, _ in parse_responses(raw)] == [case.expect["status"]], raw
 
@@ -347,8 +362,9 @@ ECHOED = [case for case in VALID if case.expect.get("live", "2xx") == "2xx"]
 
 @pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole", "byte-by-byte"])
 @pytest.mark.parametrize("case", ECHOED, ids=[case.name for case in ECHOED])
-def test_live_server_hands_the_handler_what_the_parser_saw(live_echo: PorchServer, case: Case,
-                                                           byte_by_byte: bool) -> None:
+def test_live_server_hands_the_handler_what_the_parser_saw(
+    live_echo: PorchServer, case: Case, byte_by_byte: bool
+) -> None:
     raw = exchange(live_echo, case.data, byte_by_byte=byte_by_byte, half_close=True, stop_when_answered=False)
     [(status, body)] = parse_responses(raw)
     assert status == 200, raw

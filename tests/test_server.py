@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer, wait_until
-from porch.workers.runtime import build_server
-from porch.workers.pool import ThreadPoolServer
+
 from porch.config.load import config_from_mapping
 from porch.net.listener import bind_all
 from porch.spine.logs import ACCESS_LOGGER, ERROR_LOGGER, PACKAGE_LOGGERS
+from porch.workers.pool import ThreadPoolServer
+from porch.workers.runtime import build_server
 
 TESTS_DIR = Path(__file__).parent
 ECHO = "core_handlers:EchoHandler"
@@ -47,8 +47,9 @@ def echo_config(concurrency: str, **extra: object) -> dict:
 
 @pytest.fixture(scope="module", params=CONCURRENCY_MODELS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
-    srv = PorchServer.start(echo_config(request.param), tmp_path_factory.mktemp(request.param),
-                            env={"PYTHONPATH": str(TESTS_DIR)})
+    srv = PorchServer.start(
+        echo_config(request.param), tmp_path_factory.mktemp(request.param), env={"PYTHONPATH": str(TESTS_DIR)}
+    )
     yield srv
     srv.stop()
 
@@ -128,7 +129,9 @@ class TestKeepAlive:
             assert json.loads(reader.next().read())["path"] == "/b"
 
     def test_connection_close_is_honoured(self, server: PorchServer) -> None:
-        raw = server.raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = server.raw(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         assert raw.count(b"HTTP/1.1 200") == 1
 
     def test_idle_keepalive_connection_is_closed(self, server: PorchServer) -> None:
@@ -169,8 +172,10 @@ class TestFraming:
         assert raw.count(b"HTTP/1.1") == 1 and raw.endswith(b"xxx")
 
     def test_chunked_request_body_with_trailers(self, server: PorchServer) -> None:
-        raw = server.raw(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                         b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n")
+        raw = server.raw(
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
+        )
         document = json.loads(raw.split(b"\r\n\r\n", 1)[1])
         assert document["body"] == "hello world"
         assert document["trailers"] == [["X-Trailer", "yes"]]
@@ -190,7 +195,10 @@ class TestFraming:
 
     def test_unread_body_is_drained_for_keepalive(self, server: PorchServer) -> None:
         with server.connect() as sock:
-            sock.sendall(b"POST /?read=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(
+                b"POST /?read=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
             reader = ResponseReader(sock)
             reader.next().read()
             assert json.loads(reader.next().read())["path"] == "/next"
@@ -231,8 +239,10 @@ class TestErrors:
         assert requests.post(server.url + "/small", data=b"x" * 10).status_code == 200
 
     def test_chunked_body_over_limit(self, server: PorchServer) -> None:
-        raw = server.raw(b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+        raw = server.raw(
+            b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n"
+        )
         assert status_of(raw) == 413
 
     def test_slow_head_gets_408(self, server: PorchServer) -> None:
@@ -250,8 +260,7 @@ class TestAccess:
         assert requests.get(server.url + "/privateer").status_code == 200  # segment boundary
 
     def test_global_deny(self, porch) -> None:
-        srv = porch(echo_config("threading", access={"deny": ["127.0.0.0/8"]}),
-                    env={"PYTHONPATH": str(TESTS_DIR)})
+        srv = porch(echo_config("threading", access={"deny": ["127.0.0.0/8"]}), env={"PYTHONPATH": str(TESTS_DIR)})
         assert requests.get(srv.url).status_code == 403
 
 
@@ -260,8 +269,10 @@ class TestLogs:
         before = len(server.access_lines())
         requests.get(server.url + "/logged?q=1", headers={"User-Agent": "tester/1", "Referer": "http://r/"})
         line = logged_line(server, before, "/logged?q=1")
-        pattern = (r'^127\.0\.0\.1 - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
-                   r'"GET /logged\?q=1 HTTP/1\.1" 200 \d+ "http://r/" "tester/1" \d+\.\d{6} [0-9a-f]{16}$')
+        pattern = (
+            r"^127\.0\.0\.1 - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] "
+            r'"GET /logged\?q=1 HTTP/1\.1" 200 \d+ "http://r/" "tester/1" \d+\.\d{6} [0-9a-f]{16}$'
+        )
         assert re.match(pattern, line), line
 
     def test_control_characters_are_escaped(self, server: PorchServer) -> None:
@@ -283,8 +294,10 @@ class TestLogs:
         assert logged_line(server, before, "GET /id ").endswith(document["request_id"])
 
     def test_trusted_proxy_request_id_and_json_log(self, porch) -> None:
-        srv = porch(echo_config("threading", trusted_proxies=["127.0.0.1"],
-                                log={"access_format": "json"}), env={"PYTHONPATH": str(TESTS_DIR)})
+        srv = porch(
+            echo_config("threading", trusted_proxies=["127.0.0.1"], log={"access_format": "json"}),
+            env={"PYTHONPATH": str(TESTS_DIR)},
+        )
         document = requests.get(srv.url + "/j", headers={"X-Request-ID": "abc-123"}).json()
         assert document["request_id"] == "abc-123"
         entry = json.loads(srv.wait_access_lines(1)[-1])
@@ -300,8 +313,7 @@ class TestLogs:
 
 def test_slow_clients_do_not_hold_threads(porch) -> None:
     """100 clients trickling a head byte by byte must not delay a normal request (threads: 4)."""
-    srv = porch(echo_config("threading", timeouts={"header": 30, "keepalive": 30}),
-                env={"PYTHONPATH": str(TESTS_DIR)})
+    srv = porch(echo_config("threading", timeouts={"header": 30, "keepalive": 30}), env={"PYTHONPATH": str(TESTS_DIR)})
     with connections_sending(srv, 100, b"G") as slow:
         for _ in range(2):
             for sock in slow:
@@ -351,6 +363,7 @@ def test_blocked_work_lets_other_threads_in(porch) -> None:
         fast.extend(timed_gets([srv.url + "/fast"]))
 
     import threading
+
     thread = threading.Thread(target=fast_request)
     thread.start()
     slow = timed_gets([srv.url + "/?sleep=1"] * 3)
@@ -366,8 +379,7 @@ def test_clients_that_stop_reading_do_not_stop_the_others(porch, tmp_path: Path)
     root.mkdir()
     (root / "big.bin").write_bytes(b"\0" * (20 << 20))
     (root / "small.txt").write_text("small")
-    srv = porch({"threads": 4, "timeouts": {"body": 5},
-                 "mounts": [{"path": "/", "type": "static", "root": str(root)}]})
+    srv = porch({"threads": 4, "timeouts": {"body": 5}, "mounts": [{"path": "/", "type": "static", "root": str(root)}]})
     with connections_sending(srv, 3, b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n"):
         time.sleep(0.3)
         for _ in range(20):
@@ -432,11 +444,15 @@ def test_virtual_hosts_route_by_host_header(porch, tmp_path: Path) -> None:
         root.mkdir()
         (root / "index.html").write_text(f"site {name}")
         sites[name] = str(root)
-    srv = porch({"mounts": [
-        {"path": "/", "type": "static", "root": sites["a.example"], "host": "a.example"},
-        {"path": "/", "type": "static", "root": sites["b.example"], "host": "b.example"},
-        {"path": "/", "type": "static", "root": sites["default"]},
-    ]})
+    srv = porch(
+        {
+            "mounts": [
+                {"path": "/", "type": "static", "root": sites["a.example"], "host": "a.example"},
+                {"path": "/", "type": "static", "root": sites["b.example"], "host": "b.example"},
+                {"path": "/", "type": "static", "root": sites["default"]},
+            ]
+        }
+    )
     assert requests.get(srv.url, headers={"Host": "a.example"}).text == "site a.example"
     assert requests.get(srv.url, headers={"Host": "B.Example:8080"}).text == "site b.example"
     assert requests.get(srv.url, headers={"Host": "c.example"}).text == "site default"
@@ -456,7 +472,7 @@ def logging_restored() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in (ACCESS_LOGGER, ERROR_LOGGER, *PACKAGE_LOGGERS)]
     saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     yield
-    for logger, (handlers, level, propagate) in zip(loggers, saved):
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
         logger.handlers, logger.propagate = handlers, propagate
         logger.setLevel(level)
 
@@ -464,9 +480,11 @@ def logging_restored() -> Iterator[None]:
 def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path, logging_restored: None) -> None:
     """TCP_NODELAY is set once on the listening socket and Linux copies it to what accept()
     returns; a kernel that did not would make every small response wait for an ACK."""
-    config = config_from_mapping({"listen": ["127.0.0.1:0"], "threads": 2,
-                                  "mounts": [{"path": "/", "type": "status"}]},
-                                 source="<test>", base_dir=tmp_path)
+    config = config_from_mapping(
+        {"listen": ["127.0.0.1:0"], "threads": 2, "mounts": [{"path": "/", "type": "status"}]},
+        source="<test>",
+        base_dir=tmp_path,
+    )
     runtime = build_server(config, bind_all(config.listen))
     server = runtime.server
     assert isinstance(server, ThreadPoolServer)

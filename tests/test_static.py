@@ -8,18 +8,17 @@ normalise them first, and the secret placed next to the root must never appear i
 from __future__ import annotations
 
 import gzip
-import os
-import time
 import hashlib
 import http.client
+import os
 import re
+import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer
 from static_tree import BIG_BYTES, DATA, HELLO, HIDDEN, OLD_MTIME, PAGE, SECRET, Tree, make_tree
@@ -33,19 +32,29 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 
 
 @pytest.fixture(scope="module", params=CONCURRENCY_MODELS)
-def server(request: pytest.FixtureRequest, tree: Tree,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
+def server(
+    request: pytest.FixtureRequest, tree: Tree, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PorchServer]:
     root = str(tree.root)
-    config = {"concurrency": request.param, "mounts": [
-        {"path": "/", "type": "static", "root": root},
-        {"path": "/listed", "type": "static", "root": root, "listing": True},
-        {"path": "/follow", "type": "static", "root": root, "follow_symlinks": True},
-        {"path": "/dots", "type": "static", "root": root, "dotfiles": True},
-        {"path": "/tuned", "type": "static", "root": root, "cache_control": "public, max-age=600",
-         "mime_types": {".md": "text/x-notes", ".zzqx": "application/x-zzqx"}, "charset": "iso-8859-1"},
-        {"path": "/plain", "type": "static", "root": root, "precompressed": False},
-        {"path": "/www", "type": "static", "root": str(WWW)},
-    ]}
+    config = {
+        "concurrency": request.param,
+        "mounts": [
+            {"path": "/", "type": "static", "root": root},
+            {"path": "/listed", "type": "static", "root": root, "listing": True},
+            {"path": "/follow", "type": "static", "root": root, "follow_symlinks": True},
+            {"path": "/dots", "type": "static", "root": root, "dotfiles": True},
+            {
+                "path": "/tuned",
+                "type": "static",
+                "root": root,
+                "cache_control": "public, max-age=600",
+                "mime_types": {".md": "text/x-notes", ".zzqx": "application/x-zzqx"},
+                "charset": "iso-8859-1",
+            },
+            {"path": "/plain", "type": "static", "root": root, "precompressed": False},
+            {"path": "/www", "type": "static", "root": str(WWW)},
+        ],
+    }
     srv = PorchServer.start(config, tmp_path_factory.mktemp(f"static-{request.param}"))
     yield srv
     srv.stop()
@@ -69,21 +78,26 @@ class TestFiles:
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Accept-Ranges"] == "bytes"
 
-    @pytest.mark.parametrize(("path", "expected"), [
-        ("/notes.md", "text/markdown; charset=utf-8"),
-        ("/script.js", "text/javascript; charset=utf-8"),
-        ("/image.png", "image/png"),
-        ("/unknown.zzqx", "application/octet-stream"),
-        ("/tuned/notes.md", "text/x-notes; charset=iso-8859-1"),
-        ("/tuned/hello.txt", "text/plain; charset=iso-8859-1"),
-        ("/tuned/unknown.zzqx", "application/x-zzqx"),
-    ])
+    @pytest.mark.parametrize(
+        ("path", "expected"),
+        [
+            ("/notes.md", "text/markdown; charset=utf-8"),
+            ("/script.js", "text/javascript; charset=utf-8"),
+            ("/image.png", "image/png"),
+            ("/unknown.zzqx", "application/octet-stream"),
+            ("/tuned/notes.md", "text/x-notes; charset=iso-8859-1"),
+            ("/tuned/hello.txt", "text/plain; charset=iso-8859-1"),
+            ("/tuned/unknown.zzqx", "application/x-zzqx"),
+        ],
+    )
     def test_mime_types(self, server: PorchServer, path: str, expected: str) -> None:
         response = requests.get(server.url + path, timeout=5)
         assert response.status_code == 200 and response.headers["Content-Type"] == expected
 
     def test_cache_control(self, server: PorchServer) -> None:
-        assert requests.get(server.url + "/tuned/hello.txt", timeout=5).headers["Cache-Control"] == "public, max-age=600"
+        assert (
+            requests.get(server.url + "/tuned/hello.txt", timeout=5).headers["Cache-Control"] == "public, max-age=600"
+        )
         assert "Cache-Control" not in requests.get(server.url + "/hello.txt", timeout=5).headers
 
     def test_empty_file(self, server: PorchServer) -> None:
@@ -193,8 +207,9 @@ class TestConditional:
 
     def test_if_none_match_wins_over_if_modified_since(self, server: PorchServer) -> None:
         last_modified = formatdate(OLD_MTIME, usegmt=True)
-        response = requests.get(server.url + "/old.txt", timeout=5,
-                                headers={"If-None-Match": '"stale"', "If-Modified-Since": last_modified})
+        response = requests.get(
+            server.url + "/old.txt", timeout=5, headers={"If-None-Match": '"stale"', "If-Modified-Since": last_modified}
+        )
         assert response.status_code == 200 and response.content == b"old file\n"
 
     def test_cache_control_on_304(self, server: PorchServer) -> None:
@@ -205,18 +220,25 @@ class TestConditional:
     def test_precondition_failed(self, server: PorchServer) -> None:
         assert requests.get(server.url + "/old.txt", headers={"If-Match": '"nope"'}, timeout=5).status_code == 412
         since = formatdate(OLD_MTIME - 3600, usegmt=True)
-        assert requests.get(server.url + "/old.txt", headers={"If-Unmodified-Since": since}, timeout=5).status_code == 412
+        assert (
+            requests.get(server.url + "/old.txt", headers={"If-Unmodified-Since": since}, timeout=5).status_code == 412
+        )
 
 
 class TestRanges:
-    @pytest.mark.parametrize(("header", "start", "end"), [
-        ("bytes=0-99", 0, 99), ("bytes=-100", 924, 1023), ("bytes=1000-", 1000, 1023),
-    ])
+    @pytest.mark.parametrize(
+        ("header", "start", "end"),
+        [
+            ("bytes=0-99", 0, 99),
+            ("bytes=-100", 924, 1023),
+            ("bytes=1000-", 1000, 1023),
+        ],
+    )
     def test_single(self, server: PorchServer, header: str, start: int, end: int) -> None:
         response = requests.get(server.url + "/data.bin", headers={"Range": header}, timeout=5)
         assert response.status_code == 206
         assert response.headers["Content-Range"] == f"bytes {start}-{end}/{len(DATA)}"
-        assert response.content == DATA[start:end + 1]
+        assert response.content == DATA[start : end + 1]
 
     def test_unsatisfiable(self, server: PorchServer) -> None:
         response = requests.get(server.url + "/data.bin", headers={"Range": "bytes=5000-"}, timeout=5)
@@ -233,7 +255,9 @@ class TestRanges:
         assert b"Content-Range: bytes 500-501/1024\r\n\r\n" + DATA[500:502] in response.content
 
     def test_if_range_mismatch_sends_everything(self, server: PorchServer) -> None:
-        response = requests.get(server.url + "/data.bin", headers={"Range": "bytes=0-1", "If-Range": '"old"'}, timeout=5)
+        response = requests.get(
+            server.url + "/data.bin", headers={"Range": "bytes=0-1", "If-Range": '"old"'}, timeout=5
+        )
         assert response.status_code == 200 and response.content == DATA
 
 
@@ -269,20 +293,48 @@ class TestPrecompressed:
 
 
 TRAVERSALS = [
-    b"/../outside/secret.txt", b"/%2e%2e/outside/secret.txt", b"/%2E%2e%2foutside/secret.txt",
-    b"/..%2foutside/secret.txt", b"/%2foutside/secret.txt", b"/sub%2f..%2f..%2foutside/secret.txt",
-    b"/%5c..%5coutside%5csecret.txt", b"/..\\outside\\secret.txt", b"/%2e%2e%5coutside/secret.txt",
-    b"/%00../outside/secret.txt", b"/hello.txt%00.html", b"/%252e%252e/outside/secret.txt",
-    b"/%252e%252e%252foutside%252fsecret.txt", b"/./hello.txt", b"/sub/./../../outside/secret.txt",
-    b"/sub/../../outside/secret.txt", b"//../outside/secret.txt", b"/....//outside/secret.txt",
-    b"/link-out", b"/rel-link-out", b"/dirlink-out/secret.txt", b"/listed/list/link-out",
-    b"/listed/../../outside/secret.txt", b"/listed/%2e%2e/%2e%2e/outside/secret.txt",
-    b"/dots/../outside/secret.txt", b"/dots/..%2f..%2foutside/secret.txt",
-    b"/follow/../outside/secret.txt", b"/follow/%2e%2e/outside/secret.txt",
-    b"http://a/../outside/secret.txt", b"/fifo", b"/follow/fifo",
+    b"/../outside/secret.txt",
+    b"/%2e%2e/outside/secret.txt",
+    b"/%2E%2e%2foutside/secret.txt",
+    b"/..%2foutside/secret.txt",
+    b"/%2foutside/secret.txt",
+    b"/sub%2f..%2f..%2foutside/secret.txt",
+    b"/%5c..%5coutside%5csecret.txt",
+    b"/..\\outside\\secret.txt",
+    b"/%2e%2e%5coutside/secret.txt",
+    b"/%00../outside/secret.txt",
+    b"/hello.txt%00.html",
+    b"/%252e%252e/outside/secret.txt",
+    b"/%252e%252e%252foutside%252fsecret.txt",
+    b"/./hello.txt",
+    b"/sub/./../../outside/secret.txt",
+    b"/sub/../../outside/secret.txt",
+    b"//../outside/secret.txt",
+    b"/....//outside/secret.txt",
+    b"/link-out",
+    b"/rel-link-out",
+    b"/dirlink-out/secret.txt",
+    b"/listed/list/link-out",
+    b"/listed/../../outside/secret.txt",
+    b"/listed/%2e%2e/%2e%2e/outside/secret.txt",
+    b"/dots/../outside/secret.txt",
+    b"/dots/..%2f..%2foutside/secret.txt",
+    b"/follow/../outside/secret.txt",
+    b"/follow/%2e%2e/outside/secret.txt",
+    b"http://a/../outside/secret.txt",
+    b"/fifo",
+    b"/follow/fifo",
 ]
-HIDDEN_PATHS = [b"/.secret", b"/.hiddendir/file.txt", b"/list/.hidden", b"/link-hidden",
-                b"/%2esecret", b"/listed/.secret", b"/follow/.secret", b"/tuned/.hiddendir/file.txt"]
+HIDDEN_PATHS = [
+    b"/.secret",
+    b"/.hiddendir/file.txt",
+    b"/list/.hidden",
+    b"/link-hidden",
+    b"/%2esecret",
+    b"/listed/.secret",
+    b"/follow/.secret",
+    b"/tuned/.hiddendir/file.txt",
+]
 
 
 class TestTraversal:
@@ -324,12 +376,20 @@ class TestDefaultSite:
     def test_landing_page(self, server: PorchServer) -> None:
         response = requests.get(server.url + "/www/", timeout=5)
         assert response.status_code == 200 and response.headers["Content-Type"] == "text/html; charset=utf-8"
-        for link in ('href="/cgi-bin/env.cgi"', 'href="/cgi-bin/form.py"', 'href="/cgi-bin/stream.sh"',
-                     'href="/app/"', "/RPC2", 'href="style.css"', 'href="favicon.svg"'):
+        for link in (
+            'href="/cgi-bin/env.cgi"',
+            'href="/cgi-bin/form.py"',
+            'href="/cgi-bin/stream.sh"',
+            'href="/app/"',
+            "/RPC2",
+            'href="style.css"',
+            'href="favicon.svg"',
+        ):
             assert link in response.text, link
 
-    @pytest.mark.parametrize(("name", "expected"), [("style.css", "text/css; charset=utf-8"),
-                                                    ("favicon.svg", "image/svg+xml")])
+    @pytest.mark.parametrize(
+        ("name", "expected"), [("style.css", "text/css; charset=utf-8"), ("favicon.svg", "image/svg+xml")]
+    )
     def test_assets(self, server: PorchServer, name: str, expected: str) -> None:
         response = requests.get(server.url + "/www/" + name, timeout=5)
         assert response.status_code == 200 and response.headers["Content-Type"] == expected
@@ -344,8 +404,9 @@ class TestSmallFilesInMemory:
         root = tmp_path / "site"
         root.mkdir()
         (root / "note.txt").write_bytes(b"first version")
-        return porch({"concurrency": concurrency, "threads": 1,
-                      "mounts": [{"path": "/", "type": "static", "root": str(root)}]}), root
+        return porch(
+            {"concurrency": concurrency, "threads": 1, "mounts": [{"path": "/", "type": "static", "root": str(root)}]}
+        ), root
 
     def test_rewritten_in_place_with_the_same_size(self, site: tuple[PorchServer, Path]) -> None:
         srv, root = site

@@ -17,7 +17,9 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from static_tree import DATA, HELLO, HIDDEN, OLD_MTIME, PAGE, SECRET, Tree, make_tree
 
+from porch.config.settings import Mount
 from porch.handlers.base import HandlerContext, OptionError
 from porch.handlers.static.handler import (
     MAX_RANGES,
@@ -28,10 +30,8 @@ from porch.handlers.static.handler import (
     etag_in,
     with_charset,
 )
-from porch.config.settings import Mount
 from porch.http.errors import HTTPError
 from porch.http.messages import FileRegion, Headers, Request, Response
-from static_tree import DATA, HELLO, HIDDEN, OLD_MTIME, PAGE, SECRET, Tree, make_tree
 
 
 class NoBody:
@@ -53,16 +53,25 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 
 
 def handler(root: Path, mount: str = "/", **options: Any) -> StaticHandler:
-    return StaticHandler(Mount(path=mount, type="static", options=StaticOptions(root=root, **options)),
-                         HandlerContext())
+    return StaticHandler(
+        Mount(path=mount, type="static", options=StaticOptions(root=root, **options)), HandlerContext()
+    )
 
 
 def request(target: str, method: str = "GET", headers: dict[str, str] | None = None) -> Request:
     raw_path, _, query = target.partition("?")
-    return Request(method=method, target=target, raw_path=raw_path,
-                   path=unquote(raw_path, errors="surrogateescape"), query=query,
-                   version="HTTP/1.1", headers=Headers(list((headers or {}).items())), body=NoBody(),
-                   client=("127.0.0.1", 40000), server=("127.0.0.1", 8000))
+    return Request(
+        method=method,
+        target=target,
+        raw_path=raw_path,
+        path=unquote(raw_path, errors="surrogateescape"),
+        query=query,
+        version="HTTP/1.1",
+        headers=Headers(list((headers or {}).items())),
+        body=NoBody(),
+        client=("127.0.0.1", 40000),
+        server=("127.0.0.1", 8000),
+    )
 
 
 def serve(h: StaticHandler, target: str, method: str = "GET", **headers: str) -> tuple[Response, bytes]:
@@ -121,22 +130,28 @@ class TestFiles:
         assert response.status == 200 and body == b""
         assert response.body == b""
 
-    @pytest.mark.parametrize(("name", "expected"), [
-        ("notes.md", "text/markdown; charset=utf-8"),
-        ("script.js", "text/javascript; charset=utf-8"),
-        ("style.css", "text/css; charset=utf-8"),
-        ("image.png", "image/png"),
-        ("unknown.zzqx", "application/octet-stream"),
-        ("archive.tar.gz", "application/gzip"),
-        ("index.html", "text/html; charset=utf-8"),
-    ])
+    @pytest.mark.parametrize(
+        ("name", "expected"),
+        [
+            ("notes.md", "text/markdown; charset=utf-8"),
+            ("script.js", "text/javascript; charset=utf-8"),
+            ("style.css", "text/css; charset=utf-8"),
+            ("image.png", "image/png"),
+            ("unknown.zzqx", "application/octet-stream"),
+            ("archive.tar.gz", "application/gzip"),
+            ("index.html", "text/html; charset=utf-8"),
+        ],
+    )
     def test_content_types(self, tree: Tree, name: str, expected: str) -> None:
         response, _ = serve(handler(tree.root), "/" + name)
         assert response.headers.get("Content-Type") == expected
 
     def test_overrides_and_charset(self, tree: Tree) -> None:
-        h = handler(tree.root, mime_types={".md": "text/x-notes", ".ZZQX": "application/json",
-                                           ".png": "image/x-test; q=1"}, charset="iso-8859-1")
+        h = handler(
+            tree.root,
+            mime_types={".md": "text/x-notes", ".ZZQX": "application/json", ".png": "image/x-test; q=1"},
+            charset="iso-8859-1",
+        )
         assert serve(h, "/notes.md")[0].headers.get("Content-Type") == "text/x-notes; charset=iso-8859-1"
         assert serve(h, "/unknown.zzqx")[0].headers.get("Content-Type") == "application/json; charset=iso-8859-1"
         assert serve(h, "/image.png")[0].headers.get("Content-Type") == "image/x-test; q=1"
@@ -145,6 +160,7 @@ class TestFiles:
 
     def test_private_mime_table(self, tree: Tree) -> None:
         import mimetypes
+
         handler(tree.root, mime_types={".zzqx": "application/x-private"})
         assert mimetypes.guess_type("file.zzqx")[0] is None
 
@@ -255,27 +271,62 @@ class TestDirectories:
 
 
 class TestSafety:
-    @pytest.mark.parametrize("target", [
-        "/../outside/secret.txt", "/%2e%2e/outside/secret.txt", "/%2E%2e%2foutside/secret.txt",
-        "/..%2foutside/secret.txt", "/sub%2F..%2F..%2Foutside/secret.txt", "/%5c..%5coutside/secret.txt",
-        "/..\\outside\\secret.txt", "/%00/../outside/secret.txt", "/hello.txt%00.html",
-        "/./hello.txt", "/sub/./index.html", "/sub/../hello.txt", "/sub/..", "/.",
-        "/link-out", "/rel-link-out", "/dirlink-out/secret.txt", "/list/link-out",
-        "/.secret", "/.hiddendir/file.txt", "/sub/.%2e/hello.txt", "/link-hidden",
-        "/%252e%252e/outside/secret.txt", "/fifo", "/dangling", "*",
-    ])
+    @pytest.mark.parametrize(
+        "target",
+        [
+            "/../outside/secret.txt",
+            "/%2e%2e/outside/secret.txt",
+            "/%2E%2e%2foutside/secret.txt",
+            "/..%2foutside/secret.txt",
+            "/sub%2F..%2F..%2Foutside/secret.txt",
+            "/%5c..%5coutside/secret.txt",
+            "/..\\outside\\secret.txt",
+            "/%00/../outside/secret.txt",
+            "/hello.txt%00.html",
+            "/./hello.txt",
+            "/sub/./index.html",
+            "/sub/../hello.txt",
+            "/sub/..",
+            "/.",
+            "/link-out",
+            "/rel-link-out",
+            "/dirlink-out/secret.txt",
+            "/list/link-out",
+            "/.secret",
+            "/.hiddendir/file.txt",
+            "/sub/.%2e/hello.txt",
+            "/link-hidden",
+            "/%252e%252e/outside/secret.txt",
+            "/fifo",
+            "/dangling",
+            "*",
+        ],
+    )
     def test_refused(self, tree: Tree, target: str) -> None:
         for method in ("GET", "HEAD", "POST"):
             response, body = serve(handler(tree.root), target, method)
             assert response.status in (403, 404), (target, method, response.status)
             assert SECRET not in body and HIDDEN not in body
 
-    @pytest.mark.parametrize("target", ["/sub/../hello.txt", "/./hello.txt", "http://a/x/../hello.txt",
-                                        "/sub/%2e%2e/hello.txt?x=/./", "/sub/%2E%2e/hello.txt"])
+    @pytest.mark.parametrize(
+        "target",
+        [
+            "/sub/../hello.txt",
+            "/./hello.txt",
+            "http://a/x/../hello.txt",
+            "/sub/%2e%2e/hello.txt?x=/./",
+            "/sub/%2E%2e/hello.txt",
+        ],
+    )
     def test_dot_segments_resolved_by_the_parser_are_still_refused(self, tree: Tree, target: str) -> None:
         parsed = request(target)
-        normalised = Request(**{**{name: getattr(parsed, name) for name in Request.__slots__},
-                                "raw_path": "/hello.txt", "path": "/hello.txt"})
+        normalised = Request(
+            **{
+                **{name: getattr(parsed, name) for name in Request.__slots__},
+                "raw_path": "/hello.txt",
+                "path": "/hello.txt",
+            }
+        )
         with pytest.raises(HTTPError) as raised:
             handler(tree.root).handle(normalised)
         assert raised.value.status == 404
@@ -374,16 +425,24 @@ class TestConditional:
 
 
 class TestRanges:
-    @pytest.mark.parametrize(("header", "start", "end"), [
-        ("bytes=0-9", 0, 9), ("bytes=10-", 10, 1023), ("bytes=-16", 1008, 1023),
-        ("bytes=1000-5000", 1000, 1023), ("bytes=-5000", 0, 1023), ("BYTES = 5-5", 5, 5),
-        ("bytes=0-9, 5-20", 0, 20), ("bytes=0-0,1-1", 0, 1),
-    ])
+    @pytest.mark.parametrize(
+        ("header", "start", "end"),
+        [
+            ("bytes=0-9", 0, 9),
+            ("bytes=10-", 10, 1023),
+            ("bytes=-16", 1008, 1023),
+            ("bytes=1000-5000", 1000, 1023),
+            ("bytes=-5000", 0, 1023),
+            ("BYTES = 5-5", 5, 5),
+            ("bytes=0-9, 5-20", 0, 20),
+            ("bytes=0-0,1-1", 0, 1),
+        ],
+    )
     def test_single_range(self, tree: Tree, header: str, start: int, end: int) -> None:
         response, body = serve(handler(tree.root), "/data.bin", range=header)
         assert response.status == 206
         assert response.headers.get("Content-Range") == f"bytes {start}-{end}/1024"
-        assert body == DATA[start:end + 1]
+        assert body == DATA[start : end + 1]
 
     @pytest.mark.parametrize("header", ["bytes=1024-", "bytes=5000-6000", "bytes=-0", "bytes=2000-,3000-"])
     def test_unsatisfiable(self, tree: Tree, header: str) -> None:
@@ -395,8 +454,20 @@ class TestRanges:
         response, _ = serve(handler(tree.root), "/empty.txt", range="bytes=0-")
         assert response.status == 416 and response.headers.get("Content-Range") == "bytes */0"
 
-    @pytest.mark.parametrize("header", ["bytes=9-1", "bytes=a-b", "bytes=", "lines=1-2", "bytes=1-2-3",
-                                        "bytes 0-1", "bytes=--1", "bytes=0-1,x", "bytes=\u00b9-2"])
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "bytes=9-1",
+            "bytes=a-b",
+            "bytes=",
+            "lines=1-2",
+            "bytes=1-2-3",
+            "bytes 0-1",
+            "bytes=--1",
+            "bytes=0-1,x",
+            "bytes=\u00b9-2",
+        ],
+    )
     def test_malformed_is_ignored(self, tree: Tree, header: str) -> None:
         response, body = serve(handler(tree.root), "/data.bin", range=header)
         assert response.status == 200 and body == DATA
@@ -494,12 +565,18 @@ class TestPrecompressed:
 
 
 class TestOptions:
-    @pytest.mark.parametrize(("options", "key"), [
-        ({"index": ("a/b.html",)}, "index"), ({"index": ("..",)}, "index"),
-        ({"index": (".index.html",)}, "index"), ({"mime_types": {"md": "text/plain"}}, "mime_types"),
-        ({"mime_types": {".md": "not a type"}}, "mime_types"), ({"charset": "utf 8"}, "charset"),
-        ({"cache_control": "max-age=1\r\nX-Evil: 1"}, "cache_control"),
-    ])
+    @pytest.mark.parametrize(
+        ("options", "key"),
+        [
+            ({"index": ("a/b.html",)}, "index"),
+            ({"index": ("..",)}, "index"),
+            ({"index": (".index.html",)}, "index"),
+            ({"mime_types": {"md": "text/plain"}}, "mime_types"),
+            ({"mime_types": {".md": "not a type"}}, "mime_types"),
+            ({"charset": "utf 8"}, "charset"),
+            ({"cache_control": "max-age=1\r\nX-Evil: 1"}, "cache_control"),
+        ],
+    )
     def test_bad_options(self, tree: Tree, options: dict[str, Any], key: str) -> None:
         with pytest.raises(OptionError) as raised:
             handler(tree.root, **options)

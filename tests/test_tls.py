@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from certs import Pki, make_pki
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer
+
 from porch.config.settings import TLSSettings
 from porch.net.tls import TLSSetupError, server_context
 
@@ -64,14 +64,21 @@ def server(request: pytest.FixtureRequest, pki: Pki, tmp_path_factory: pytest.Te
         "timeouts": {"header": HEADER_TIMEOUT, "keepalive": HEADER_TIMEOUT, "body": 5, "graceful": 2},
         "mounts": [
             {"path": "/", "type": ECHO},
-            {"path": "/app", "type": "wsgi", "app": "wsgitest_core:application",
-             "pythonpath": [str(TESTS_DIR / "wsgi_apps")]},
+            {
+                "path": "/app",
+                "type": "wsgi",
+                "app": "wsgitest_core:application",
+                "pythonpath": [str(TESTS_DIR / "wsgi_apps")],
+            },
             {"path": "/cgi-bin", "type": "cgi", "root": str(cgi_root)},
             {"path": "/files", "type": "static", "root": str(files)},
         ],
     }
-    srv = PorchServer.start(config, tmp_path_factory.mktemp(f"tls-{request.param}"),
-                            env={"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])})
+    srv = PorchServer.start(
+        config,
+        tmp_path_factory.mktemp(f"tls-{request.param}"),
+        env={"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])},
+    )
     yield srv
     srv.stop()
 
@@ -120,8 +127,9 @@ def test_a_request_over_tls_verified_against_the_test_certificate(server: PorchS
 
 
 def test_keep_alive_over_tls(server: PorchServer, pki: Pki) -> None:
-    connection = http.client.HTTPSConnection("localhost", port_of(server, DEFAULT), timeout=5,
-                                             context=client_context(pki))
+    connection = http.client.HTTPSConnection(
+        "localhost", port_of(server, DEFAULT), timeout=5, context=client_context(pki)
+    )
     clients = []
     for number in range(3):
         connection.request("POST", f"/n{number}", body=b"x" * 1000 * number)
@@ -138,8 +146,12 @@ def test_a_file_body_arrives_intact_over_tls(server: PorchServer, pki: Pki) -> N
         for _ in range(2):
             response = session.get(url(server, path="/files/big.bin"), verify=str(pki.server_cert), timeout=5)
             assert (response.status_code, response.content == BIG_FILE) == (200, True)
-        ranged = session.get(url(server, path="/files/big.bin"), headers={"Range": "bytes=1000-1999"},
-                             verify=str(pki.server_cert), timeout=5)
+        ranged = session.get(
+            url(server, path="/files/big.bin"),
+            headers={"Range": "bytes=1000-1999"},
+            verify=str(pki.server_cert),
+            timeout=5,
+        )
         assert (ranged.status_code, ranged.content) == (206, BIG_FILE[1000:2000])
 
 
@@ -269,41 +281,49 @@ def write_config(directory: Path, listener: dict[str, object]) -> Path:
 
 
 def porch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "porch", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=20)
+    return subprocess.run([sys.executable, "-m", "porch", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
 
 
 def test_a_missing_certificate_is_a_config_error_naming_the_key(pki: Pki, tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"address": "127.0.0.1:0", "tls": {"cert": "missing.pem",
-                                                                      "key": str(pki.server_key)}})
+    config = write_config(
+        tmp_path, {"address": "127.0.0.1:0", "tls": {"cert": "missing.pem", "key": str(pki.server_key)}}
+    )
     checked = porch("check", "-c", str(config), cwd=tmp_path)
     assert checked.returncode == 1
     assert "listen[0].tls.cert: file 'missing.pem' does not exist" in checked.stderr
 
 
 def test_a_key_that_does_not_match_is_a_startup_error_naming_the_listener(pki: Pki, tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"address": "127.0.0.1:0", "tls": {"cert": str(pki.server_cert),
-                                                                      "key": str(pki.other_key)}})
+    config = write_config(
+        tmp_path, {"address": "127.0.0.1:0", "tls": {"cert": str(pki.server_cert), "key": str(pki.other_key)}}
+    )
     started = porch("-c", str(config), cwd=tmp_path)
     assert started.returncode == 1
-    assert (f"cannot listen on 127.0.0.1:0: the key {pki.other_key} does not belong to the certificate "
-            f"{pki.server_cert}") in started.stderr
+    assert (
+        f"cannot listen on 127.0.0.1:0: the key {pki.other_key} does not belong to the certificate {pki.server_cert}"
+    ) in started.stderr
 
 
 def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(pki: Pki, tmp_path: Path) -> None:
     encrypted = tmp_path / "encrypted.key"
-    subprocess.run(["openssl", "pkey", "-in", str(pki.server_key), "-aes256", "-passout", "pass:secret",
-                    "-out", str(encrypted)], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(pki.server_key), "-aes256", "-passout", "pass:secret", "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+    )
     with pytest.raises(TLSSetupError, match="is encrypted; porch needs it without a passphrase"):
         server_context(TLSSettings(pki.server_cert, encrypted))
 
 
-@pytest.mark.parametrize(("cert", "key", "message"), [
-    ("garbage", "server_key", "{cert} holds no PEM certificate"),
-    ("server_cert", "garbage", "{key} holds no PEM private key"),
-    ("server_key", "server_cert", "{cert} holds no PEM certificate"),
-    ("server_cert", "absent", "cannot read {key}: No such file or directory"),
-])
+@pytest.mark.parametrize(
+    ("cert", "key", "message"),
+    [
+        ("garbage", "server_key", "{cert} holds no PEM certificate"),
+        ("server_cert", "garbage", "{key} holds no PEM private key"),
+        ("server_key", "server_cert", "{cert} holds no PEM certificate"),
+        ("server_cert", "absent", "cannot read {key}: No such file or directory"),
+    ],
+)
 def test_unusable_files_are_named(pki: Pki, tmp_path: Path, cert: str, key: str, message: str) -> None:
     (tmp_path / "garbage").write_text("not a certificate\n")
     paths = {name: getattr(pki, name, tmp_path / name) for name in (cert, key)}

@@ -14,8 +14,9 @@ import porch.workers.turns as turns_module
 from porch.workers.turns import EveryThreadLeads, LeaderStandby, gil_enabled, turns_for
 
 
-def serve_with_standby(cpus: int, work: Callable[[threading.Event, LeaderStandby], object]
-                       ) -> tuple[object, LeaderStandby]:
+def serve_with_standby(
+    cpus: int, work: Callable[[threading.Event, LeaderStandby], object]
+) -> tuple[object, LeaderStandby]:
     """Two pool threads: the first leads, takes a connection and runs ``work(promoted)``; the
     second waits for its turn and sets ``promoted`` when it becomes the leader.  ``work`` gets
     the turns too, to announce a wait as a connection does.  Returns what ``work`` returned."""
@@ -120,4 +121,3 @@ def test_without_a_gil_every_thread_leads_at_once() -> None:
     turns.stop()
     assert turns.next_turn(False) is False
     turns.close()
-

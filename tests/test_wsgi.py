@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer
 
@@ -51,8 +50,12 @@ def wsgi_config(concurrency: str) -> dict[str, object]:
             core_mount("/raw", "wsgitest_core:raw_application"),
             core_mount("/factory", "wsgitest_core:create_app('hey')"),
             core_mount("/small", limits={"body": 1000}),
-            {"path": "/demo", "type": "wsgi", "app": "wsgitest_demo:application",
-             "pythonpath": [str(APPS_DIR), str(DEMO_DIR)]},
+            {
+                "path": "/demo",
+                "type": "wsgi",
+                "app": "wsgitest_demo:application",
+                "pythonpath": [str(APPS_DIR), str(DEMO_DIR)],
+            },
         ],
     }
 
@@ -91,9 +94,11 @@ def wait_for(predicate: object, timeout: float = 5.0) -> bool:
 class TestWSGI:
     def test_environ(self, server: PorchServer) -> None:
         with server.connect() as sock:
-            sock.sendall(b"GET /mounted/deeper/environ/x?q=1 HTTP/1.1\r\nHost: site.test:8123\r\n"
-                         b"X-One: a\r\nX-One: b\r\nCookie: a=1\r\nCookie: b=2\r\n"
-                         b"X_Sneaky: 1\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"GET /mounted/deeper/environ/x?q=1 HTTP/1.1\r\nHost: site.test:8123\r\n"
+                b"X-One: a\r\nX-One: b\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                b"X_Sneaky: 1\r\nConnection: close\r\n\r\n"
+            )
             local_port = sock.getsockname()[1]
             raw = read_until_close(sock)
         head, _, body = raw.partition(b"\r\n\r\n")
@@ -122,17 +127,21 @@ class TestWSGI:
         assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("127.0.0.1", str(server.port))
         assert "HTTP_HOST" not in env
 
-    @pytest.mark.parametrize("target, script_name, path_info", [
-        ("/environ", "", "/environ"),
-        ("/mounted", "/mounted", ""),
-        ("/mounted/", "/mounted", "/"),
-        ("/mounted/deeper/environ", "/mounted/deeper", "/environ"),
-        ("/mounted/deeperx/environ", "/mounted", "/deeperx/environ"),
-        ("/mounted/environ/%C3%A9t%C3%A9%20a%2Fb", "/mounted", "/environ/\u00c3\u00a9t\u00c3\u00a9 a/b"),
-        ("/caf%C3%A9/environ", "/caf\u00c3\u00a9", "/environ"),
-    ])
-    def test_script_name_and_path_info(self, server: PorchServer, target: str, script_name: str,
-                                       path_info: str) -> None:
+    @pytest.mark.parametrize(
+        "target, script_name, path_info",
+        [
+            ("/environ", "", "/environ"),
+            ("/mounted", "/mounted", ""),
+            ("/mounted/", "/mounted", "/"),
+            ("/mounted/deeper/environ", "/mounted/deeper", "/environ"),
+            ("/mounted/deeperx/environ", "/mounted", "/deeperx/environ"),
+            ("/mounted/environ/%C3%A9t%C3%A9%20a%2Fb", "/mounted", "/environ/\u00c3\u00a9t\u00c3\u00a9 a/b"),
+            ("/caf%C3%A9/environ", "/caf\u00c3\u00a9", "/environ"),
+        ],
+    )
+    def test_script_name_and_path_info(
+        self, server: PorchServer, target: str, script_name: str, path_info: str
+    ) -> None:
         response = requests.get(server.url + target, timeout=5)
         assert response.status_code == 200, response.text
         env = response.json()
@@ -144,7 +153,7 @@ class TestWSGI:
     @pytest.mark.parametrize("mode", ["sized", "line", "iter", "lines", "line-hint"])
     def test_small_chunked_upload(self, server: PorchServer, mode: str) -> None:
         data = b"".join(b"row %d\n" % i for i in range(5000)) + b"tail"
-        pieces = (data[i:i + 999] for i in range(0, len(data), 999))
+        pieces = (data[i : i + 999] for i in range(0, len(data), 999))
         response = requests.post(f"{server.url}/read?mode={mode}", data=pieces, timeout=10)
         assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
 
@@ -152,7 +161,7 @@ class TestWSGI:
     def test_ten_mib_upload(self, server: PorchServer, framing: str) -> None:
         data = os.urandom(TEN_MIB)
         if framing == "chunked":
-            body: Iterable[bytes] | bytes = (data[i:i + 300_000] for i in range(0, len(data), 300_000))
+            body: Iterable[bytes] | bytes = (data[i : i + 300_000] for i in range(0, len(data), 300_000))
         else:
             body = data
         response = requests.post(f"{server.url}/read?mode=sized&size=100000", data=body, timeout=30)
@@ -161,8 +170,7 @@ class TestWSGI:
 
     def test_read_all_without_size(self, server: PorchServer) -> None:
         data = os.urandom(300_000)
-        response = requests.post(f"{server.url}/raw/read?mode=all", data=iter([data[:1000], data[1000:]]),
-                                 timeout=10)
+        response = requests.post(f"{server.url}/raw/read?mode=all", data=iter([data[:1000], data[1000:]]), timeout=10)
         assert response.json() == {"sha256": hashlib.sha256(data).hexdigest(), "pieces": 1}
 
     def test_body_limit_of_the_mount(self, server: PorchServer) -> None:
@@ -170,16 +178,20 @@ class TestWSGI:
         assert response.status_code == 413
 
     def test_pipelined_request_after_a_body(self, server: PorchServer) -> None:
-        raw = server.raw(b"POST /read?mode=sized HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
-                         b"GET /raw/list HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        raw = server.raw(
+            b"POST /read?mode=sized HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /raw/list HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
         assert raw.count(b"HTTP/1.1 200 ") == 2
         assert hashlib.sha256(b"hello").hexdigest().encode() in raw and raw.endswith(b"list")
 
     @pytest.mark.parametrize("reads", [True, False])
     def test_expect_100_continue_only_when_the_app_reads(self, server: PorchServer, reads: bool) -> None:
         with server.connect() as sock:
-            sock.sendall(f"POST /expect{'?read=1' if reads else ''} HTTP/1.1\r\nHost: a\r\n"
-                         "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"POST /expect{'?read=1' if reads else ''} HTTP/1.1\r\nHost: a\r\n"
+                "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode()
+            )
             if reads:
                 assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
                 sock.sendall(b"hello")
@@ -245,8 +257,9 @@ class TestWSGI:
     def test_close_called_on_client_disconnect(self, server: PorchServer) -> None:
         marker = f"disconnect-{server.concurrency}"  # type: ignore[attr-defined]
         with server.connect() as sock:
-            sock.sendall(f"GET /stream?count=100000&size=65536&delay=0.001&marker={marker} HTTP/1.1\r\n"
-                         "Host: a\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /stream?count=100000&size=65536&delay=0.001&marker={marker} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+            )
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
         assert wait_for((server.markers / marker).exists, 10)  # type: ignore[attr-defined]
@@ -259,8 +272,9 @@ class TestWSGI:
     def test_file_wrapper_uses_a_file_region(self, server: PorchServer, tmp_path: Path) -> None:
         data = os.urandom(1_000_000)
         (tmp_path / "f.bin").write_bytes(data)
-        response = requests.get(f"{server.url}/raw/file", params={"path": str(tmp_path / "f.bin"),
-                                                                  "offset": "123"}, timeout=5)
+        response = requests.get(
+            f"{server.url}/raw/file", params={"path": str(tmp_path / "f.bin"), "offset": "123"}, timeout=5
+        )
         # a known length without chunking is what the sendfile path produces
         assert response.headers.get("Content-Length") == str(len(data) - 123)
         assert "Transfer-Encoding" not in response.headers
@@ -268,26 +282,32 @@ class TestWSGI:
 
     def test_file_wrapper_with_content_length(self, server: PorchServer, tmp_path: Path) -> None:
         (tmp_path / "f.bin").write_bytes(b"0123456789")
-        response = requests.get(f"{server.url}/raw/file", params={"path": str(tmp_path / "f.bin"),
-                                                                  "length": "4"}, timeout=5)
+        response = requests.get(
+            f"{server.url}/raw/file", params={"path": str(tmp_path / "f.bin"), "length": "4"}, timeout=5
+        )
         assert response.content == b"0123"
 
     @pytest.mark.parametrize("prefix, params", [("", {}), ("/raw", {"buffer": "1"})])
-    def test_file_wrapper_iterated(self, server: PorchServer, tmp_path: Path, prefix: str,
-                                   params: dict[str, str]) -> None:
+    def test_file_wrapper_iterated(
+        self, server: PorchServer, tmp_path: Path, prefix: str, params: dict[str, str]
+    ) -> None:
         data = os.urandom(50_000)
         (tmp_path / "f.bin").write_bytes(data)
-        response = requests.get(f"{server.url}{prefix}/file", params={"path": str(tmp_path / "f.bin"), **params},
-                                timeout=5)
+        response = requests.get(
+            f"{server.url}{prefix}/file", params={"path": str(tmp_path / "f.bin"), **params}, timeout=5
+        )
         assert response.content == data and response.headers.get("Transfer-Encoding") == "chunked"
 
-    @pytest.mark.parametrize("query, logged", [
-        ("status?status=600+Odd", "invalid status '600 Odd'"),
-        ("status?status=200", "invalid status '200'"),
-        ("header?name=X-A&value=a%0D%0AX-Injected:+1", "invalid value for header X-A"),
-        ("header?name=Bad+Name&value=1", "invalid header name 'Bad Name'"),
-        ("header?name=Connection&value=close", "hop-by-hop header 'Connection'"),
-    ])
+    @pytest.mark.parametrize(
+        "query, logged",
+        [
+            ("status?status=600+Odd", "invalid status '600 Odd'"),
+            ("status?status=200", "invalid status '200'"),
+            ("header?name=X-A&value=a%0D%0AX-Injected:+1", "invalid value for header X-A"),
+            ("header?name=Bad+Name&value=1", "invalid header name 'Bad Name'"),
+            ("header?name=Connection&value=close", "hop-by-hop header 'Connection'"),
+        ],
+    )
     def test_bad_status_or_header_is_500_and_logged(self, server: PorchServer, query: str, logged: str) -> None:
         with requests.Session() as session:
             response = session.get(f"{server.url}/raw/{query}", timeout=5)
@@ -297,8 +317,10 @@ class TestWSGI:
 
     def test_more_bytes_than_content_length_are_cut(self, server: PorchServer) -> None:
         with server.connect() as sock:
-            sock.sendall(b"GET /raw/length?declared=5&actual=12 HTTP/1.1\r\nHost: a\r\n\r\n"
-                         b"GET /raw/list HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"GET /raw/length?declared=5&actual=12 HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"GET /raw/list HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            )
             raw = read_until_close(sock)
         first, second = raw.split(b"HTTP/1.1 200 ")[1:]
         assert first.endswith(b"\r\n\r\nxxxxx") and b"Content-Length: 5" in first
@@ -328,8 +350,12 @@ class TestWSGI:
     @pytest.mark.parametrize("chunked", [False, True])
     def test_demo_app_form(self, server: PorchServer, chunked: bool) -> None:
         form = b"name=Ada&message=%3Cscript%3Ealert(1)%3C%2Fscript%3E"
-        response = requests.post(f"{server.url}/demo/", data=iter([form]) if chunked else form, timeout=5,
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+        response = requests.post(
+            f"{server.url}/demo/",
+            data=iter([form]) if chunked else form,
+            timeout=5,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert response.status_code == 200
         assert "<tr><th>name</th><td>Ada</td></tr>" in response.text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text and "<script>" not in response.text
@@ -349,11 +375,14 @@ class TestWSGI:
 class TestConfigErrors:
     def test_import_error_stops_start_up_with_the_traceback(self, tmp_path: Path) -> None:
         config = tmp_path / "porch.yaml"
-        config.write_text("listen: ['127.0.0.1:0']\nmounts:\n"
-                          "  - {path: /, type: wsgi, app: 'wsgitest_broken:application', "
-                          f"pythonpath: ['{APPS_DIR}']}}\n")
-        result = subprocess.run([sys.executable, "-m", "porch", "-c", str(config)],
-                                capture_output=True, text=True, timeout=60)
+        config.write_text(
+            "listen: ['127.0.0.1:0']\nmounts:\n"
+            "  - {path: /, type: wsgi, app: 'wsgitest_broken:application', "
+            f"pythonpath: ['{APPS_DIR}']}}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "porch", "-c", str(config)], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 1
         assert f"{config}:3: mounts[0].app" in result.stderr, result.stderr
         assert "LookupError: the database settings are missing" in result.stderr
@@ -361,14 +390,17 @@ class TestConfigErrors:
 
     def test_check_reports_the_import_error(self, tmp_path: Path) -> None:
         config = tmp_path / "porch.yaml"
-        config.write_text("listen: ['127.0.0.1:0']\nmounts:\n"
-                          "  - {path: /ok, type: wsgi, app: 'wsgitest_core:application', "
-                          f"pythonpath: ['{APPS_DIR}']}}\n"
-                          "  - {path: /bad, type: wsgi, app: 'wsgitest_broken:application', "
-                          f"pythonpath: ['{APPS_DIR}']}}\n"
-                          "  - {path: /missing, type: wsgi, app: 'no_such_module_xyz:app'}\n")
-        result = subprocess.run([sys.executable, "-m", "porch", "check", "-c", str(config)],
-                                capture_output=True, text=True, timeout=60)
+        config.write_text(
+            "listen: ['127.0.0.1:0']\nmounts:\n"
+            "  - {path: /ok, type: wsgi, app: 'wsgitest_core:application', "
+            f"pythonpath: ['{APPS_DIR}']}}\n"
+            "  - {path: /bad, type: wsgi, app: 'wsgitest_broken:application', "
+            f"pythonpath: ['{APPS_DIR}']}}\n"
+            "  - {path: /missing, type: wsgi, app: 'no_such_module_xyz:app'}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "porch", "check", "-c", str(config)], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 1
         assert f"{config}:4: mounts[1].app" in result.stderr, result.stderr
         assert "LookupError: the database settings are missing" in result.stderr

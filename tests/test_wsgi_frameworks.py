@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import CONCURRENCY_MODELS
 from porchtest import PorchServer
 
@@ -31,10 +30,13 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "threads": 4,
         "limits": {"body": 16 * 1024 * 1024},
         "mounts": [
-            {"path": "/flask", "type": "wsgi", "app": "wsgitest_flask:application",
-             "pythonpath": [str(APPS_DIR)]},
-            {"path": "/django", "type": "wsgi", "app": "wsgitest_django.wsgi:application",
-             "pythonpath": [str(APPS_DIR)]},
+            {"path": "/flask", "type": "wsgi", "app": "wsgitest_flask:application", "pythonpath": [str(APPS_DIR)]},
+            {
+                "path": "/django",
+                "type": "wsgi",
+                "app": "wsgitest_django.wsgi:application",
+                "pythonpath": [str(APPS_DIR)],
+            },
         ],
     }
     srv = PorchServer.start(config, tmp_path_factory.mktemp(f"frameworks-{request.param}"))
@@ -57,11 +59,19 @@ class TestFlask:
 
     def test_file_upload(self, server: PorchServer) -> None:
         payload = os.urandom(3 * 1024 * 1024)
-        response = requests.post(server.url + "/flask/upload", timeout=10, data={"note": "a note"},
-                                 files={"file": ("data.bin", payload, "application/octet-stream")})
+        response = requests.post(
+            server.url + "/flask/upload",
+            timeout=10,
+            data={"note": "a note"},
+            files={"file": ("data.bin", payload, "application/octet-stream")},
+        )
         assert response.status_code == 200
-        assert response.json() == {"filename": "data.bin", "size": len(payload), "note": "a note",
-                                   "sha256": hashlib.sha256(payload).hexdigest()}
+        assert response.json() == {
+            "filename": "data.bin",
+            "size": len(payload),
+            "note": "a note",
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
 
     def test_streamed_response_arrives_incrementally(self, server: PorchServer) -> None:
         started = time.monotonic()
@@ -82,8 +92,13 @@ class TestDjango:
     def test_routing(self, server: PorchServer) -> None:
         assert requests.get(server.url + "/django/", timeout=5).text == "django home"
         data = requests.get(server.url + "/django/items/3/", timeout=5).json()
-        assert data == {"id": 3, "path": "/django/items/3/", "path_info": "/items/3/",
-                        "reverse": "/django/items/3/", "absolute": f"{server.url}/django/items/3/"}
+        assert data == {
+            "id": 3,
+            "path": "/django/items/3/",
+            "path_info": "/items/3/",
+            "reverse": "/django/items/3/",
+            "absolute": f"{server.url}/django/items/3/",
+        }
         assert requests.get(server.url + "/django/nowhere/", timeout=5).status_code == 404
 
     def test_append_slash_redirect_keeps_the_prefix(self, server: PorchServer) -> None:
@@ -101,8 +116,9 @@ class TestDjango:
             match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
             assert match, page.text
             assert 'action="/django/form/"' in page.text
-            ok = session.post(server.url + "/django/form/", timeout=5,
-                              data={"csrfmiddlewaretoken": match.group(1), "name": "Ada"})
+            ok = session.post(
+                server.url + "/django/form/", timeout=5, data={"csrfmiddlewaretoken": match.group(1), "name": "Ada"}
+            )
             assert (ok.status_code, ok.text) == (200, "thanks Ada")
             refused = session.post(server.url + "/django/form/", data={"name": "Mallory"}, timeout=5)
             assert refused.status_code == 403

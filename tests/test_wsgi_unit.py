@@ -16,15 +16,16 @@ import json
 import logging
 import os
 import sys
-from urllib.parse import quote_from_bytes, unquote_to_bytes
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from porch.config.settings import Limits, Mount
 from porch.handlers.base import HandlerContext, OptionError
 from porch.handlers.wsgi import (
     AppBody,
@@ -35,34 +36,50 @@ from porch.handlers.wsgi import (
     check_headers,
     check_status,
 )
-from porch.config.settings import Limits, Mount
-from porch.http.errors import ProtocolError
-from porch.http.messages import Address, FileRegion, Request, Response
 from porch.http.body import body_reader
+from porch.http.errors import ProtocolError
 from porch.http.head import find_head_end, parse_head
+from porch.http.messages import Address, FileRegion, Request, Response
 
 APPS_DIR = Path(__file__).parent / "wsgi_apps"
 CORE = "wsgitest_core:application"
 RAW = "wsgitest_core:raw_application"
 
 
-def make_handler(app: str = CORE, path: str = "/", context: HandlerContext | None = None,
-                 **options: Any) -> WSGIHandler:
+def make_handler(
+    app: str = CORE, path: str = "/", context: HandlerContext | None = None, **options: Any
+) -> WSGIHandler:
     options.setdefault("pythonpath", (APPS_DIR,))
     mount = Mount(path=path, type="wsgi", options=WSGIHandler.Options(app=app, **options))
     return WSGIHandler(mount, context or HandlerContext(software="porch/test"))
 
 
-def make_request(raw: bytes, *, client: Address = ("127.0.0.1", 50123),
-                 server: Address = ("127.0.0.1", 8000), scheme: str = "http",
-                 on_first_read: Any = None) -> Request:
+def make_request(
+    raw: bytes,
+    *,
+    client: Address = ("127.0.0.1", 50123),
+    server: Address = ("127.0.0.1", 8000),
+    scheme: str = "http",
+    on_first_read: Any = None,
+) -> Request:
     """Parse ``raw`` (head + body) exactly as the connection would."""
     end = find_head_end(raw, Limits())
     head = parse_head(raw[:end], Limits())
     body = body_reader(head, io.BytesIO(raw[end:]), None, on_first_read, limits=Limits())
-    return Request(method=head.method, target=head.target, raw_path=head.raw_path, path=head.path,
-                   query=head.query, version=head.version, headers=head.headers, body=body,
-                   client=client, server=server, scheme=scheme, request_id="req-1")
+    return Request(
+        method=head.method,
+        target=head.target,
+        raw_path=head.raw_path,
+        path=head.path,
+        query=head.query,
+        version=head.version,
+        headers=head.headers,
+        body=body,
+        client=client,
+        server=server,
+        scheme=scheme,
+        request_id="req-1",
+    )
 
 
 def get(target: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
@@ -121,7 +138,7 @@ class TestLoading:
 
     def test_module_alone_means_application(self) -> None:
         handler = make_handler("wsgitest_core")
-        response, body = serve(handler, get("/list"))
+        _response, body = serve(handler, get("/list"))
         assert body == b"list"
 
     def test_factory_with_literal_arguments(self) -> None:
@@ -129,8 +146,9 @@ class TestLoading:
         assert serve(handler, get("/"))[1] == b"hi?"
         assert serve(make_handler("wsgitest_core:create_app()"), get("/"))[1] == b"hello!"
 
-    @pytest.mark.parametrize("spec", ["wsgitest_core:create_app(open('x'))",
-                                      "wsgitest_core:create_app(**{})", "wsgitest_core:create_app(("])
+    @pytest.mark.parametrize(
+        "spec", ["wsgitest_core:create_app(open('x'))", "wsgitest_core:create_app(**{})", "wsgitest_core:create_app(("]
+    )
     def test_factory_arguments_must_be_literals(self, spec: str) -> None:
         with pytest.raises(OptionError) as info:
             make_handler(spec)
@@ -187,7 +205,8 @@ class TestLoading:
             (directory / "wsgitest_twin.py").write_text(
                 "def application(environ, start_response):\n"
                 "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-                f"    return [{word!r}]\n")
+                f"    return [{word!r}]\n"
+            )
         try:
             make_handler("wsgitest_twin:application", pythonpath=(first,))
             with pytest.raises(OptionError, match="already imported"):
@@ -220,37 +239,46 @@ class TestEnviron:
         assert "CONTENT_LENGTH" not in env and "CONTENT_TYPE" not in env
         assert env["porch.request_id"] == "req-1"
 
-    @pytest.mark.parametrize("concurrency, workers, thread, process", [
-        ("threading", 1, True, False), ("threading", 4, True, True),
-        ("forking", 1, False, True), ("forking", 2, False, True)])
+    @pytest.mark.parametrize(
+        "concurrency, workers, thread, process",
+        [
+            ("threading", 1, True, False),
+            ("threading", 4, True, True),
+            ("forking", 1, False, True),
+            ("forking", 2, False, True),
+        ],
+    )
     def test_concurrency_flags(self, concurrency: str, workers: int, thread: bool, process: bool) -> None:
         handler = make_handler(context=HandlerContext(concurrency=concurrency, workers=workers))
         env = environ_of(handler, get("/environ"))
         assert (env["wsgi.multithread"], env["wsgi.multiprocess"]) == (thread, process)
 
-    @pytest.mark.parametrize("mount, target, script_name, path_info", [
-        ("/", "/environ", "", "/environ"),
-        ("/app", "/app", "/app", ""),
-        ("/app", "/app/environ", "/app", "/environ"),
-        ("/app/", "/app/environ/", "/app", "/environ/"),
-        ("/app/nested", "/app/nested/environ/a/b", "/app/nested", "/environ/a/b"),
-        # percent-decoded, then the UTF-8 bytes as latin-1 (PEP 3333 "Unicode Issues")
-        ("/app", "/app/environ/%C3%A9t%C3%A9%20x", "/app", "/environ/\u00c3\u00a9t\u00c3\u00a9 x"),
-        ("/app", "/app/environ/a%2Fb%3F", "/app", "/environ/a/b?"),
-        ("/app", "/%61pp/environ", "/app", "/environ"),
-        ("/app", "/app/environ/%FF%FE", "/app", "/environ/\u00ff\u00fe"),  # not UTF-8: bytes kept
-        ("/caf\u00e9", "/caf%C3%A9/environ", "/caf\u00c3\u00a9", "/environ"),
-    ])
-    def test_script_name_and_path_info(self, mount: str, target: str, script_name: str,
-                                       path_info: str) -> None:
+    @pytest.mark.parametrize(
+        "mount, target, script_name, path_info",
+        [
+            ("/", "/environ", "", "/environ"),
+            ("/app", "/app", "/app", ""),
+            ("/app", "/app/environ", "/app", "/environ"),
+            ("/app/", "/app/environ/", "/app", "/environ/"),
+            ("/app/nested", "/app/nested/environ/a/b", "/app/nested", "/environ/a/b"),
+            # percent-decoded, then the UTF-8 bytes as latin-1 (PEP 3333 "Unicode Issues")
+            ("/app", "/app/environ/%C3%A9t%C3%A9%20x", "/app", "/environ/\u00c3\u00a9t\u00c3\u00a9 x"),
+            ("/app", "/app/environ/a%2Fb%3F", "/app", "/environ/a/b?"),
+            ("/app", "/%61pp/environ", "/app", "/environ"),
+            ("/app", "/app/environ/%FF%FE", "/app", "/environ/\u00ff\u00fe"),  # not UTF-8: bytes kept
+            ("/caf\u00e9", "/caf%C3%A9/environ", "/caf\u00c3\u00a9", "/environ"),
+        ],
+    )
+    def test_script_name_and_path_info(self, mount: str, target: str, script_name: str, path_info: str) -> None:
         handler = make_handler(path=mount)
         env = environ_of(handler, get(target))
         assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (script_name, path_info)
         assert env["REQUEST_URI"] == target
 
     @settings(max_examples=300, deadline=None)
-    @given(st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b not in (b".", b"..")),
-                    min_size=1, max_size=4))
+    @given(
+        st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b not in (b".", b"..")), min_size=1, max_size=4)
+    )
     def test_path_info_is_the_decoded_bytes_as_latin_1(self, segments: list[bytes]) -> None:
         """PEP 3333 "Unicode Issues": whatever the bytes, PATH_INFO.encode("latin-1") gives them back."""
         handler = nested_handler()
@@ -264,10 +292,21 @@ class TestEnviron:
         assert environ["PATH_INFO"].encode("latin-1") == b"/" + unquote_to_bytes(encoded)
 
     def test_http_variables(self, root: WSGIHandler) -> None:
-        env = environ_of(root, get("/environ", "Accept: text/html", "X-Multi: a", "x-multi: b",
-                                   "Cookie: a=1", "Cookie: b=2", "X_Forwarded_For: 6.6.6.6",
-                                   "X-Forwarded-For: 10.0.0.1", "Proxy: http://evil:1",
-                                   "User-Agent: t/1"))
+        env = environ_of(
+            root,
+            get(
+                "/environ",
+                "Accept: text/html",
+                "X-Multi: a",
+                "x-multi: b",
+                "Cookie: a=1",
+                "Cookie: b=2",
+                "X_Forwarded_For: 6.6.6.6",
+                "X-Forwarded-For: 10.0.0.1",
+                "Proxy: http://evil:1",
+                "User-Agent: t/1",
+            ),
+        )
         assert env["HTTP_ACCEPT"] == "text/html"
         assert env["HTTP_X_MULTI"] == "a, b"
         assert env["HTTP_COOKIE"] == "a=1; b=2"
@@ -287,9 +326,16 @@ class TestEnviron:
         env = environ_of(root, raw)
         assert "CONTENT_LENGTH" not in env and env["wsgi.input_terminated"] is True
 
-    @pytest.mark.parametrize("host, name, port", [
-        ("example.com:8080", "example.com", "8080"), ("Example.COM", "Example.COM", "80"),
-        ("[::1]:9000", "[::1]", "9000"), ("[::1]", "[::1]", "80"), ("10.1.2.3:81", "10.1.2.3", "81")])
+    @pytest.mark.parametrize(
+        "host, name, port",
+        [
+            ("example.com:8080", "example.com", "8080"),
+            ("Example.COM", "Example.COM", "80"),
+            ("[::1]:9000", "[::1]", "9000"),
+            ("[::1]", "[::1]", "80"),
+            ("10.1.2.3:81", "10.1.2.3", "81"),
+        ],
+    )
     def test_server_name_and_port_from_host(self, root: WSGIHandler, host: str, name: str, port: str) -> None:
         raw = f"GET /environ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
         env = environ_of(root, raw)
@@ -318,14 +364,24 @@ BODY = b"".join(b"line %d of the body\n" % i for i in range(2000)) + b"no newlin
 
 
 def chunked(data: bytes, size: int = 777) -> bytes:
-    return b"".join(b"%x\r\n%b\r\n" % (len(data[i:i + size]), data[i:i + size])
-                    for i in range(0, len(data), size)) + b"0\r\n\r\n"
+    return (
+        b"".join(b"%x\r\n%b\r\n" % (len(data[i : i + size]), data[i : i + size]) for i in range(0, len(data), size))
+        + b"0\r\n\r\n"
+    )
 
 
 class TestInput:
-    @pytest.mark.parametrize("mode, framing", [
-        *((mode, framing) for mode in ("all", "sized", "line", "line-hint", "lines", "iter")
-          for framing in ("length", "chunked")), ("length", "length")])
+    @pytest.mark.parametrize(
+        "mode, framing",
+        [
+            *(
+                (mode, framing)
+                for mode in ("all", "sized", "line", "line-hint", "lines", "iter")
+                for framing in ("length", "chunked")
+            ),
+            ("length", "length"),
+        ],
+    )
     def test_read_patterns(self, raw_root: WSGIHandler, root: WSGIHandler, mode: str, framing: str) -> None:
         handler = raw_root if mode == "all" else root  # the validator forbids read() without size
         if framing == "length":
@@ -339,10 +395,10 @@ class TestInput:
     def test_100_continue_only_when_the_app_reads(self, root: WSGIHandler) -> None:
         calls: list[int] = []
         raw = get("/expect", "Expect: 100-continue", "Content-Length: 5", method="POST") + b"hello"
-        response, body = serve(root, raw, on_first_read=lambda: calls.append(1))
+        _response, body = serve(root, raw, on_first_read=lambda: calls.append(1))
         assert body == b"read 0" and calls == []
         raw = get("/expect?read=1", "Expect: 100-continue", "Content-Length: 5", method="POST") + b"hello"
-        response, body = serve(root, raw, on_first_read=lambda: calls.append(1))
+        _response, body = serve(root, raw, on_first_read=lambda: calls.append(1))
         assert body == b"read 5" and calls == [1]
 
 
@@ -350,39 +406,91 @@ class TestInput:
 
 
 class TestStartResponseRules:
-    @pytest.mark.parametrize("status", ["200", "200OK", " 200 OK", "2000 OK", "20 OK", "200  \r\nX: y",
-                                        "099 Low", "100 Continue", "600 High", "abc OK", b"200 OK",
-                                        "200 \u20ac", "200 OK\x00"])
+    @pytest.mark.parametrize(
+        "status",
+        [
+            "200",
+            "200OK",
+            " 200 OK",
+            "2000 OK",
+            "20 OK",
+            "200  \r\nX: y",
+            "099 Low",
+            "100 Continue",
+            "600 High",
+            "abc OK",
+            b"200 OK",
+            "200 \u20ac",
+            "200 OK\x00",
+        ],
+    )
     def test_bad_status(self, status: object) -> None:
         with pytest.raises(ApplicationError):
             check_status(status)
 
-    @pytest.mark.parametrize("status, code, reason", [
-        ("200 OK", 200, "OK"), ("404 Not Found", 404, "Not Found"), ("599 Whatever\tok", 599, "Whatever\tok"),
-        ("204 ", 204, ""), ("200 Caf\u00e9", 200, "Caf\u00e9")])
+    @pytest.mark.parametrize(
+        "status, code, reason",
+        [
+            ("200 OK", 200, "OK"),
+            ("404 Not Found", 404, "Not Found"),
+            ("599 Whatever\tok", 599, "Whatever\tok"),
+            ("204 ", 204, ""),
+            ("200 Caf\u00e9", 200, "Caf\u00e9"),
+        ],
+    )
     def test_good_status(self, status: str, code: int, reason: str) -> None:
         assert check_status(status) == (code, reason)
 
-    @pytest.mark.parametrize("headers", [
-        (("Content-Type", "text/plain"),), [["Content-Type", "text/plain"]], [("Content-Type",)],
-        [("Content-Type", b"text/plain")], [("Bad Name", "x")], [("Bad:Name", "x")], [("", "x")],
-        [("X-A", "a\r\nSet-Cookie: evil=1")], [("X-A", "a\nb")], [("X-A", "a\x00")], [("X-A", "\u20ac")],
-        [("Connection", "close")], [("Transfer-Encoding", "chunked")], [("Keep-Alive", "5")],
-        [("Upgrade", "h2c")], [("Proxy-Connection", "keep-alive")], [("Trailer", "X-Sum")],
-        [("Proxy-Authenticate", "Basic")], [("Content-Length", "-1")], [("Content-Length", "1e3")],
-        [("Content-Length", "5"), ("Content-Length", "6")], [("Content-Length", "\u0661")]])
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            (("Content-Type", "text/plain"),),
+            [["Content-Type", "text/plain"]],
+            [("Content-Type",)],
+            [("Content-Type", b"text/plain")],
+            [("Bad Name", "x")],
+            [("Bad:Name", "x")],
+            [("", "x")],
+            [("X-A", "a\r\nSet-Cookie: evil=1")],
+            [("X-A", "a\nb")],
+            [("X-A", "a\x00")],
+            [("X-A", "\u20ac")],
+            [("Connection", "close")],
+            [("Transfer-Encoding", "chunked")],
+            [("Keep-Alive", "5")],
+            [("Upgrade", "h2c")],
+            [("Proxy-Connection", "keep-alive")],
+            [("Trailer", "X-Sum")],
+            [("Proxy-Authenticate", "Basic")],
+            [("Content-Length", "-1")],
+            [("Content-Length", "1e3")],
+            [("Content-Length", "5"), ("Content-Length", "6")],
+            [("Content-Length", "\u0661")],
+        ],
+    )
     def test_bad_headers(self, headers: object) -> None:
         with pytest.raises(ApplicationError):
             check_headers(headers)
 
     def test_good_headers(self) -> None:
-        assert check_headers([("Content-Type", "text/plain"), ("X-Tab", "a\tb"), ("X-Latin", "caf\u00e9"),
-                              ("Content-Length", "5"), ("content-length", "5")]) == 5
+        assert (
+            check_headers(
+                [
+                    ("Content-Type", "text/plain"),
+                    ("X-Tab", "a\tb"),
+                    ("X-Latin", "caf\u00e9"),
+                    ("Content-Length", "5"),
+                    ("content-length", "5"),
+                ]
+            )
+            == 5
+        )
         assert check_headers([]) is None
 
     def test_remembered_names_and_statuses_admit_nothing_new(self) -> None:
         """Statuses and names that passed are remembered (bounded); values are checked every time."""
         from porch.handlers import wsgi
+
         assert check_status("200 OK") == (200, "OK") == check_status("200 OK")
         for bad in ("200 OK\x00", "200 OK\r\nX: y"):
             with pytest.raises(ApplicationError):
@@ -402,9 +510,15 @@ class TestStartResponseRules:
         with pytest.raises(ApplicationError):
             check_headers([("X-Made-Up-Bad Name", "1")])
 
-    @pytest.mark.parametrize("target", ["/status?status=200", "/status?status=600+Odd",
-                                        "/header?name=Connection&value=close",
-                                        "/header?name=X-A&value=a%0D%0AX-Injected:+1"])
+    @pytest.mark.parametrize(
+        "target",
+        [
+            "/status?status=200",
+            "/status?status=600+Odd",
+            "/header?name=Connection&value=close",
+            "/header?name=X-A&value=a%0D%0AX-Injected:+1",
+        ],
+    )
     def test_bad_status_or_header_from_app_raises_before_headers(self, raw_root: WSGIHandler, target: str) -> None:
         with pytest.raises(ApplicationError):
             raw_root.handle(make_request(get(target)))
@@ -414,6 +528,7 @@ class TestStartResponseRules:
             start_response("200 OK", [])
             start_response("404 Not Found", [])
             return []
+
         handler = make_handler(RAW)
         handler.app = app
         with pytest.raises(ApplicationError, match="second time"):
@@ -433,6 +548,7 @@ class TestStartResponseRules:
         def app(environ: dict, start_response: Any) -> Any:
             start_response("200 OK", [])
             return result
+
         handler = make_handler(RAW)
         handler.app = app
         with pytest.raises(ApplicationError, match="not an iterable of bytes"):
@@ -442,6 +558,7 @@ class TestStartResponseRules:
         def app(environ: dict, start_response: Any) -> Iterator[Any]:
             start_response("200 OK", [])
             yield "text"
+
         handler = make_handler(RAW)
         handler.app = app
         with pytest.raises(ApplicationError, match="yielded str"):
@@ -461,7 +578,7 @@ class TestBody:
         assert body == b"list" and response.headers.get("Content-Length") == "4"
 
     def test_head_gets_no_invented_length(self, raw_root: WSGIHandler) -> None:
-        response, body = serve(raw_root, get("/list", method="HEAD"))
+        response, _body = serve(raw_root, get("/list", method="HEAD"))
         assert "Content-Length" not in response.headers
 
     def test_generator_streams_without_length(self, root: WSGIHandler) -> None:
@@ -469,7 +586,7 @@ class TestBody:
         assert body == b"000011112222" and "Content-Length" not in response.headers
 
     def test_exhausted_generator_gets_length(self, root: WSGIHandler) -> None:
-        response, body = serve(root, get("/generator"))
+        _response, body = serve(root, get("/generator"))
         assert body == b"generated"
 
     def test_headers_fixed_only_at_first_non_empty_chunk(self, root: WSGIHandler) -> None:
@@ -477,12 +594,11 @@ class TestBody:
         assert (response.status, body) == (502, b"replaced")
 
     def test_write_ordering(self, root: WSGIHandler) -> None:
-        response, body = serve(root, get("/write"))
+        _response, body = serve(root, get("/write"))
         assert body == b"one,two,three,four,five,six"
 
     @pytest.mark.parametrize("validated", [True, False])
-    def test_big_write_spools_to_a_file(self, root: WSGIHandler, raw_root: WSGIHandler,
-                                        validated: bool) -> None:
+    def test_big_write_spools_to_a_file(self, root: WSGIHandler, raw_root: WSGIHandler, validated: bool) -> None:
         size = 3 * 1024 * 1024 + 17
         response, body = serve(root if validated else raw_root, get(f"/big-write?size={size}"))
         assert len(body) == size and body[:512] == bytes(range(256)) * 2
@@ -503,15 +619,17 @@ class TestBody:
             next(chunks)
         response.body.close()
 
-    def test_app_error_before_headers_closes_iterable(self, root: WSGIHandler, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_app_error_before_headers_closes_iterable(
+        self, root: WSGIHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("WSGITEST_MARKERS", str(tmp_path))
         with pytest.raises(RuntimeError, match="failed in the iterable"):
             root.handle(make_request(get("/raise-in-iter?marker=m1")))
         assert (tmp_path / "m1").read_text() == "closed"
 
-    def test_close_called_when_the_body_is_abandoned(self, root: WSGIHandler, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_close_called_when_the_body_is_abandoned(
+        self, root: WSGIHandler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("WSGITEST_MARKERS", str(tmp_path))
         response = root.handle(make_request(get("/stream?count=100&marker=m2")))
         assert isinstance(response.body, AppBody)
@@ -560,8 +678,13 @@ class TestErrorStream:
         with caplog.at_level(logging.INFO, logger="porch.handlers.wsgi"):
             serve(root, get("/errors"))
         messages = [r.getMessage() for r in caplog.records if r.name == "porch.handlers.wsgi"]
-        assert messages == ["/: first line from the app", "/: second line", "/: forged",
-                            "/: [fake] log line", "/: unterminated"]
+        assert messages == [
+            "/: first line from the app",
+            "/: second line",
+            "/: forged",
+            "/: [fake] log line",
+            "/: unterminated",
+        ]
 
     def test_control_characters_escaped(self, caplog: pytest.LogCaptureFixture) -> None:
         stream = ErrorStream("/x")

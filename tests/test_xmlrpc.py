@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import CONCURRENCY_MODELS, need_program
 from porchtest import PorchServer
 
@@ -28,39 +27,80 @@ FUNCS_DIR = Path(__file__).parent / "rpc_funcs"
 APPS_DIR = Path(__file__).parent.parent / "apps"
 SMALL_BODY = 2048
 
-FUNCTIONS = {name: f"rpctest_funcs:{name}" for name in (
-    "add", "echo", "echo_all", "type_names", "fail", "fault", "exit_worker", "return_none",
-    "slow_echo", "big", "pid")}
-DEMO_FUNCTIONS = {name: f"demo_rpc:{name}" for name in (
-    "add", "subtract", "divide", "echo", "upper", "now", "stats", "sha256", "describe")}
+FUNCTIONS = {
+    name: f"rpctest_funcs:{name}"
+    for name in (
+        "add",
+        "echo",
+        "echo_all",
+        "type_names",
+        "fail",
+        "fault",
+        "exit_worker",
+        "return_none",
+        "slow_echo",
+        "big",
+        "pid",
+    )
+}
+DEMO_FUNCTIONS = {
+    name: f"demo_rpc:{name}"
+    for name in ("add", "subtract", "divide", "echo", "upper", "now", "stats", "sha256", "describe")
+}
 
 
 def rpc_config(concurrency: str) -> dict[str, Any]:
     funcs = [str(FUNCS_DIR)]
-    return {"concurrency": concurrency, "mounts": [
-        {"path": "/RPC2", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS},
-        {"path": "/rpc/nil", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS,
-         "allow_none": True, "use_builtin_types": True},
-        {"path": "/rpc/debug", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS,
-         "debug": True},
-        {"path": "/rpc/small", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS,
-         "max_body": SMALL_BODY},
-        {"path": "/rpc/plain", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS,
-         "gzip_threshold": None, "introspection": False, "multicall": False},
-        {"path": "/rpc/instance", "type": "xmlrpc", "pythonpath": funcs,
-         "instance": "rpctest_instance:make_calculator()"},
-        {"path": "/rpc/denied", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS,
-         "access": {"deny": ["127.0.0.0/8"]}},
-        {"path": "/rpc/demo", "type": "xmlrpc", "pythonpath": [str(APPS_DIR)],
-         "functions": DEMO_FUNCTIONS},
-    ]}
+    return {
+        "concurrency": concurrency,
+        "mounts": [
+            {"path": "/RPC2", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS},
+            {
+                "path": "/rpc/nil",
+                "type": "xmlrpc",
+                "pythonpath": funcs,
+                "functions": FUNCTIONS,
+                "allow_none": True,
+                "use_builtin_types": True,
+            },
+            {"path": "/rpc/debug", "type": "xmlrpc", "pythonpath": funcs, "functions": FUNCTIONS, "debug": True},
+            {
+                "path": "/rpc/small",
+                "type": "xmlrpc",
+                "pythonpath": funcs,
+                "functions": FUNCTIONS,
+                "max_body": SMALL_BODY,
+            },
+            {
+                "path": "/rpc/plain",
+                "type": "xmlrpc",
+                "pythonpath": funcs,
+                "functions": FUNCTIONS,
+                "gzip_threshold": None,
+                "introspection": False,
+                "multicall": False,
+            },
+            {
+                "path": "/rpc/instance",
+                "type": "xmlrpc",
+                "pythonpath": funcs,
+                "instance": "rpctest_instance:make_calculator()",
+            },
+            {
+                "path": "/rpc/denied",
+                "type": "xmlrpc",
+                "pythonpath": funcs,
+                "functions": FUNCTIONS,
+                "access": {"deny": ["127.0.0.0/8"]},
+            },
+            {"path": "/rpc/demo", "type": "xmlrpc", "pythonpath": [str(APPS_DIR)], "functions": DEMO_FUNCTIONS},
+        ],
+    }
 
 
 @pytest.fixture(scope="module", params=CONCURRENCY_MODELS)
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
-    started = PorchServer.start(rpc_config(request.param),
-                                tmp_path_factory.mktemp(f"xmlrpc-{request.param}"))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
+    started = PorchServer.start(rpc_config(request.param), tmp_path_factory.mktemp(f"xmlrpc-{request.param}"))
     yield started
     started.stop()
 
@@ -69,12 +109,12 @@ def proxy(server: PorchServer, path: str = "/RPC2", **kwargs: Any) -> xmlrpc.cli
     return xmlrpc.client.ServerProxy(server.url + path, **kwargs)
 
 
-def post(server: PorchServer, path: str, body: bytes, headers: dict[str, str] | None = None,
-         method: str = "POST") -> tuple[http.client.HTTPResponse, bytes]:
+def post(
+    server: PorchServer, path: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST"
+) -> tuple[http.client.HTTPResponse, bytes]:
     connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
     try:
-        connection.request(method, path, body=body,
-                           headers={"Content-Type": "text/xml", **(headers or {})})
+        connection.request(method, path, body=body, headers={"Content-Type": "text/xml", **(headers or {})})
         response = connection.getresponse()
         return response, response.read()
     finally:
@@ -93,15 +133,35 @@ class GzipTransport(xmlrpc.client.Transport):
 def test_every_xmlrpc_type(server: PorchServer) -> None:
     rpc = proxy(server)
     when = datetime.datetime(1999, 12, 31, 23, 59, 59)
-    cases: list[Any] = [42, -(2**31), 2**31 - 1, True, False, "", "h\u00e9llo <&> \u2603",
-                        3.25, -1e300, [], [1, ["two", [3.0]]], {}, {"a": 1, "b": {"c": [False]}}]
+    cases: list[Any] = [
+        42,
+        -(2**31),
+        2**31 - 1,
+        True,
+        False,
+        "",
+        "h\u00e9llo <&> \u2603",
+        3.25,
+        -1e300,
+        [],
+        [1, ["two", [3.0]]],
+        {},
+        {"a": 1, "b": {"c": [False]}},
+    ]
     for value in cases:
         assert rpc.echo(value) == value
     assert rpc.echo(xmlrpc.client.DateTime(when)) == xmlrpc.client.DateTime(when)
     assert rpc.echo(xmlrpc.client.Binary(b"\x00\x01\xfe\xff")).data == b"\x00\x01\xfe\xff"
-    assert rpc.type_names(1, True, "s", 1.5, [], {}, xmlrpc.client.DateTime(when),
-                          xmlrpc.client.Binary(b"")) == [
-        "int", "bool", "str", "float", "list", "dict", "DateTime", "Binary"]
+    assert rpc.type_names(1, True, "s", 1.5, [], {}, xmlrpc.client.DateTime(when), xmlrpc.client.Binary(b"")) == [
+        "int",
+        "bool",
+        "str",
+        "float",
+        "list",
+        "dict",
+        "DateTime",
+        "Binary",
+    ]
     assert rpc.echo_all(1, "two", [3]) == [1, "two", [3]]
 
 
@@ -162,8 +222,12 @@ def test_fault_codes(server: PorchServer) -> None:
 def test_introspection(server: PorchServer) -> None:
     rpc = proxy(server, "/rpc/demo")
     methods = rpc.system.listMethods()
-    assert set(DEMO_FUNCTIONS) | {"system.listMethods", "system.methodHelp",
-                                  "system.methodSignature", "system.multicall"} == set(methods)
+    assert set(DEMO_FUNCTIONS) | {
+        "system.listMethods",
+        "system.methodHelp",
+        "system.methodSignature",
+        "system.multicall",
+    } == set(methods)
     assert rpc.system.methodHelp("add") == "Add two integers."
     assert rpc.system.methodSignature("add") == [["int", "int", "int"]]
     assert rpc.system.methodSignature("echo") == "undef"
@@ -213,21 +277,21 @@ def test_gzip_both_ways_with_serverproxy(server: PorchServer) -> None:
 
 def test_gzip_on_the_wire(server: PorchServer) -> None:
     body = gzip.compress(xmlrpc.client.dumps((20_000,), "big").encode())
-    response, data = post(server, "/RPC2", body,
-                          {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"})
+    response, data = post(server, "/RPC2", body, {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"})
     assert response.status == 200
     assert response.getheader("Content-Encoding") == "gzip"
     assert response.getheader("Vary") == "Accept-Encoding"
     assert len(data) < 1000
     assert xmlrpc.client.loads(gzip.decompress(data))[0][0] == "x" * 20_000
-    response, data = post(server, "/RPC2", xmlrpc.client.dumps((20_000,), "big").encode(),
-                          {"Accept-Encoding": "gzip;q=0"})
+    response, data = post(
+        server, "/RPC2", xmlrpc.client.dumps((20_000,), "big").encode(), {"Accept-Encoding": "gzip;q=0"}
+    )
     assert response.getheader("Content-Encoding") is None and len(data) > 20_000
-    response, data = post(server, "/rpc/plain", xmlrpc.client.dumps((20_000,), "big").encode(),
-                          {"Accept-Encoding": "gzip"})
+    response, data = post(
+        server, "/rpc/plain", xmlrpc.client.dumps((20_000,), "big").encode(), {"Accept-Encoding": "gzip"}
+    )
     assert response.getheader("Content-Encoding") is None and len(data) > 20_000
-    small, data = post(server, "/RPC2", xmlrpc.client.dumps((1, 2), "add").encode(),
-                       {"Accept-Encoding": "gzip"})
+    small, data = post(server, "/RPC2", xmlrpc.client.dumps((1, 2), "add").encode(), {"Accept-Encoding": "gzip"})
     assert small.getheader("Content-Encoding") is None  # below the threshold
 
 
@@ -282,8 +346,10 @@ def test_zip_bomb_is_413(server: PorchServer) -> None:
 
 def test_oversized_expect_continue_is_refused_before_the_body(server: PorchServer) -> None:
     with server.connect() as sock:
-        sock.sendall(b"POST /rpc/small HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
-                     b"Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /rpc/small HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        )
         head = sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 413 ")
 
@@ -291,8 +357,9 @@ def test_oversized_expect_continue_is_refused_before_the_body(server: PorchServe
 def test_chunked_request_body(server: PorchServer) -> None:
     body = xmlrpc.client.dumps((4, 5), "add").encode()
     connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
-    connection.request("POST", "/RPC2", body=iter([body[:50], body[50:]]),
-                       headers={"Content-Type": "text/xml"}, encode_chunked=True)
+    connection.request(
+        "POST", "/RPC2", body=iter([body[:50], body[50:]]), headers={"Content-Type": "text/xml"}, encode_chunked=True
+    )
     response = connection.getresponse()
     assert xmlrpc.client.loads(response.read())[0][0] == 9
     connection.close()
@@ -309,19 +376,23 @@ MALFORMED_BODIES = [
     (b"", -32700),
     (b"this is not xml", -32700),
     (b"<methodCall><methodName>add</methodName><params>", -32700),
-    (b"<methodResponse><params><param><value><int>1</int></value></param></params>"
-     b"</methodResponse>", -32600),
-    (b"<methodCall><methodName>add</methodName><params><param><value><int>x</int></value>"
-     b"</param></params></methodCall>", -32600),
-    (b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-     b"<methodCall><methodName>echo</methodName><params><param><value><string>&x;</string>"
-     b"</value></param></params></methodCall>", -32600),
+    (b"<methodResponse><params><param><value><int>1</int></value></param></params></methodResponse>", -32600),
+    (
+        b"<methodCall><methodName>add</methodName><params><param><value><int>x</int></value>"
+        b"</param></params></methodCall>",
+        -32600,
+    ),
+    (
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        b"<methodCall><methodName>echo</methodName><params><param><value><string>&x;</string>"
+        b"</value></param></params></methodCall>",
+        -32600,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("body", "code"), MALFORMED_BODIES)
-def test_malformed_bodies_get_faults_and_the_server_keeps_serving(
-        server: PorchServer, body: bytes, code: int) -> None:
+def test_malformed_bodies_get_faults_and_the_server_keeps_serving(server: PorchServer, body: bytes, code: int) -> None:
     response, data = post(server, "/RPC2", body)
     assert response.status == 200
     with pytest.raises(xmlrpc.client.Fault) as info:
@@ -333,12 +404,15 @@ def test_malformed_bodies_get_faults_and_the_server_keeps_serving(
 
 def test_keep_alive_across_calls_and_faults(server: PorchServer) -> None:
     connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
-    bodies = [xmlrpc.client.dumps((1, 2), "add"), xmlrpc.client.dumps(("x",), "fail"),
-              "garbage", xmlrpc.client.dumps((3, 4), "add")]
+    bodies = [
+        xmlrpc.client.dumps((1, 2), "add"),
+        xmlrpc.client.dumps(("x",), "fail"),
+        "garbage",
+        xmlrpc.client.dumps((3, 4), "add"),
+    ]
     statuses, sockets = [], []
     for body in bodies:
-        connection.request("POST", "/RPC2", body=body.encode(),
-                           headers={"Content-Type": "text/xml"})
+        connection.request("POST", "/RPC2", body=body.encode(), headers={"Content-Type": "text/xml"})
         response = connection.getresponse()
         response.read()
         statuses.append(response.status)
@@ -420,8 +494,7 @@ def test_perl_frontier_client(server: PorchServer, tmp_path: Path) -> None:
         pytest.skip("Frontier::Client (libfrontier-rpc-perl) is not installed")
     script = tmp_path / "client.pl"
     script.write_text(PERL_CLIENT)
-    done = subprocess.run([perl, str(script), server.url + "/RPC2"], capture_output=True,
-                          timeout=60, check=True)
+    done = subprocess.run([perl, str(script), server.url + "/RPC2"], capture_output=True, timeout=60, check=True)
     out = json.loads(done.stdout)
     assert int(out["add"]) == 42
     assert out["string"] == 'perl <&> "quoted"'
@@ -441,9 +514,26 @@ def test_perl_frontier_client(server: PorchServer, tmp_path: Path) -> None:
 
 def run_curl(server: PorchServer, path: str, body: bytes, *args: str) -> tuple[str, bytes]:
     curl = need_program("curl")
-    done = subprocess.run([curl, "-sS", "-D", "-", "-o", "-", "-H", "Content-Type: text/xml",
-                           "--data-binary", "@-", *args, server.url + path],
-                          input=body, capture_output=True, timeout=30, check=True)
+    done = subprocess.run(
+        [
+            curl,
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "-",
+            "-H",
+            "Content-Type: text/xml",
+            "--data-binary",
+            "@-",
+            *args,
+            server.url + path,
+        ],
+        input=body,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
     head, _, content = done.stdout.partition(b"\r\n\r\n")
     return head.decode("latin-1"), content
 
@@ -474,14 +564,22 @@ def test_curl_with_a_hand_written_method_call(server: PorchServer) -> None:
     assert head.startswith("HTTP/1.1 200")
     assert "content-type: text/xml; charset=utf-8" in head.lower()
     (result,), _ = xmlrpc.client.loads(content, use_builtin_types=True)
-    assert result == {"i4": -17, "bool": True, "untyped": "plain text", "double": -0.5,
-                      "when": datetime.datetime(1998, 7, 17, 14, 8, 55),
-                      "blob": b"you can't read this!", "list": [1, "2"]}
+    assert result == {
+        "i4": -17,
+        "bool": True,
+        "untyped": "plain text",
+        "double": -0.5,
+        "when": datetime.datetime(1998, 7, 17, 14, 8, 55),
+        "blob": b"you can't read this!",
+        "list": [1, "2"],
+    }
 
 
 def test_curl_without_params_and_compressed(server: PorchServer) -> None:
-    call = b"<methodCall><methodName>big</methodName><params><param><value><int>9000</int>" \
-           b"</value></param></params></methodCall>"
+    call = (
+        b"<methodCall><methodName>big</methodName><params><param><value><int>9000</int>"
+        b"</value></param></params></methodCall>"
+    )
     head, content = run_curl(server, "/RPC2", call, "--compressed")
     assert "content-encoding: gzip" in head.lower()
     assert xmlrpc.client.loads(content)[0][0] == "x" * 9000  # curl inflated it
@@ -499,6 +597,10 @@ def test_curl_sends_gzip(server: PorchServer) -> None:
 
 def test_curl_sees_405(server: PorchServer) -> None:
     curl = need_program("curl")
-    done = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                           server.url + "/RPC2"], capture_output=True, timeout=30, check=True)
+    done = subprocess.run(
+        [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", server.url + "/RPC2"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
     assert done.stdout == b"405"

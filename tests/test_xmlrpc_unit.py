@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from porch.config.settings import Mount
 from porch.handlers.base import HandlerContext, OptionError
 from porch.handlers.xmlrpc.handler import UnsupportedMediaType, XMLRPCHandler
-from porch.config.settings import Mount
 from porch.http.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from porch.http.messages import Headers, Request, Response
 
@@ -74,21 +74,34 @@ def make_handler(**options: Any) -> XMLRPCHandler:
     return XMLRPCHandler(mount, HandlerContext())
 
 
-def post(handler: XMLRPCHandler, body: bytes, *, method: str = "POST", path: str = "/RPC2",
-         headers: list[tuple[str, str]] | None = None, declared: bool = True) -> Response:
-    fields = Headers([("Host", "localhost"), ("Content-Type", "text/xml")] if headers is None
-                     else headers)
-    request = Request(method=method, target=path, raw_path=path, path=path, query="",
-                      version="HTTP/1.1", headers=fields, body=BytesBody(body, declared),
-                      client=("127.0.0.1", 40000), server=("127.0.0.1", 8000))
+def post(
+    handler: XMLRPCHandler,
+    body: bytes,
+    *,
+    method: str = "POST",
+    path: str = "/RPC2",
+    headers: list[tuple[str, str]] | None = None,
+    declared: bool = True,
+) -> Response:
+    fields = Headers([("Host", "localhost"), ("Content-Type", "text/xml")] if headers is None else headers)
+    request = Request(
+        method=method,
+        target=path,
+        raw_path=path,
+        path=path,
+        query="",
+        version="HTTP/1.1",
+        headers=fields,
+        body=BytesBody(body, declared),
+        client=("127.0.0.1", 40000),
+        server=("127.0.0.1", 8000),
+    )
     return handler.handle(request)
 
 
-def call(handler: XMLRPCHandler, method: str, *params: Any, allow_none: bool = False,
-         **kwargs: Any) -> Any:
+def call(handler: XMLRPCHandler, method: str, *params: Any, allow_none: bool = False, **kwargs: Any) -> Any:
     """Marshal a call with the stdlib, run it through the handler, unmarshal the answer."""
-    response = post(handler, xmlrpc.client.dumps(params, method, allow_none=allow_none).encode(),
-                    **kwargs)
+    response = post(handler, xmlrpc.client.dumps(params, method, allow_none=allow_none).encode(), **kwargs)
     assert response.status == 200
     body = response.body
     assert isinstance(body, bytes)
@@ -114,21 +127,22 @@ def handler() -> XMLRPCHandler:
 # --- options -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("options", "key", "text"), [
-    ({"functions": {"f": "rpctest_funcs:nope"}}, "functions.f", "AttributeError"),
-    ({"functions": {"f": "rpctest_no_such_module:f"}}, "functions.f", "ModuleNotFoundError"),
-    ({"functions": {"f": "rpctest_broken:f"}}, "functions.f", "refuses to load"),
-    ({"functions": {"f": "rpctest_funcs:not_callable"}}, "functions.f", "not callable"),
-    ({"functions": {"f": "no-colon"}}, "functions.f", "module:name"),
-    ({"functions": {"system.listMethods": "rpctest_funcs:add"}}, "functions.system.listMethods",
-     "reserved"),
-    ({"functions": {}}, "functions", "functions or an instance"),
-    ({"instance": "rpctest_instance:missing"}, "instance", "AttributeError"),
-    ({"instance": "rpctest_funcs:fail()"}, "instance", "TypeError"),
-    ({"functions": FUNCTIONS, "encoding": "klingon-8"}, "encoding", "unknown encoding"),
-    ({"functions": FUNCTIONS, "pythonpath": (FUNCS_DIR / "missing",)}, "pythonpath",
-     "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("options", "key", "text"),
+    [
+        ({"functions": {"f": "rpctest_funcs:nope"}}, "functions.f", "AttributeError"),
+        ({"functions": {"f": "rpctest_no_such_module:f"}}, "functions.f", "ModuleNotFoundError"),
+        ({"functions": {"f": "rpctest_broken:f"}}, "functions.f", "refuses to load"),
+        ({"functions": {"f": "rpctest_funcs:not_callable"}}, "functions.f", "not callable"),
+        ({"functions": {"f": "no-colon"}}, "functions.f", "module:name"),
+        ({"functions": {"system.listMethods": "rpctest_funcs:add"}}, "functions.system.listMethods", "reserved"),
+        ({"functions": {}}, "functions", "functions or an instance"),
+        ({"instance": "rpctest_instance:missing"}, "instance", "AttributeError"),
+        ({"instance": "rpctest_funcs:fail()"}, "instance", "TypeError"),
+        ({"functions": FUNCTIONS, "encoding": "klingon-8"}, "encoding", "unknown encoding"),
+        ({"functions": FUNCTIONS, "pythonpath": (FUNCS_DIR / "missing",)}, "pythonpath", "does not exist"),
+    ],
+)
 def test_bad_options_name_their_key(options: dict[str, Any], key: str, text: str) -> None:
     with pytest.raises(OptionError) as info:
         make_handler(**options)
@@ -141,8 +155,7 @@ def test_same_module_name_from_two_pythonpaths_is_refused(tmp_path: Path) -> Non
         (tmp_path / f"dir{number}").mkdir()
         module = tmp_path / f"dir{number}" / "rpctest_shadow.py"
         module.write_text(f"def which(): return {number}\n")
-    first = make_handler(pythonpath=(tmp_path / "dir1",),
-                         functions={"which": "rpctest_shadow:which"})
+    first = make_handler(pythonpath=(tmp_path / "dir1",), functions={"which": "rpctest_shadow:which"})
     assert call(first, "which") == 1
     with pytest.raises(OptionError) as info:
         make_handler(pythonpath=(tmp_path / "dir2",), functions={"which": "rpctest_shadow:which"})
@@ -184,25 +197,25 @@ def test_paths_below_the_mount_are_not_found(handler: XMLRPCHandler) -> None:
         post(handler, xmlrpc.client.dumps((1, 2), "add").encode(), path="/RPC2/add")
 
 
-@pytest.mark.parametrize("content_type", [
-    None, "text/xml", "TEXT/XML; charset=utf-8", "application/xml", "application/soap+xml"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/xml", "TEXT/XML; charset=utf-8", "application/xml", "application/soap+xml"]
+)
 def test_xml_content_types_pass(handler: XMLRPCHandler, content_type: str | None) -> None:
     headers = [("Content-Type", content_type)] if content_type else []
     assert call(handler, "add", 2, 2, headers=headers) == 4
 
 
-@pytest.mark.parametrize("content_type", [
-    "application/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
 def test_other_content_types_are_415(handler: XMLRPCHandler, content_type: str) -> None:
     with pytest.raises(UnsupportedMediaType) as info:
-        post(handler, xmlrpc.client.dumps((1, 2), "add").encode(),
-             headers=[("Content-Type", content_type)])
+        post(handler, xmlrpc.client.dumps((1, 2), "add").encode(), headers=[("Content-Type", content_type)])
     assert info.value.status == 415
 
 
 @pytest.mark.parametrize("coding", ["br", "deflate", "gzip, gzip", "compress"])
-def test_unknown_content_codings_are_415_with_accept_encoding(handler: XMLRPCHandler,
-                                                              coding: str) -> None:
+def test_unknown_content_codings_are_415_with_accept_encoding(handler: XMLRPCHandler, coding: str) -> None:
     with pytest.raises(UnsupportedMediaType) as info:
         post(handler, b"<x/>", headers=[("Content-Type", "text/xml"), ("Content-Encoding", coding)])
     assert ("Accept-Encoding", "gzip") in info.value.headers
@@ -213,9 +226,18 @@ def test_max_body_by_content_length_before_reading() -> None:
     body = xmlrpc.client.dumps(("x" * 300,), "echo").encode()
     fields = Headers([("Content-Type", "text/xml")])
     stream = BytesBody(body)
-    request = Request(method="POST", target="/RPC2", raw_path="/RPC2", path="/RPC2", query="",
-                      version="HTTP/1.1", headers=fields, body=stream,
-                      client=("127.0.0.1", 1), server=("127.0.0.1", 2))
+    request = Request(
+        method="POST",
+        target="/RPC2",
+        raw_path="/RPC2",
+        path="/RPC2",
+        query="",
+        version="HTTP/1.1",
+        headers=fields,
+        body=stream,
+        client=("127.0.0.1", 1),
+        server=("127.0.0.1", 2),
+    )
     with pytest.raises(PayloadTooLarge):
         small.handle(request)
     assert stream.reads == 0  # refused before reading: no 100 Continue is sent
@@ -233,8 +255,7 @@ def test_max_body_without_content_length() -> None:
 def test_gzip_request_body(handler: XMLRPCHandler) -> None:
     body = gzip.compress(xmlrpc.client.dumps((20, 22), "add").encode())
     for coding in ("gzip", "x-gzip", "GZIP, identity"):
-        response = post(handler, body, headers=[("Content-Type", "text/xml"),
-                                                 ("Content-Encoding", coding)])
+        response = post(handler, body, headers=[("Content-Type", "text/xml"), ("Content-Encoding", coding)])
         assert isinstance(response.body, bytes)
         assert xmlrpc.client.loads(response.body)[0][0] == 42
 
@@ -247,8 +268,9 @@ def test_gzip_bomb_is_413_and_bounded() -> None:
         post(small, bomb, headers=[("Content-Encoding", "gzip")])
 
 
-@pytest.mark.parametrize("data", [b"not gzip at all", gzip.compress(b"<methodCall/>")[:-6],
-                                  gzip.compress(b"<a/>") + b"trailing junk"])
+@pytest.mark.parametrize(
+    "data", [b"not gzip at all", gzip.compress(b"<methodCall/>")[:-6], gzip.compress(b"<a/>") + b"trailing junk"]
+)
 def test_corrupt_gzip_is_400(handler: XMLRPCHandler, data: bytes) -> None:
     with pytest.raises(BadRequest):
         post(handler, data, headers=[("Content-Encoding", "gzip")])
@@ -285,8 +307,21 @@ def test_response_content_type_and_encoding() -> None:
 
 def test_every_type_round_trips(handler: XMLRPCHandler) -> None:
     when = datetime.datetime(2024, 2, 29, 23, 59, 58)
-    values = [0, -(2**31), 2**31 - 1, True, False, "", "sn\u00f8 <&>", 1.5, -0.0, [1, [2, "x"]],
-              {"a": 1, "nested": {"b": [True]}}, when, b"\x00\xffbinary"]
+    values = [
+        0,
+        -(2**31),
+        2**31 - 1,
+        True,
+        False,
+        "",
+        "sn\u00f8 <&>",
+        1.5,
+        -0.0,
+        [1, [2, "x"]],
+        {"a": 1, "nested": {"b": [True]}},
+        when,
+        b"\x00\xffbinary",
+    ]
     for value in values:
         assert call(handler, "echo", value) == value
     assert call(handler, "type_names", when, xmlrpc.client.Binary(b"x")) == ["DateTime", "Binary"]
@@ -311,7 +346,8 @@ def test_nil_only_when_allowed(handler: XMLRPCHandler) -> None:
 
 
 def test_returning_none_without_allow_none_is_an_internal_fault(
-        handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture) -> None:
+    handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.ERROR, logger="porch.handlers.xmlrpc.handler"):
         fault = fault_of(handler, xmlrpc.client.dumps((), "return_none").encode())
     assert fault.faultCode == -32603
@@ -323,7 +359,8 @@ def test_returning_none_without_allow_none_is_an_internal_fault(
 
 
 def test_exception_becomes_fault_with_traceback_only_in_the_log(
-        handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture) -> None:
+    handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.ERROR, logger="porch.handlers.xmlrpc.handler"):
         fault = fault_of(handler, xmlrpc.client.dumps(("kaput",), "fail").encode())
     assert fault.faultCode == 1
@@ -331,7 +368,7 @@ def test_exception_becomes_fault_with_traceback_only_in_the_log(
     assert "Traceback" not in fault.faultString
     record = next(r for r in caplog.records if r.name == "porch.handlers.xmlrpc.handler")
     assert record.exc_info is not None and "fail" in record.getMessage()
-    assert 'raise ValueError(message)' in caplog.text
+    assert "raise ValueError(message)" in caplog.text
 
 
 def test_debug_puts_the_traceback_in_the_fault() -> None:
@@ -362,10 +399,10 @@ def test_unknown_method(handler: XMLRPCHandler) -> None:
     assert fault.faultString == 'method "nope" is not supported'
 
 
-@pytest.mark.parametrize(("params", "text"), [
-    ((1,), "missing a required argument: 'b'"), ((1, 2, 3), "too many positional arguments")])
-def test_wrong_argument_count_is_invalid_params(handler: XMLRPCHandler, params: tuple[int, ...],
-                                                text: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "text"), [((1,), "missing a required argument: 'b'"), ((1, 2, 3), "too many positional arguments")]
+)
+def test_wrong_argument_count_is_invalid_params(handler: XMLRPCHandler, params: tuple[int, ...], text: str) -> None:
     fault = fault_of(handler, xmlrpc.client.dumps(params, "add").encode())
     assert fault.faultCode == -32602
     assert fault.faultString == f"add: {text}"
@@ -386,22 +423,38 @@ def test_factory_and_dotted_function_names(handler: XMLRPCHandler) -> None:
 
 
 MALFORMED = [
-    (b"", -32700), (b"not xml", -32700), (b"<methodCall><methodName>add</methodName>", -32700),
-    (b"<methodCall><methodName>add</methodName><params><param><value><int>1</int></value></param>"
-     b"</params></methodCall>trailing", -32700),
-    (b"<methodResponse><params><param><value><int>1</int></value></param></params>"
-     b"</methodResponse>", -32600),
+    (b"", -32700),
+    (b"not xml", -32700),
+    (b"<methodCall><methodName>add</methodName>", -32700),
+    (
+        b"<methodCall><methodName>add</methodName><params><param><value><int>1</int></value></param>"
+        b"</params></methodCall>trailing",
+        -32700,
+    ),
+    (b"<methodResponse><params><param><value><int>1</int></value></param></params></methodResponse>", -32600),
     (b"<methodCall><params></params></methodCall>", -32600),
-    (b"<methodCall><methodName>add</methodName><params><param><value><int>one</int></value>"
-     b"</param></params></methodCall>", -32600),
-    (b"<methodCall><methodName>echo</methodName><params><param><value><boolean>2</boolean>"
-     b"</value></param></params></methodCall>", -32600),
-    (b"<methodCall><methodName>echo</methodName><params><param><value><base64>A</base64>"
-     b"</value></param></params></methodCall>", -32600),
+    (
+        b"<methodCall><methodName>add</methodName><params><param><value><int>one</int></value>"
+        b"</param></params></methodCall>",
+        -32600,
+    ),
+    (
+        b"<methodCall><methodName>echo</methodName><params><param><value><boolean>2</boolean>"
+        b"</value></param></params></methodCall>",
+        -32600,
+    ),
+    (
+        b"<methodCall><methodName>echo</methodName><params><param><value><base64>A</base64>"
+        b"</value></param></params></methodCall>",
+        -32600,
+    ),
     (b"<methodCall><methodName>echo</methodName><value><int>1</int></value></methodCall>", -32600),
-    (b"<methodCall><methodName>echo</methodName><fault><value><struct><member><name>faultCode"
-     b"</name><value><int>4</int></value></member><member><name>faultString</name><value>"
-     b"<string>x</string></value></member></struct></value></fault></methodCall>", -32600),
+    (
+        b"<methodCall><methodName>echo</methodName><fault><value><struct><member><name>faultCode"
+        b"</name><value><int>4</int></value></member><member><name>faultString</name><value>"
+        b"<string>x</string></value></member></struct></value></fault></methodCall>",
+        -32600,
+    ),
     (b"\xff\xfe<\x00", -32700),
 ]
 
@@ -413,22 +466,26 @@ def test_malformed_bodies_are_faults(handler: XMLRPCHandler, body: bytes, code: 
 
 
 def test_methodcall_without_params(handler: XMLRPCHandler) -> None:
-    response = post(handler, b"<?xml version='1.0'?><methodCall><methodName>system.listMethods"
-                             b"</methodName></methodCall>")
+    response = post(
+        handler, b"<?xml version='1.0'?><methodCall><methodName>system.listMethods</methodName></methodCall>"
+    )
     assert isinstance(response.body, bytes)
     assert "add" in xmlrpc.client.loads(response.body)[0][0]
 
 
-@pytest.mark.parametrize("body", [
-    # billion laughs: entity expansion
-    b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
-    b"<methodCall><methodName>echo</methodName><params><param><value><string>&b;</string></value>"
-    b"</param></params></methodCall>",
-    # external entity (XXE)
-    b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-    b"<methodCall><methodName>echo</methodName><params><param><value><string>&x;</string></value>"
-    b"</param></params></methodCall>",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        # billion laughs: entity expansion
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+        b"<methodCall><methodName>echo</methodName><params><param><value><string>&b;</string></value>"
+        b"</param></params></methodCall>",
+        # external entity (XXE)
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        b"<methodCall><methodName>echo</methodName><params><param><value><string>&x;</string></value>"
+        b"</param></params></methodCall>",
+    ],
+)
 def test_dtds_are_refused(handler: XMLRPCHandler, body: bytes) -> None:
     fault = fault_of(handler, body)
     assert fault.faultCode == -32600
@@ -437,9 +494,12 @@ def test_dtds_are_refused(handler: XMLRPCHandler, body: bytes) -> None:
 
 def test_deep_nesting_is_answered(handler: XMLRPCHandler) -> None:
     depth = 5000
-    body = (b"<methodCall><methodName>echo</methodName><params><param>"
-            + b"<value><array><data>" * depth + b"</data></array></value>" * depth
-            + b"</param></params></methodCall>")
+    body = (
+        b"<methodCall><methodName>echo</methodName><params><param>"
+        + b"<value><array><data>" * depth
+        + b"</data></array></value>" * depth
+        + b"</param></params></methodCall>"
+    )
     fault = fault_of(handler, body)
     assert fault.faultCode == -32603 and "recursion" in fault.faultString
     assert call(handler, "add", 1, 1) == 2
@@ -460,8 +520,7 @@ def test_instance_public_methods_only() -> None:
 
 
 def test_instance_factory_and_functions_together() -> None:
-    both = make_handler(instance="rpctest_instance:make_calculator()",
-                        functions={"echo": "rpctest_funcs:echo"})
+    both = make_handler(instance="rpctest_instance:make_calculator()", functions={"echo": "rpctest_funcs:echo"})
     assert call(both, "add", 1, 1) == 102
     assert call(both, "echo", "x") == "x"
 
@@ -483,14 +542,19 @@ def test_instance_with_its_own_dispatch(caplog: pytest.LogCaptureFixture) -> Non
 
 def test_introspection(handler: XMLRPCHandler) -> None:
     methods = call(handler, "system.listMethods")
-    assert {"add", "echo", "system.listMethods", "system.methodHelp", "system.methodSignature",
-            "system.multicall"} <= set(methods)
+    assert {
+        "add",
+        "echo",
+        "system.listMethods",
+        "system.methodHelp",
+        "system.methodSignature",
+        "system.multicall",
+    } <= set(methods)
     assert methods == sorted(methods)
     assert call(handler, "system.methodHelp", "add") == "Add two integers."
     assert call(handler, "system.methodHelp", "echo") == ""
     assert call(handler, "system.methodSignature", "add") == [["int", "int", "int"]]
-    assert call(handler, "system.methodSignature", "optional") == [["int", "int"],
-                                                                   ["int", "int", "int"]]
+    assert call(handler, "system.methodSignature", "optional") == [["int", "int"], ["int", "int", "int"]]
     assert call(handler, "system.methodSignature", "echo") == "undef"
     assert call(handler, "system.methodSignature", "keyword_only") == "undef"
     assert "methodName" in call(handler, "system.methodHelp", "system.multicall")
@@ -521,30 +585,42 @@ def test_multicall(handler: XMLRPCHandler, caplog: pytest.LogCaptureFixture) -> 
         results = call(handler, "system.multicall", calls)
     assert results[0] == [3]
     assert results[1] == {"faultCode": 1, "faultString": "<class 'ValueError'>:in multicall"}
-    assert [r["faultCode"] for r in results[2:9]] == [-32601, -32602, -32603, -32600, -32600,
-                                                      -32600, -32600]
+    assert [r["faultCode"] for r in results[2:9]] == [-32601, -32602, -32603, -32600, -32600, -32600, -32600]
     assert results[9] == ["last"]
     assert "in multicall" in caplog.text and "Traceback" in caplog.text
-    assert fault_of(handler, xmlrpc.client.dumps(("x",), "system.multicall").encode()).faultCode \
-        == -32602
+    assert fault_of(handler, xmlrpc.client.dumps(("x",), "system.multicall").encode()).faultCode == -32602
 
 
 def test_demo_endpoint_functions() -> None:
-    demo = make_handler(pythonpath=(DEMO_DIR,), functions={
-        "add": "demo_rpc:add", "echo": "demo_rpc:echo", "divide": "demo_rpc:divide",
-        "stats": "demo_rpc:stats", "sha256": "demo_rpc:sha256", "describe": "demo_rpc:describe",
-        "now": "demo_rpc:now", "upper": "demo_rpc:upper", "subtract": "demo_rpc:subtract"})
+    demo = make_handler(
+        pythonpath=(DEMO_DIR,),
+        functions={
+            "add": "demo_rpc:add",
+            "echo": "demo_rpc:echo",
+            "divide": "demo_rpc:divide",
+            "stats": "demo_rpc:stats",
+            "sha256": "demo_rpc:sha256",
+            "describe": "demo_rpc:describe",
+            "now": "demo_rpc:now",
+            "upper": "demo_rpc:upper",
+            "subtract": "demo_rpc:subtract",
+        },
+    )
     assert call(demo, "add", 2, 3) == 5
     assert call(demo, "subtract", 2, 3) == -1
     assert call(demo, "upper", "abc") == "ABC"
     assert call(demo, "divide", 1, 4) == 0.25
-    assert "ZeroDivisionError" in fault_of(demo, xmlrpc.client.dumps((1, 0), "divide").encode()) \
-        .faultString
-    assert call(demo, "stats", [1, 2, 3]) == {"count": 3, "sum": 6, "min": 1, "max": 3,
-                                              "mean": 2.0}
+    assert "ZeroDivisionError" in fault_of(demo, xmlrpc.client.dumps((1, 0), "divide").encode()).faultString
+    assert call(demo, "stats", [1, 2, 3]) == {"count": 3, "sum": 6, "min": 1, "max": 3, "mean": 2.0}
     assert call(demo, "sha256", b"abc").startswith("ba7816bf")
     assert [call(demo, "describe", v) for v in (1, True, "s", 1.0, [], {}, b"b")] == [
-        "int", "boolean", "string", "double", "array", "struct", "base64"]
+        "int",
+        "boolean",
+        "string",
+        "double",
+        "array",
+        "struct",
+        "base64",
+    ]
     assert isinstance(call(demo, "now"), datetime.datetime)
     assert call(demo, "system.methodSignature", "sha256") == [["string", "base64"]]
-

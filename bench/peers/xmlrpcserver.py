@@ -17,7 +17,7 @@ import sys
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps"))
-from rpc import add  # noqa: E402
+from rpc import add
 
 
 class KeepAliveHandler(SimpleXMLRPCRequestHandler):
@@ -34,8 +34,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    with ThreadedXMLRPCServer(("127.0.0.1", args.port), requestHandler=KeepAliveHandler,
-                              logRequests=False, allow_none=False) as server:
+    with ThreadedXMLRPCServer(
+        ("127.0.0.1", args.port), requestHandler=KeepAliveHandler, logRequests=False, allow_none=False
+    ) as server:
         server.register_function(add, "add")
         server.serve_forever()
     return 0

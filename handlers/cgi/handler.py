@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from porch.config.settings import Mount, existing_directory, existing_file, positive, setting
 from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.cgi.output import (
     HeaderBlockReader,
@@ -60,7 +61,6 @@ from porch.handlers.cgi.process import (
     describe_exit,
 )
 from porch.handlers.paths import Root, refusal
-from porch.config.settings import Mount, existing_directory, existing_file, positive, setting
 from porch.http.errors import (
     BadGateway,
     BadRequest,
@@ -71,8 +71,7 @@ from porch.http.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from porch.http.messages import client_host
-from porch.http.messages import Headers, Request, Response
+from porch.http.messages import Headers, Request, Response, client_host
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +81,32 @@ RETRY_AFTER_SECONDS = 1  # told to clients turned away because max_concurrent sc
 WHOLE_BODY_BYTES = 65536
 # The names the server sets for every request (RFC 3875 section 4.1 plus the customary ones);
 # ``env`` and ``pass_env`` may not shadow them.
-META_VARIABLES = frozenset({
-    "AUTH_TYPE", "CONTENT_LENGTH", "CONTENT_TYPE", "GATEWAY_INTERFACE", "PATH_INFO",
-    "PATH_TRANSLATED", "QUERY_STRING", "REMOTE_ADDR", "REMOTE_HOST", "REMOTE_IDENT", "REMOTE_USER",
-    "REQUEST_METHOD", "SCRIPT_NAME", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL",
-    "SERVER_SOFTWARE", "REQUEST_URI", "SCRIPT_FILENAME", "DOCUMENT_ROOT", "REMOTE_PORT", "HTTPS",
-})
+META_VARIABLES = frozenset(
+    {
+        "AUTH_TYPE",
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "GATEWAY_INTERFACE",
+        "PATH_INFO",
+        "PATH_TRANSLATED",
+        "QUERY_STRING",
+        "REMOTE_ADDR",
+        "REMOTE_HOST",
+        "REMOTE_IDENT",
+        "REMOTE_USER",
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "SERVER_SOFTWARE",
+        "REQUEST_URI",
+        "SCRIPT_FILENAME",
+        "DOCUMENT_ROOT",
+        "REMOTE_PORT",
+        "HTTPS",
+    }
+)
 # Request fields never turned into HTTP_* variables: given as CONTENT_* already (RFC 3875
 # 4.1.18), ``Proxy`` (httpoxy: HTTP_PROXY is read as a proxy setting by many libraries), and
 # Transfer-Encoding (the script always receives the decoded body, RFC 3875 4.2).
@@ -101,38 +120,48 @@ class CGIOptions:
     """Options of a ``cgi`` mount."""
 
     root: Path | None = setting(
-        None, doc="directory of scripts served below the mount path (give root or script)",
-        check=existing_directory)
+        None, doc="directory of scripts served below the mount path (give root or script)", check=existing_directory
+    )
     script: Path | None = setting(
-        None, doc="one program answering everything below the mount path, which becomes PATH_INFO",
-        check=existing_file)
+        None, doc="one program answering everything below the mount path, which becomes PATH_INFO", check=existing_file
+    )
     extensions: tuple[str, ...] = setting(
-        (), doc='with root: run only files with these extensions (e.g. [".cgi"]) and serve the '
-                "other files as static files")
+        (),
+        doc='with root: run only files with these extensions (e.g. [".cgi"]) and serve the other files as static files',
+    )
     interpreters: dict[str, str] = setting(
-        default_factory=dict, doc="program per file extension, e.g. {.py: python3, .pl: perl}; "
-                                  "such scripts need no executable bit")
+        default_factory=dict,
+        doc="program per file extension, e.g. {.py: python3, .pl: perl}; such scripts need no executable bit",
+    )
     env: dict[str, str] = setting(default_factory=dict, doc="extra environment variables for every script")
     pass_env: tuple[str, ...] = setting((), doc="names of the server's own environment variables passed to scripts")
     pass_auth: bool = setting(
-        False, doc="pass Authorization and Proxy-Authorization as HTTP_* variables (RFC 3875 4.1.18)")
+        False, doc="pass Authorization and Proxy-Authorization as HTTP_* variables (RFC 3875 4.1.18)"
+    )
     document_root: Path | None = setting(
-        None, doc="DOCUMENT_ROOT, onto which PATH_TRANSLATED maps PATH_INFO; default: root "
-                  "(the script's directory for a single-script mount)", check=existing_directory)
+        None,
+        doc="DOCUMENT_ROOT, onto which PATH_TRANSLATED maps PATH_INFO; default: root "
+        "(the script's directory for a single-script mount)",
+        check=existing_directory,
+    )
     timeout: float = setting(
-        60.0, doc="seconds a script may run in all; then it is killed (504 if nothing was sent yet)",
-        check=positive)
+        60.0, doc="seconds a script may run in all; then it is killed (504 if nothing was sent yet)", check=positive
+    )
     max_concurrent: int | None = setting(
-        None, doc="scripts of this mount running at once per worker process (its forked connection "
-                  "children included); beyond: 503 with Retry-After", check=positive)
+        None,
+        doc="scripts of this mount running at once per worker process (its forked connection "
+        "children included); beyond: 503 with Retry-After",
+        check=positive,
+    )
     cpu_seconds: int | None = setting(None, doc="CPU-time limit per script (RLIMIT_CPU)", check=positive)
-    address_space: int | None = setting(None, doc="address-space limit per script in bytes (RLIMIT_AS)",
-                                        check=positive)
+    address_space: int | None = setting(None, doc="address-space limit per script in bytes (RLIMIT_AS)", check=positive)
     open_files: int | None = setting(None, doc="open-file limit per script (RLIMIT_NOFILE)", check=positive)
     max_header_bytes: int = setting(
-        65536, doc="largest CGI header block a script may write (larger: 502)", check=positive)
+        65536, doc="largest CGI header block a script may write (larger: 502)", check=positive
+    )
     follow_symlinks: bool = setting(
-        False, doc="follow symbolic links that lead out of root (links inside it are always followed)")
+        False, doc="follow symbolic links that lead out of root (links inside it are always followed)"
+    )
 
 
 @dataclass(frozen=True)
@@ -198,8 +227,7 @@ class CGIHandler(Handler):
                 raise OptionError("root", f"directory '{options.root}' does not exist")
             # Hidden names are never scripts, nor served as a mixed tree's static files: no
             # dotfiles, and no /.well-known exception.
-            self.root = Root(options.root, follow_symlinks=options.follow_symlinks, dotfiles=False,
-                             well_known=False)
+            self.root = Root(options.root, follow_symlinks=options.follow_symlinks, dotfiles=False, well_known=False)
             default_root = Path(self.root.directory)
         else:
             assert options.script is not None
@@ -330,10 +358,12 @@ class CGIHandler(Handler):
                 return None
             if not stat.S_ISREG(info.st_mode):
                 raise Forbidden("not a regular file")
-            rest = segments[index + 1:]
-            return ScriptTarget(path=Path(candidate),
-                                script_name=prefix + "/" + "/".join(segments[: index + 1]),
-                                path_info="/" + "/".join(rest) if rest else "")
+            rest = segments[index + 1 :]
+            return ScriptTarget(
+                path=Path(candidate),
+                script_name=prefix + "/" + "/".join(segments[: index + 1]),
+                path_info="/" + "/".join(rest) if rest else "",
+            )
         if self.static is not None:
             return None
         raise Forbidden("directory listing is not allowed here")
@@ -388,24 +418,29 @@ class CGIHandler(Handler):
             tail = host_field.rpartition("]")[2]
             port = tail.rpartition(":")[2] if ":" in tail else ("443" if request.scheme == "https" else "80")
         remote = client_host(request.client)
-        target_uri = request.target if request.target.startswith("/") else (
-            request.raw_path + (f"?{request.query}" if request.query else ""))
-        env.update({
-            "GATEWAY_INTERFACE": "CGI/1.1",  # 4.1.4
-            "SERVER_SOFTWARE": self.context.software,  # 4.1.17
-            "SERVER_NAME": request.host,  # 4.1.14: from Host, as virtual hosts need
-            "SERVER_PORT": port,  # 4.1.15
-            "SERVER_PROTOCOL": request.version,  # 4.1.16
-            "REQUEST_METHOD": request.method,  # 4.1.12
-            "QUERY_STRING": wire_text(request.query),  # 4.1.7: always set, still URL-encoded
-            "SCRIPT_NAME": target.script_name,  # 4.1.13: not URL-encoded
-            "PATH_INFO": target.path_info,  # 4.1.5: not URL-encoded
-            "REMOTE_ADDR": remote,  # 4.1.8
-            "REMOTE_HOST": remote,  # 4.1.9: the address stands in for a name (no DNS lookups)
-            "REQUEST_URI": wire_text(target_uri),
-            "SCRIPT_FILENAME": str(target.path),
-            "DOCUMENT_ROOT": str(self.document_root),
-        })
+        target_uri = (
+            request.target
+            if request.target.startswith("/")
+            else (request.raw_path + (f"?{request.query}" if request.query else ""))
+        )
+        env.update(
+            {
+                "GATEWAY_INTERFACE": "CGI/1.1",  # 4.1.4
+                "SERVER_SOFTWARE": self.context.software,  # 4.1.17
+                "SERVER_NAME": request.host,  # 4.1.14: from Host, as virtual hosts need
+                "SERVER_PORT": port,  # 4.1.15
+                "SERVER_PROTOCOL": request.version,  # 4.1.16
+                "REQUEST_METHOD": request.method,  # 4.1.12
+                "QUERY_STRING": wire_text(request.query),  # 4.1.7: always set, still URL-encoded
+                "SCRIPT_NAME": target.script_name,  # 4.1.13: not URL-encoded
+                "PATH_INFO": target.path_info,  # 4.1.5: not URL-encoded
+                "REMOTE_ADDR": remote,  # 4.1.8
+                "REMOTE_HOST": remote,  # 4.1.9: the address stands in for a name (no DNS lookups)
+                "REQUEST_URI": wire_text(target_uri),
+                "SCRIPT_FILENAME": str(target.path),
+                "DOCUMENT_ROOT": str(self.document_root),
+            }
+        )
         if isinstance(request.client, tuple):
             env["REMOTE_PORT"] = str(request.client[1])
         if target.path_info:  # 4.1.6: PATH_INFO mapped onto the document tree; unset without it
@@ -477,16 +512,26 @@ class CGIHandler(Handler):
             return Slot(None)
         slot = self.slots.acquire()
         if slot is None:
-            raise ServiceUnavailable("too many scripts running; try again shortly",
-                                     headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])
+            raise ServiceUnavailable(
+                "too many scripts running; try again shortly", headers=[("Retry-After", str(RETRY_AFTER_SECONDS))]
+            )
         return slot
 
-    def _start(self, argv: list[str], target: ScriptTarget, env: dict[str, str], stdin: ScriptInput,
-               request: Request) -> ScriptRun:
+    def _start(
+        self, argv: list[str], target: ScriptTarget, env: dict[str, str], stdin: ScriptInput, request: Request
+    ) -> ScriptRun:
         try:
-            run = ScriptRun(argv, cwd=str(target.path.parent), env=env, stdin=stdin,
-                            timeout=self.options.timeout, tag=str(target.path), preexec=self.preexec,
-                            client_gone=request.client_gone, before_wait=request.before_wait)
+            run = ScriptRun(
+                argv,
+                cwd=str(target.path.parent),
+                env=env,
+                stdin=stdin,
+                timeout=self.options.timeout,
+                tag=str(target.path),
+                preexec=self.preexec,
+                client_gone=request.client_gone,
+                before_wait=request.before_wait,
+            )
         except PermissionError as error:
             log.error("%s: cannot run: %s", target.path, error)
             raise Forbidden("this script cannot be run") from None

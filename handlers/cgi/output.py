@@ -61,8 +61,9 @@ class CGIHead:
 
     def length_matches(self, size: int) -> bool:
         """Whether a body of ``size`` bytes agrees with the script's Content-Length, if it gave one."""
-        return all(value.isascii() and int(value) == size
-                   for name, value in self.fields if name.lower() == "content-length")
+        return all(
+            value.isascii() and int(value) == size for name, value in self.fields if name.lower() == "content-length"
+        )
 
     def kind(self) -> ResponseKind:
         """Which RFC 3875 section 6.2 response this head starts (the body is not considered).
@@ -117,7 +118,7 @@ class HeaderBlockReader:
             length = newline - self._line_start
             if length == 0 or (length == 1 and self.buffer[self._line_start] == CR):
                 block = bytes(self.buffer[: self._line_start])
-                rest = bytes(self.buffer[newline + 1:])
+                rest = bytes(self.buffer[newline + 1 :])
                 self.buffer.clear()
                 return block, rest
             self._line_start = newline + 1
@@ -147,7 +148,7 @@ def parse_field(line: bytes) -> tuple[str, str]:
     if not TOKEN_BYTES.fullmatch(name):  # RFC 9110 section 5.6.2: a field name is a token
         # This also refuses whitespace between the name and the colon (RFC 3875 section 6.3).
         raise MalformedOutput(f"invalid header field name {name[:80]!r}")
-    value = line[colon + 1:].strip(b" \t")
+    value = line[colon + 1 :].strip(b" \t")
     if FIELD_FORBIDDEN.search(value):  # RFC 9110 section 5.5: no control character but HTAB
         raise MalformedOutput(f"control character in the value of {name.decode('ascii')}")
     return name.decode("ascii"), value.decode("latin-1")

@@ -47,8 +47,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from porch.http.errors import ClientDisconnected, GatewayTimeout
-from porch.http.messages import escape
-from porch.http.messages import Body
+from porch.http.messages import Body, escape
 from porch.timing import milliseconds
 
 log = logging.getLogger(__name__)
@@ -78,9 +77,11 @@ class ResourceLimits:
         no locks, nothing that a fork in a threaded process could deadlock on.
         """
         settings: list[tuple[int, tuple[int, int]]] = []
-        for which, value, hard_extra in ((resource.RLIMIT_CPU, self.cpu_seconds, 1),
-                                         (resource.RLIMIT_AS, self.address_space, 0),
-                                         (resource.RLIMIT_NOFILE, self.open_files, 0)):
+        for which, value, hard_extra in (
+            (resource.RLIMIT_CPU, self.cpu_seconds, 1),
+            (resource.RLIMIT_AS, self.address_space, 0),
+            (resource.RLIMIT_NOFILE, self.open_files, 0),
+        ):
             if value is None:
                 continue
             _, hard_now = resource.getrlimit(which)
@@ -183,10 +184,19 @@ class ScriptRun:
     ``finish``, ``close``); ``stop`` may come from another thread and only ends the group.
     """
 
-    def __init__(self, argv: list[str], *, cwd: str, env: dict[str, str], stdin: ScriptInput,
-                 timeout: float, tag: str, preexec: Callable[[], None] | None = None,
-                 client_gone: Callable[[], bool] = lambda: False,
-                 before_wait: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        stdin: ScriptInput,
+        timeout: float,
+        tag: str,
+        preexec: Callable[[], None] | None = None,
+        client_gone: Callable[[], bool] = lambda: False,
+        before_wait: Callable[[], None] = lambda: None,
+    ) -> None:
         """Start the script; OSError (from exec) propagates with nothing left behind."""
         self.tag = tag
         self.client_gone = client_gone
@@ -203,8 +213,16 @@ class ScriptRun:
         elif stdin.body is not None:
             stdin_arg = subprocess.PIPE
         self.proc = subprocess.Popen(  # RFC 3875 4.4: never the query string as arguments
-            argv, stdin=stdin_arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-            env=env, close_fds=True, start_new_session=True, preexec_fn=preexec)
+            argv,
+            stdin=stdin_arg,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._stdout = self.proc.stdout
         self._stdout_fd = self._stdout.fileno()
@@ -264,8 +282,9 @@ class ScriptRun:
         and then to its end, so the error log has the script's last lines before its status.
         """
         if not self._wait_exited(self.deadline, log_stderr=True):
-            log.warning("%s: still running after closing its output; stopped at its %gs timeout",
-                        self.tag, self.timeout)
+            log.warning(
+                "%s: still running after closing its output; stopped at its %gs timeout", self.tag, self.timeout
+            )
         self._end()
         self._drain_stderr()
         return self.proc.returncode
@@ -451,8 +470,9 @@ class ScriptRun:
 
     def _start_feeder(self, body: Body, first: bytes) -> None:
         context = contextvars.copy_context()  # keeps the request id on the log lines
-        feeder = threading.Thread(target=context.run, args=(self._feed, body, first),
-                                  name=f"cgi-stdin-{self.proc.pid}", daemon=True)
+        feeder = threading.Thread(
+            target=context.run, args=(self._feed, body, first), name=f"cgi-stdin-{self.proc.pid}", daemon=True
+        )
         feeder.start()
         self._feeder = feeder
 
@@ -472,7 +492,7 @@ class ScriptRun:
                     if self._stop.is_set():
                         return
                     try:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                     except BlockingIOError:
                         poller.poll(STDIN_POLL_MILLISECONDS)
                 if self._stop.is_set():

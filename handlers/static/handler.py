@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote
 
+from porch.config.settings import existing_directory, setting
 from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.paths import Root, refusal
 from porch.handlers.static.cache import SmallFiles
-from porch.config.settings import existing_directory, setting
 from porch.http.dates import format_http_date, parse_http_date
 from porch.http.errors import (
     Forbidden,
@@ -69,23 +69,43 @@ READ_CHUNK_BYTES = 65536
 # Modern types, so every Python version answers the same (3.11 still says
 # application/javascript; RFC 9239 section 6 makes text/javascript the one to use).
 MODERN_TYPES = {
-    ".js": "text/javascript", ".mjs": "text/javascript", ".json": "application/json",
-    ".map": "application/json", ".wasm": "application/wasm", ".webp": "image/webp",
-    ".avif": "image/avif", ".svg": "image/svg+xml", ".woff": "font/woff", ".woff2": "font/woff2",
-    ".ttf": "font/ttf", ".otf": "font/otf", ".md": "text/markdown",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".wasm": "application/wasm",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".svg": "image/svg+xml",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".otf": "font/otf",
+    ".md": "text/markdown",
     ".webmanifest": "application/manifest+json",
 }
 # A compressed file requested by its own name is a gzip (etc.) document, not a text file with
 # Content-Encoding: mimetypes only knows these as encodings, so give them their own types.
 ARCHIVE_TYPES = {
-    ".gz": "application/gzip", ".tgz": "application/gzip", ".bz2": "application/x-bzip2",
-    ".xz": "application/x-xz", ".zst": "application/zstd",
+    ".gz": "application/gzip",
+    ".tgz": "application/gzip",
+    ".bz2": "application/x-bzip2",
+    ".xz": "application/x-xz",
+    ".zst": "application/zstd",
 }
-CHARSET_TYPES = frozenset({"application/javascript", "application/json", "application/xml",
-                           "application/x-javascript", "application/ecmascript"})
+CHARSET_TYPES = frozenset(
+    {
+        "application/javascript",
+        "application/json",
+        "application/xml",
+        "application/x-javascript",
+        "application/ecmascript",
+    }
+)
 # Fields the file path reads, gathered in one pass over the request headers.
-FILE_FIELDS = frozenset({"if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
-                         "range", "if-range", "accept-encoding"})
+FILE_FIELDS = frozenset(
+    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "range", "if-range", "accept-encoding"}
+)
 
 _T = TOKEN.pattern  # RFC 9110 8.3.1: media-type = type "/" subtype parameters
 MEDIA_TYPE = re.compile(rf"{_T}/{_T}(?:[ \t]*;[ \t]*{_T}=(?:{_T}|\"[^\"\x00-\x1f]*\"))*")
@@ -102,15 +122,16 @@ class StaticOptions:
     listing: bool = setting(False, doc="list directories without an index file (else 403)")
     follow_symlinks: bool = setting(False, doc="serve symlinks that point outside the root")
     dotfiles: bool = setting(
-        False, doc="serve hidden names (a path segment starting with '.'); else 404, except /.well-known at the site root"
+        False,
+        doc="serve hidden names (a path segment starting with '.'); else 404, except /.well-known at the site root",
     )
     mime_types: dict[str, str] = setting(
         default_factory=dict, doc='extension → Content-Type overrides, e.g. {".md": "text/markdown"}'
     )
-    cache_control: str | None = setting(None, doc='Cache-Control sent with files, 304s and listings, e.g. "public, max-age=3600"')
-    precompressed: bool = setting(
-        True, doc='serve "FILE.gz" with Content-Encoding: gzip to clients that accept gzip'
+    cache_control: str | None = setting(
+        None, doc='Cache-Control sent with files, 304s and listings, e.g. "public, max-age=3600"'
     )
+    precompressed: bool = setting(True, doc='serve "FILE.gz" with Content-Encoding: gzip to clients that accept gzip')
     charset: str = setting("utf-8", doc='charset added to text/*, JavaScript, JSON and XML types; "" for none')
 
 
@@ -124,8 +145,12 @@ class StaticHandler(Handler):
         options: StaticOptions = self.options
         if not os.path.isdir(options.root):
             raise OptionError("root", f"directory '{options.root}' does not exist")
-        self.root = Root(options.root, follow_symlinks=options.follow_symlinks, dotfiles=options.dotfiles,
-                         well_known=mount.path.rstrip("/") == "")  # RFC 8615 names the origin's root
+        self.root = Root(
+            options.root,
+            follow_symlinks=options.follow_symlinks,
+            dotfiles=options.dotfiles,
+            well_known=mount.path.rstrip("/") == "",
+        )  # RFC 8615 names the origin's root
         for name in options.index:
             if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
                 raise OptionError("index", f"{name!r} is not a plain file name")
@@ -169,7 +194,7 @@ class StaticHandler(Handler):
         except (OSError, ValueError) as error:
             raise refusal(error) from None
         is_file = stat.S_ISREG(info.st_mode)
-        if not is_file and not stat.S_ISDIR(info.st_mode) or is_file and path_info.endswith("/"):
+        if (not is_file and not stat.S_ISDIR(info.st_mode)) or (is_file and path_info.endswith("/")):
             raise NotFound()  # FIFOs, sockets, devices are never opened; "file/" names nothing
         method = request.method
         if method != "GET" and method != "HEAD":
@@ -177,7 +202,7 @@ class StaticHandler(Handler):
                 return Response(HTTPStatus.NO_CONTENT, Headers([("Allow", ALLOW)]))
             raise MethodNotAllowed(ALLOWED_METHODS)
         if is_file:
-            return self.serve_file(request, path, info, path_info[path_info.rfind("/") + 1:])
+            return self.serve_file(request, path, info, path_info[path_info.rfind("/") + 1 :])
         if not path_info.endswith("/"):
             # RFC 9110 section 15.4.2; the raw path keeps the client's encoding.
             location = "/" + request.raw_path.lstrip("/") + "/"  # never "//host/": no open redirect
@@ -227,8 +252,14 @@ class StaticHandler(Handler):
         if self.not_modified(fields, etag, modified, last_modified):
             headers = [("ETag", etag), ("Last-Modified", last_modified), *extra]
             return Response(HTTPStatus.NOT_MODIFIED, Headers(headers))
-        headers = [("Content-Type", content_type), ("Last-Modified", last_modified), ("ETag", etag),
-                   ("Accept-Ranges", "bytes"), ("X-Content-Type-Options", "nosniff"), *extra]
+        headers = [
+            ("Content-Type", content_type),
+            ("Last-Modified", last_modified),
+            ("ETag", etag),
+            ("Accept-Ranges", "bytes"),
+            ("X-Content-Type-Options", "nosniff"),
+            *extra,
+        ]
         if request.method == "HEAD":  # RFC 9110 section 14.2: Range is defined for GET only
             headers.append(("Content-Length", str(size)))
             return Response(HTTPStatus.OK, Headers(headers), b"")
@@ -319,8 +350,8 @@ class StaticHandler(Handler):
         rows.sort(key=lambda row: (not row[0], row[1].casefold(), row[1]))
         title = html.escape(f"Index of {readable(request.path)}")
         lines = [
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+            '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{title}</title><style>body{{font:15px/1.5 system-ui,sans-serif;margin:2em}}"
             "table{border-collapse:collapse}td,th{padding:.15em 1.2em .15em 0;text-align:left}"
             "td.n{text-align:right;font-variant-numeric:tabular-nums}a{text-decoration:none}</style>"
@@ -336,8 +367,11 @@ class StaticHandler(Handler):
             amount = "-" if is_dir else f'<span title="{size} bytes">{human_size(size)}</span>'
             lines.append(f'<tr><td><a href="{href}">{shown}</a></td><td class="n">{amount}</td><td>{when}</td></tr>')
         lines.append("</table></body></html>\n")
-        headers = [("Content-Type", "text/html; charset=utf-8"), ("X-Content-Type-Options", "nosniff"),
-                   *self.cache_headers]
+        headers = [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("X-Content-Type-Options", "nosniff"),
+            *self.cache_headers,
+        ]
         return Response(HTTPStatus.OK, Headers(headers), "\n".join(lines).encode("utf-8"))
 
 
@@ -349,8 +383,10 @@ class MultipartRanges:
         self.boundary = secrets.token_hex(16)
         self.parts: list[tuple[bytes, int, int]] = []
         for number, (start, end) in enumerate(ranges):
-            head = (f"{'' if number == 0 else chr(13) + chr(10)}--{self.boundary}\r\n"
-                    f"Content-Type: {content_type}\r\nContent-Range: bytes {start}-{end}/{size}\r\n\r\n")
+            head = (
+                f"{'' if number == 0 else chr(13) + chr(10)}--{self.boundary}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Range: bytes {start}-{end}/{size}\r\n\r\n"
+            )
             self.parts.append((head.encode("latin-1"), start, end - start + 1))
         self.closing = f"\r\n--{self.boundary}--\r\n".encode("latin-1")
         self.length = sum(len(head) + length for head, _, length in self.parts) + len(self.closing)
@@ -380,8 +416,10 @@ def with_charset(mime: str, charset: str) -> str:
     if not charset or ";" in mime:
         return mime
     base = mime.lower()
-    if base.startswith("text/") or base in CHARSET_TYPES or (
-        base.startswith("application/") and (base.endswith("+json") or base.endswith("+xml"))
+    if (
+        base.startswith("text/")
+        or base in CHARSET_TYPES
+        or (base.startswith("application/") and (base.endswith("+json") or base.endswith("+xml")))
     ):
         return f"{mime}; charset={charset}"
     return mime
@@ -391,10 +429,7 @@ def etag_in(field_value: str, etag: str, weak: bool) -> bool:
     """Whether ``etag`` (strong) is in an If-Match / If-None-Match list (RFC 9110 8.8.3.2)."""
     if field_value == etag or field_value.strip() == "*":
         return True
-    for match in ENTITY_TAG.finditer(field_value):
-        if match.group(2) == etag and (weak or not match.group(1)):
-            return True
-    return False
+    return any(match.group(2) == etag and (weak or not match.group(1)) for match in ENTITY_TAG.finditer(field_value))
 
 
 def if_range_holds(value: str | None, etag: str, modified: int) -> bool:
@@ -425,7 +460,7 @@ def byte_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
         if not part:
             continue  # RFC 9110 section 5.6.1: empty list elements do not count
         match = BYTE_RANGE.fullmatch(part)
-        if match is None or match.group(1) is None and match.group(2) is None:
+        if match is None or (match.group(1) is None and match.group(2) is None):
             return None
         seen = True
         first, last = match.group(1), match.group(2)

@@ -25,23 +25,41 @@ from xml.parsers import expat
 from xmlrpc.client import INVALID_XMLRPC, NOT_WELLFORMED_ERROR, Fault
 
 _SPACE = rb"[ \t\r\n]*"  # XML's S between elements; in markup a CR is harmless
-_DECLARATION = (rb"<\?xml version=(?:'1\.0'|\"1\.0\")"
-                rb"(?: encoding=(?:'(?i:utf-8|us-ascii|iso-8859-1)'|\"(?i:utf-8|us-ascii|iso-8859-1)\"))?"
-                rb"\?>")
+_DECLARATION = (
+    rb"<\?xml version=(?:'1\.0'|\"1\.0\")"
+    rb"(?: encoding=(?:'(?i:utf-8|us-ascii|iso-8859-1)'|\"(?i:utf-8|us-ascii|iso-8859-1)\"))?"
+    rb"\?>"
+)
 # Character data the plain reader can take as is: no markup, no entity, no CR (XML turns CRLF
 # into LF), none of the control characters XML forbids; the body is checked to be ASCII first.
 _TEXT = rb"[^<>&\x00-\x08\x0b-\x1f]*"
 _INTEGER = rb"[+-]?[0-9]{1,30}"  # longer ones go to the general reader (and its error for huge ones)
-_VALUE = (rb"<value>(?:<int>(?P<int>" + _INTEGER + rb")</int>|<i4>(?P<i4>" + _INTEGER + rb")</i4>"
-          rb"|<i8>(?P<i8>" + _INTEGER + rb")</i8>|<boolean>(?P<boolean>[01])</boolean>"
-          rb"|<double>(?P<double>[+-]?[0-9]{1,30}(?:\.[0-9]{1,30})?)</double>"
-          rb"|<string>(?P<string>" + _TEXT + rb")</string>|(?P<text>" + _TEXT + rb"))</value>")
+_VALUE = (
+    rb"<value>(?:<int>(?P<int>" + _INTEGER + rb")</int>|<i4>(?P<i4>" + _INTEGER + rb")</i4>"
+    rb"|<i8>(?P<i8>" + _INTEGER + rb")</i8>|<boolean>(?P<boolean>[01])</boolean>"
+    rb"|<double>(?P<double>[+-]?[0-9]{1,30}(?:\.[0-9]{1,30})?)</double>"
+    rb"|<string>(?P<string>" + _TEXT + rb")</string>|(?P<text>" + _TEXT + rb"))</value>"
+)
 _PARAM = re.compile(rb"<param>" + _SPACE + _VALUE + _SPACE + rb"</param>" + _SPACE)
 _PLAIN_CALL = re.compile(
-    rb"(?:" + _DECLARATION + rb")?" + _SPACE + rb"<methodCall>" + _SPACE
-    + rb"<methodName>(?P<method>[A-Za-z0-9_.:/]+)</methodName>" + _SPACE
-    + rb"(?:<params>" + _SPACE + rb"(?P<params>(?:" + _PARAM.pattern + rb")*)</params>" + _SPACE + rb")?"
-    + rb"</methodCall>" + _SPACE)
+    rb"(?:"
+    + _DECLARATION
+    + rb")?"
+    + _SPACE
+    + rb"<methodCall>"
+    + _SPACE
+    + rb"<methodName>(?P<method>[A-Za-z0-9_.:/]+)</methodName>"
+    + _SPACE
+    + rb"(?:<params>"
+    + _SPACE
+    + rb"(?P<params>(?:"
+    + _PARAM.pattern
+    + rb")*)</params>"
+    + _SPACE
+    + rb")?"
+    + rb"</methodCall>"
+    + _SPACE
+)
 
 
 def _ascii(data: bytes) -> str:
@@ -52,8 +70,15 @@ def _boolean(data: bytes) -> bool:
     return data == b"1"
 
 
-_CONVERT: dict[str, Callable[[bytes], Any]] = {"int": int, "i4": int, "i8": int, "boolean": _boolean, "double": float,
-            "string": _ascii, "text": _ascii}
+_CONVERT: dict[str, Callable[[bytes], Any]] = {
+    "int": int,
+    "i4": int,
+    "i8": int,
+    "boolean": _boolean,
+    "double": float,
+    "string": _ascii,
+    "text": _ascii,
+}
 
 
 def read_plain_call(data: bytes) -> tuple[tuple[Any, ...], str] | None:

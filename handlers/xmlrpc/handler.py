@@ -48,14 +48,13 @@ from xmlrpc.client import (
 )
 from xmlrpc.server import SimpleXMLRPCDispatcher, resolve_dotted_attribute
 
-from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
-from porch.handlers.base import Handler, HandlerContext, OptionError
-from porch.handlers.xmlrpc.call import parse_call
 from porch.config.settings import positive, setting
+from porch.handlers.base import Handler, HandlerContext, OptionError
+from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
+from porch.handlers.xmlrpc.call import parse_call
 from porch.http.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
 from porch.http.grammar import CODING_ALIASES, accepts_coding
-from porch.http.messages import escape
-from porch.http.messages import Headers, Request, Response
+from porch.http.messages import Headers, Request, Response, escape
 
 if TYPE_CHECKING:
     from porch.config.settings import Mount
@@ -70,10 +69,18 @@ RESERVED_PREFIX = "system."
 
 # Python types → XML-RPC type names for system.methodSignature (spec: "sysmethodsig").
 SIGNATURE_TYPES: dict[Any, str] = {
-    int: "int", bool: "boolean", str: "string", float: "double",
-    list: "array", tuple: "array", dict: "struct",
-    datetime.datetime: "dateTime.iso8601", xmlrpc.client.DateTime: "dateTime.iso8601",
-    bytes: "base64", bytearray: "base64", xmlrpc.client.Binary: "base64",
+    int: "int",
+    bool: "boolean",
+    str: "string",
+    float: "double",
+    list: "array",
+    tuple: "array",
+    dict: "struct",
+    datetime.datetime: "dateTime.iso8601",
+    xmlrpc.client.DateTime: "dateTime.iso8601",
+    bytes: "base64",
+    bytearray: "base64",
+    xmlrpc.client.Binary: "base64",
     type(None): "nil",
 }
 UNKNOWN_SIGNATURE = "undef"  # the customary non-array answer when no signature is known
@@ -152,10 +159,8 @@ def binding_error(func: Any, params: tuple[Any, ...]) -> str | None:
 class Dispatcher(SimpleXMLRPCDispatcher):
     """``SimpleXMLRPCDispatcher`` with precise faults, logged tracebacks and safe multicall."""
 
-    def __init__(self, *, allow_none: bool, encoding: str, use_builtin_types: bool,
-                 debug: bool) -> None:
-        super().__init__(allow_none=allow_none, encoding=encoding,
-                         use_builtin_types=use_builtin_types)
+    def __init__(self, *, allow_none: bool, encoding: str, use_builtin_types: bool, debug: bool) -> None:
+        super().__init__(allow_none=allow_none, encoding=encoding, use_builtin_types=use_builtin_types)
         self.debug = debug
 
     def dispatch_body(self, data: bytes) -> bytes:
@@ -170,8 +175,9 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         except Fault as fault:
             return self.marshal_fault(fault)
         try:
-            text = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=self.allow_none,
-                                       encoding=self.encoding)
+            text = xmlrpc.client.dumps(
+                (result,), methodresponse=True, allow_none=self.allow_none, encoding=self.encoding
+            )
         except Exception as exc:  # a result XML-RPC cannot carry (None, a set, a huge int ...)
             logger.exception("cannot marshal the result of XML-RPC method %s", escape(method))
             return self.marshal_fault(self.fault_for(INTERNAL_ERROR, exc))
@@ -246,7 +252,8 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         return "" if func is None else pydoc.getdoc(func)
 
     def system_methodSignature(  # type: ignore[override]  # the stub says str; arrays are the norm
-            self, method_name: str) -> list[list[str]] | str:
+        self, method_name: str
+    ) -> list[list[str]] | str:
         """system.methodSignature('add') => [['int', 'int', 'int']]: return type, then parameters.
 
         Derived from the function's type annotations; "undef" when they do not say.
@@ -271,8 +278,11 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         return results
 
     def _multicall_one(self, call: Any) -> Any:
-        if not isinstance(call, dict) or not isinstance(call.get("methodName"), str) \
-                or not isinstance(call.get("params", []), list):
+        if (
+            not isinstance(call, dict)
+            or not isinstance(call.get("methodName"), str)
+            or not isinstance(call.get("params", []), list)
+        ):
             raise Fault(INVALID_XMLRPC, "each call must be a struct with methodName and params")
         method = call["methodName"]
         if method == "system.multicall":
@@ -319,25 +329,31 @@ class XMLRPCHandler(Handler):
     @dataclass(frozen=True)
     class Options:
         functions: dict[str, str] = setting(
-            default_factory=dict, doc='method name → "module:callable" (or "module:factory()")')
+            default_factory=dict, doc='method name → "module:callable" (or "module:factory()")'
+        )
         instance: str | None = setting(
-            None, doc='"module:object" or "module:factory()" whose public methods are exposed')
+            None, doc='"module:object" or "module:factory()" whose public methods are exposed'
+        )
         pythonpath: tuple[Path, ...] = setting(
-            default_factory=tuple, doc="directories put in front of sys.path before importing")
+            default_factory=tuple, doc="directories put in front of sys.path before importing"
+        )
         introspection: bool = setting(
-            True, doc="offer system.listMethods, system.methodHelp and system.methodSignature")
+            True, doc="offer system.listMethods, system.methodHelp and system.methodSignature"
+        )
         multicall: bool = setting(True, doc="offer system.multicall")
         allow_none: bool = setting(False, doc="marshal None as <nil/> (an extension to the spec)")
         use_builtin_types: bool = setting(
-            False, doc="pass dateTime/base64 as datetime/bytes instead of DateTime/Binary")
-        encoding: str = setting("utf-8", doc="character encoding of responses",
-                                check=_check_encoding)
+            False, doc="pass dateTime/base64 as datetime/bytes instead of DateTime/Binary"
+        )
+        encoding: str = setting("utf-8", doc="character encoding of responses", check=_check_encoding)
         max_body: int = setting(
-            1048576, doc="largest request body in bytes, after gzip decoding (larger: 413)",
-            check=positive)
+            1048576, doc="largest request body in bytes, after gzip decoding (larger: 413)", check=positive
+        )
         gzip_threshold: int | None = setting(
-            1400, doc="gzip responses of at least this many bytes if the client accepts it; "
-                      "null never compresses", check=_check_gzip_threshold)
+            1400,
+            doc="gzip responses of at least this many bytes if the client accepts it; null never compresses",
+            check=_check_gzip_threshold,
+        )
         debug: bool = setting(False, doc="put tracebacks into fault strings (never in production)")
 
     def __init__(self, mount: Mount, context: HandlerContext) -> None:
@@ -348,9 +364,12 @@ class XMLRPCHandler(Handler):
             _check_encoding(options.encoding)
         except ValueError as exc:
             raise OptionError("encoding", str(exc)) from None
-        self.dispatcher = Dispatcher(allow_none=options.allow_none, encoding=options.encoding,
-                                     use_builtin_types=options.use_builtin_types,
-                                     debug=options.debug)
+        self.dispatcher = Dispatcher(
+            allow_none=options.allow_none,
+            encoding=options.encoding,
+            use_builtin_types=options.use_builtin_types,
+            debug=options.debug,
+        )
         if not options.functions and options.instance is None:
             raise OptionError("functions", "an xmlrpc mount needs functions or an instance")
         for name, spec in options.functions.items():
@@ -448,5 +467,4 @@ def _request_coding(headers: Headers) -> bool:
         return False
     if len(codings) == 1 and CODING_ALIASES.get(codings[0], codings[0]) == "gzip":
         return True
-    raise UnsupportedMediaType("only gzip request bodies are accepted",
-                               headers=[("Accept-Encoding", "gzip")])
+    raise UnsupportedMediaType("only gzip request bodies are accepted", headers=[("Accept-Encoding", "gzip")])

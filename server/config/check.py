@@ -33,8 +33,10 @@ Builder = Callable[[str], list[ConfigProblem]]
 TRACEBACK_FRAMES = 3  # innermost frames of a failed import shown in a problem
 STDERR_LINES = 10  # lines of a crashed child's stderr shown in the problem
 
-_CHILD_SOURCE = ("import json, sys; request = json.loads(sys.stdin.readline()); sys.path[:] = request['sys_path']; "
-                 "from porch.config.check import child_main; child_main(request)")
+_CHILD_SOURCE = (
+    "import json, sys; request = json.loads(sys.stdin.readline()); sys.path[:] = request['sys_path']; "
+    "from porch.config.check import child_main; child_main(request)"
+)
 
 
 def traceback_tail(exc: BaseException) -> str:
@@ -72,15 +74,27 @@ def problems_in_child(path: str | Path, timeout: float, builder: Builder) -> lis
     display = str(path)
     where = f"{builder.__module__}:{builder.__qualname__}"
     request = json.dumps({"path": display, "sys_path": sys.path, "builder": where}) + "\n"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD_SOURCE], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_SOURCE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = child.communicate(request.encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)  # its own session: whatever it started goes too
         child.communicate()
-        return [ConfigProblem(display, None, "", f"building the handlers took longer than {timeout:g} seconds "
-                                                 "(does an application wait for something while being imported?)")]
+        return [
+            ConfigProblem(
+                display,
+                None,
+                "",
+                f"building the handlers took longer than {timeout:g} seconds "
+                "(does an application wait for something while being imported?)",
+            )
+        ]
     try:
         return [ConfigProblem(**item) for item in json.loads(out)]
     except (ValueError, TypeError):
@@ -88,8 +102,9 @@ def problems_in_child(path: str | Path, timeout: float, builder: Builder) -> lis
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         lines = err.decode(errors="replace").rstrip().splitlines()[-STDERR_LINES:]
         tail = "".join("\n    " + line for line in lines)
-        return [ConfigProblem(display, None, "", f"the process building the handlers {how}"
-                                                 + (":" + tail if tail else ""))]
+        return [
+            ConfigProblem(display, None, "", f"the process building the handlers {how}" + (":" + tail if tail else ""))
+        ]
 
 
 def _count(number: int, noun: str) -> str:
@@ -100,9 +115,12 @@ def summary(config: Config, display: str) -> str:
     """``FILE OK: 1 listener (127.0.0.1:8000), threading x1 worker, 2 mounts (/ static, /app wsgi)``."""
     listeners = ", ".join(listener.address + (" tls" if listener.tls else "") for listener in config.listen)
     mounts = ", ".join(f"{mount.host or ''}{mount.path} {mount.type}" for mount in config.mounts)
-    return (f"{display} OK: {_count(len(config.listen), 'listener')}" + (f" ({listeners})" if listeners else "")
-            + f", {config.concurrency} x{_count(config.workers, 'worker')}, {_count(len(config.mounts), 'mount')}"
-            + (f" ({mounts})" if mounts else ""))
+    return (
+        f"{display} OK: {_count(len(config.listen), 'listener')}"
+        + (f" ({listeners})" if listeners else "")
+        + f", {config.concurrency} x{_count(config.workers, 'worker')}, {_count(len(config.mounts), 'mount')}"
+        + (f" ({mounts})" if mounts else "")
+    )
 
 
 def warning_line(problem: ConfigProblem) -> str:

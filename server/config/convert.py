@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from porch.config.yaml_nodes import Node, join
 from porch.config.settings import ConfigProblem
+from porch.config.yaml_nodes import Node, join
 
 INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "INVALID"})()
 """Returned by a conversion that failed; its problem is already recorded."""
@@ -78,8 +78,15 @@ def describe(annotation: Any) -> str:
         return f"a list of {_plural(typing.get_args(annotation)[0])}"
     if origin is dict or dataclasses.is_dataclass(annotation):
         return "a mapping"
-    simple = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-              Path: "a path", type(None): "null", Any: "any value"}
+    simple = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        Path: "a path",
+        type(None): "null",
+        Any: "any value",
+    }
     return simple.get(annotation, repr(annotation))
 
 
@@ -171,8 +178,9 @@ class Converter:
             return self.expected(annotation, node, key)
         if annotation in (str, Path):
             if isinstance(value, bool):
-                return self.problem(node.line, key, f"expected {describe(annotation)}, got {got(node)} "
-                                                    f"(quote it to mean the text)")
+                return self.problem(
+                    node.line, key, f"expected {describe(annotation)}, got {got(node)} (quote it to mean the text)"
+                )
             text = value if isinstance(value, str) else node.text
             if annotation is str:
                 return text
@@ -183,12 +191,19 @@ class Converter:
             return value
         if annotation is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(value):
-                return float(value)
+        if (
+            annotation is float
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
+            return float(value)
         if isinstance(value, str) and _parse_expanded(annotation, value) is not value:
-            return self.problem(node.line, key, f"expected {describe(annotation)}, got {got(node)} "
-                                                f"(quoted, it is text: remove the quotes)")
+            return self.problem(
+                node.line,
+                key,
+                f"expected {describe(annotation)}, got {got(node)} (quoted, it is text: remove the quotes)",
+            )
         return self.expected(annotation, node, key)
 
     def _union(self, annotation: Any, args: tuple[Any, ...], node: Node, key: str) -> Any:
@@ -244,8 +259,9 @@ class Converter:
         if node.is_null:
             return ()
         items = node.value if node.kind == "list" else [node]  # one value is a list of one
-        values = [self.convert(args[0], item, f"{key}[{i}]" if node.kind == "list" else key)
-                  for i, item in enumerate(items)]
+        values = [
+            self.convert(args[0], item, f"{key}[{i}]" if node.kind == "list" else key) for i, item in enumerate(items)
+        ]
         return INVALID if any(value is INVALID for value in values) else tuple(values)
 
     def _dict(self, annotation: Any, node: Node, key: str) -> Any:
@@ -273,8 +289,16 @@ class Converter:
         except (TypeError, ValueError) as exc:
             return self.problem(node.line, key, str(exc))
 
-    def fields(self, cls: type, node: Node, key: str, *, partial: bool = False,
-               skip: frozenset[str] = frozenset(), unknown: Callable[[str], str] | None = None) -> dict[str, Any]:
+    def fields(
+        self,
+        cls: type,
+        node: Node,
+        key: str,
+        *,
+        partial: bool = False,
+        skip: frozenset[str] = frozenset(),
+        unknown: Callable[[str], str] | None = None,
+    ) -> dict[str, Any]:
         """The converted values of the keys ``node`` sets, by field name (those that converted).
 
         Unknown keys are problems, and so are missing required keys unless ``partial``.  Fields
@@ -383,9 +407,13 @@ def _reference_rows(cls: type, prefix: str, rows: list[str], shown: dict[type, s
 def _nested_dataclass(annotation: Any, key: str) -> tuple[type | None, str]:
     """The dataclass a field holds (itself, optional, or a list of them) and its keys' prefix."""
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is tuple and args and isinstance(args[0], type):
-        if dataclasses.is_dataclass(args[0]):
-            return args[0], f"{key}[]"
+    if (
+        typing.get_origin(annotation) is tuple
+        and args
+        and isinstance(args[0], type)
+        and dataclasses.is_dataclass(args[0])
+    ):
+        return args[0], f"{key}[]"
     for candidate in (annotation, *args):
         if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
             return candidate, key
@@ -410,8 +438,15 @@ def _type_label(annotation: Any, labels: Mapping[Any, str]) -> str:
         return f"mapping of {_type_label(args[0], labels)} to {_type_label(args[1], labels)}"
     if dataclasses.is_dataclass(annotation):
         return "mapping"
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path",
-             type(None): "null", Any: "any"}
+    names = {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        Path: "path",
+        type(None): "null",
+        Any: "any",
+    }
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 

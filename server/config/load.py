@@ -52,8 +52,10 @@ log = logging.getLogger(__name__)
 # --- loading --------------------------------------------------------------------------------
 
 MOUNT_KEYS = ("path", "type", "host", "access", "limits", "timeouts")
-HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-                      r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
 
 
 def load_config(path: str | Path, *, listen: Sequence[str] | None = None) -> Config:
@@ -72,8 +74,9 @@ def load_config(path: str | Path, *, listen: Sequence[str] | None = None) -> Con
     return _config(node, problems, display, source.parent, source, listen)
 
 
-def config_from_mapping(data: Mapping[str, Any], *, source: str, base_dir: Path,
-                        listen: Sequence[str] | None = None) -> Config:
+def config_from_mapping(
+    data: Mapping[str, Any], *, source: str, base_dir: Path, listen: Sequence[str] | None = None
+) -> Config:
     """``load_config`` for data built in memory (``porch serve DIR``): no lines, no ``${}`` expansion.
 
     ``source`` names the data in messages; relative paths resolve against ``base_dir``.
@@ -81,8 +84,14 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str, base_dir: Path,
     return _config(node_from_python(data), [], source, Path(os.path.abspath(base_dir)), None, listen)
 
 
-def _config(node: Node | None, problems: list[ConfigProblem], file: str, base_dir: Path,
-            source: Path | None, listen: Sequence[str] | None) -> Config:
+def _config(
+    node: Node | None,
+    problems: list[ConfigProblem],
+    file: str,
+    base_dir: Path,
+    source: Path | None,
+    listen: Sequence[str] | None,
+) -> Config:
     """The one path from a Node tree to a Config, shared by both entry points."""
     conv = Converter(file, base_dir, custom={Listener: _listener, LogSettings: _log_settings})
     conv.problems.extend(problems)
@@ -101,11 +110,19 @@ def _config(node: Node | None, problems: list[ConfigProblem], file: str, base_di
     elif "listen" in node.value:
         values["listen"] = _listeners(conv, node.value["listen"])
     if not values.get("listen", True):
-        conv.warn(node.key_lines.get("listen"), "listen", "no addresses: porch serves only sockets it inherits "
-                                                          "(systemd socket activation)")
+        conv.warn(
+            node.key_lines.get("listen"),
+            "listen",
+            "no addresses: porch serves only sockets it inherits (systemd socket activation)",
+        )
     defaults = Config()
-    values["mounts"] = _mounts(conv, node.value.get("mounts"), values.get("limits", defaults.limits),
-                               values.get("timeouts", defaults.timeouts), values.get("access", defaults.access))
+    values["mounts"] = _mounts(
+        conv,
+        node.value.get("mounts"),
+        values.get("limits", defaults.limits),
+        values.get("timeouts", defaults.timeouts),
+        values.get("access", defaults.access),
+    )
     if not values["mounts"] and "mounts" not in node.value:
         conv.warn(None, "mounts", "no mounts: every request will be answered 404 Not Found")
     if conv.problems:
@@ -175,8 +192,11 @@ def _listener(conv: Converter, node: Node, key: str) -> Any:
         conv.problem(node.key_lines.get(name), join(key, name), f"applies only to {where}")
     tls = written.get("tls")
     if tls is not None and tls.kind == "mapping" and "verify_client" in tls.value and "ca" not in tls.value:
-        conv.problem(tls.key_lines.get("verify_client"), join(key, "tls.verify_client"),
-                     "needs 'ca', the CA certificates that client certificates are checked against")
+        conv.problem(
+            tls.key_lines.get("verify_client"),
+            join(key, "tls.verify_client"),
+            "needs 'ca', the CA certificates that client certificates are checked against",
+        )
     return INVALID if len(conv.problems) > mark else Listener(**values)
 
 
@@ -226,8 +246,9 @@ def _log_settings(conv: Converter, node: Node, key: str) -> Any:
     return replace(values, **changes)
 
 
-def _mounts(conv: Converter, node: Node | None, limits: Limits, timeouts: Timeouts,
-            access: AccessRules) -> tuple[Mount, ...]:
+def _mounts(
+    conv: Converter, node: Node | None, limits: Limits, timeouts: Timeouts, access: AccessRules
+) -> tuple[Mount, ...]:
     """Every mount, then the checks between mounts (same path twice, a static file hidden)."""
     if node is None or node.is_null or node.kind == "invalid":
         return ()
@@ -243,8 +264,7 @@ def _mounts(conv: Converter, node: Node | None, limits: Limits, timeouts: Timeou
     return tuple(mount for _, _, mount in built)
 
 
-def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Timeouts,
-           access: AccessRules) -> Any:
+def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Timeouts, access: AccessRules) -> Any:
     """One mount: its own keys (MOUNT_KEYS) and every other key as its handler's Options."""
     if node.kind != "mapping":
         return conv.problem(node.line, key, f"expected a mapping with path, type and options, got {got(node)}")
@@ -266,29 +286,47 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
         options_fields = dataclasses.fields(handler_class.Options) if handler_class else ()
         clash = [f.name for f in options_fields if f.name in MOUNT_KEYS]
         if clash:
-            conv.problem(entries["type"].line, join(key, "type"), f"the {type_name} handler declares options named "
-                                                                  f"like mount keys: {', '.join(clash)}")
+            conv.problem(
+                entries["type"].line,
+                join(key, "type"),
+                f"the {type_name} handler declares options named like mount keys: {', '.join(clash)}",
+            )
         elif handler_class is not None:
             option_entries = {name: child for name, child in entries.items() if name not in MOUNT_KEYS}
-            option_node = Node("mapping", option_entries, node.line,
-                               key_lines={name: node.key_lines.get(name) for name in option_entries})
-            options = conv.dataclass(handler_class.Options, option_node, key,
-                                     unknown=_unknown_option(type_name, handler_class.Options))
+            option_node = Node(
+                "mapping",
+                option_entries,
+                node.line,
+                key_lines={name: node.key_lines.get(name) for name in option_entries},
+            )
+            options = conv.dataclass(
+                handler_class.Options, option_node, key, unknown=_unknown_option(type_name, handler_class.Options)
+            )
     if len(conv.problems) > mark:
         return INVALID
     # A mount narrows the global limits (the smaller value wins); its timeouts replace the global
     # ones, because one slow upload or CGI script may need longer than everything else.
     for name, value in own_limits.items():
         if value > getattr(limits, name):
-            conv.warn(entries["limits"].key_lines.get(name), join(key, f"limits.{name}"),
-                      f"{value} is above the global limit {getattr(limits, name)}, which applies")
+            conv.warn(
+                entries["limits"].key_lines.get(name),
+                join(key, f"limits.{name}"),
+                f"{value} is above the global limit {getattr(limits, name)}, which applies",
+            )
     narrowed = replace(limits, **{name: min(value, getattr(limits, name)) for name, value in own_limits.items()})
     allow = own_access.get("allow", access.allow)
     deny = access.deny + tuple(own_access.get("deny", ()))
-    return Mount(path=path, type=type_name, host=host, options=options, limits=narrowed,
-                 timeouts=replace(timeouts, **own_timeouts), access=AccessRules(allow=allow, deny=deny),
-                 location=f"{conv.file}:{node.line}" if node.line else conv.file,
-                 lines=tuple(node.key_paths().items()))
+    return Mount(
+        path=path,
+        type=type_name,
+        host=host,
+        options=options,
+        limits=narrowed,
+        timeouts=replace(timeouts, **own_timeouts),
+        access=AccessRules(allow=allow, deny=deny),
+        location=f"{conv.file}:{node.line}" if node.line else conv.file,
+        lines=tuple(node.key_paths().items()),
+    )
 
 
 def _mount_path(conv: Converter, node: Node | None, key: str) -> Any:
@@ -301,8 +339,9 @@ def _mount_path(conv: Converter, node: Node | None, key: str) -> Any:
     if not path.startswith("/"):
         return conv.problem(node.line, key, f"expected a URL path starting with '/', got '{path}'")
     if any(ch in path for ch in "?#") or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in path):
-        return conv.problem(node.line, key, f"a mount path cannot contain '?', '#', spaces or control "
-                                            f"characters, got {path!r}")
+        return conv.problem(
+            node.line, key, f"a mount path cannot contain '?', '#', spaces or control characters, got {path!r}"
+        )
     path = path.rstrip("/") or "/"
     # Requests are matched after their dot segments are removed (RFC 3986 section 5.2.4), so a
     # prefix containing them could never match.
@@ -340,8 +379,9 @@ def _handler_class(conv: Converter, type_name: str, node: Node, key: str) -> typ
         inside = bool(frames) and frames[-1].filename != registry.__file__ and not frames[-1].filename.startswith("<")
         conv.problem(node.line, key, str(exc) + (cause_tail(exc) if inside else ""))
     except (Exception, SystemExit) as exc:  # a handler module that fails while being imported
-        conv.problem(node.line, key, f"cannot load handler {type_name!r}: {type(exc).__name__}: {exc}\n"
-                                     + traceback_tail(exc))
+        conv.problem(
+            node.line, key, f"cannot load handler {type_name!r}: {type(exc).__name__}: {exc}\n" + traceback_tail(exc)
+        )
     return None
 
 
@@ -375,14 +415,21 @@ def _check_shadowing(conv: Converter, mounts: list[tuple[int, int | None, Mount]
         for outer_index, _, outer in mounts:
             root = getattr(outer.options, "root", None)
             inside = outer.path == "/" or mount.path.startswith(outer.path + "/")
-            if (not isinstance(root, Path) or mount.path == outer.path or not inside
-                    or outer.host not in (None, mount.host)):
+            if (
+                not isinstance(root, Path)
+                or mount.path == outer.path
+                or not inside
+                or outer.host not in (None, mount.host)
+            ):
                 continue
-            hidden = root / mount.path[len(outer.path):].lstrip("/")
+            hidden = root / mount.path[len(outer.path) :].lstrip("/")
             if hidden.exists() or hidden.is_symlink():
-                conv.warn(line, f"mounts[{index}].path",
-                          f"'{mount.path}' hides '{hidden}', which mounts[{outer_index}] ('{outer.path}' "
-                          f"{outer.type}) would otherwise serve")
+                conv.warn(
+                    line,
+                    f"mounts[{index}].path",
+                    f"'{mount.path}' hides '{hidden}', which mounts[{outer_index}] ('{outer.path}' "
+                    f"{outer.type}) would otherwise serve",
+                )
 
 
 # --- the README reference -------------------------------------------------------------------
@@ -390,5 +437,8 @@ def _check_shadowing(conv: Converter, mounts: list[tuple[int, int | None, Mount]
 
 def settings_reference() -> str:
     """The README's config reference: a markdown table of every key, generated from the fields."""
-    return reference_table(Config, labels={tuple[Listener, ...]: "list of addresses or mappings"}, extra_rows=[
-        "| `mounts[].<option>` | | | every other key of a mount is an option of its handler type |"])
+    return reference_table(
+        Config,
+        labels={tuple[Listener, ...]: "list of addresses or mappings"},
+        extra_rows=["| `mounts[].<option>` | | | every other key of a mount is an option of its handler type |"],
+    )

@@ -19,6 +19,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One thing wrong in a config file, located as precisely as the YAML allows."""
@@ -111,8 +112,12 @@ class Timeouts:
 
     header: float = setting(10.0, doc="seconds a client has to send a complete request head", check=positive)
     keepalive: float = setting(5.0, doc="seconds an idle keep-alive connection is kept open", check=positive)
-    body: float = setting(30.0, doc="seconds of silence allowed while reading a request body or writing a response", check=positive)
-    graceful: float = setting(30.0, doc="seconds in-flight requests get to finish on stop or reload", check=not_negative)
+    body: float = setting(
+        30.0, doc="seconds of silence allowed while reading a request body or writing a response", check=positive
+    )
+    graceful: float = setting(
+        30.0, doc="seconds in-flight requests get to finish on stop or reload", check=not_negative
+    )
 
 
 @dataclass(frozen=True)
@@ -184,11 +189,16 @@ class TLSSettings:
 
     cert: Path = setting(doc="PEM certificate chain file (the server's certificate first)", check=existing_file)
     key: Path = setting(doc="PEM private key file (without passphrase)", check=existing_file)
-    ca: Path | None = setting(None, doc="PEM file of the CAs that sign client certificates; when set, clients "
-                                        "are asked for a certificate", check=existing_file)
+    ca: Path | None = setting(
+        None,
+        doc="PEM file of the CAs that sign client certificates; when set, clients are asked for a certificate",
+        check=existing_file,
+    )
     verify_client: Literal["required", "optional"] = setting(
-        "required", doc="with `ca`: required (no valid client certificate, no connection) or optional "
-                        "(a certificate sent must be valid)")
+        "required",
+        doc="with `ca`: required (no valid client certificate, no connection) or optional "
+        "(a certificate sent must be valid)",
+    )
     min_version: Literal["TLSv1.2", "TLSv1.3"] = setting("TLSv1.2", doc="oldest TLS version accepted")
 
 
@@ -198,15 +208,23 @@ class Listener:
 
     address: str = setting(doc='"host:port", "[::1]:port" or "unix:/path"')
     tls: TLSSettings | None = setting(None, doc="serve HTTPS on this listener")
-    backlog: int = setting(1024, doc="connections the kernel queues before porch accepts them (capped by "
-                                     "net.core.somaxconn)", check=positive)
-    reuse_port: bool = setting(False, doc="TCP only: SO_REUSEPORT, so that other processes may bind the same "
-                                          "address (the kernel spreads connections among them)")
+    backlog: int = setting(
+        1024,
+        doc="connections the kernel queues before porch accepts them (capped by net.core.somaxconn)",
+        check=positive,
+    )
+    reuse_port: bool = setting(
+        False,
+        doc="TCP only: SO_REUSEPORT, so that other processes may bind the same "
+        "address (the kernel spreads connections among them)",
+    )
     v6only: bool = setting(True, doc="[v6] addresses only: IPV6_V6ONLY; false lets [::]:port accept IPv4 too")
-    mode: str | None = setting(None, doc='unix: only: permissions of the socket file in octal, like "0660"',
-                               check=octal_mode)
-    owner: str | None = setting(None, doc="unix: only: user (name or uid) that owns the socket file; needs root",
-                                check=known_user)
+    mode: str | None = setting(
+        None, doc='unix: only: permissions of the socket file in octal, like "0660"', check=octal_mode
+    )
+    owner: str | None = setting(
+        None, doc="unix: only: user (name or uid) that owns the socket file; needs root", check=known_user
+    )
     group: str | None = setting(None, doc="unix: only: group (name or gid) of the socket file", check=known_group)
 
     @property
@@ -236,13 +254,16 @@ class Mount:
     limits: Limits = setting(default_factory=Limits, doc="limits narrowing the global ones (the smaller value wins)")
     timeouts: Timeouts = setting(
         default_factory=Timeouts,
-        doc="timeouts for this mount's requests, replacing the global ones (longer is allowed)")
+        doc="timeouts for this mount's requests, replacing the global ones (longer is allowed)",
+    )
     access: AccessRules = setting(
         default_factory=AccessRules,
-        doc="access rules: `allow` replaces the global allow, `deny` adds to the global deny")
+        doc="access rules: `allow` replaces the global allow, `deny` adds to the global deny",
+    )
     location: str = setting("", doc="where this mount was declared (file:line), for messages", internal=True)
     lines: tuple[tuple[str, int | None], ...] = setting(
-        default_factory=tuple, doc="line of each key below the mount (\"root\", \"functions.add\")", internal=True)
+        default_factory=tuple, doc='line of each key below the mount ("root", "functions.add")', internal=True
+    )
 
 
 @dataclass(frozen=True)
@@ -253,14 +274,26 @@ class Config:
         default_factory=lambda: (Listener("127.0.0.1:8000"),),
         doc='addresses to listen on: "host:port", "[::1]:port", "unix:/path" or {address, tls}',
     )
-    concurrency: Literal["threading", "forking"] = setting("threading", doc="threading (pooled threads) or forking (a process per connection)")
-    workers: int = setting(1, doc='pre-forked worker processes; "auto" = CPU count', check=positive,
-                           aliases={"auto": lambda: os.cpu_count() or 1})
+    concurrency: Literal["threading", "forking"] = setting(
+        "threading", doc="threading (pooled threads) or forking (a process per connection)"
+    )
+    workers: int = setting(
+        1,
+        doc='pre-forked worker processes; "auto" = CPU count',
+        check=positive,
+        aliases={"auto": lambda: os.cpu_count() or 1},
+    )
     threads: int = setting(32, doc="worker threads per process in threading mode", check=positive)
     max_children: int = setting(64, doc="concurrent child processes per worker in forking mode", check=positive)
-    max_requests: int = setting(0, doc="requests after which a worker is replaced gracefully; 0 = never", check=not_negative)
-    max_requests_jitter: int = setting(0, doc="random 0..N added to max_requests per worker, so workers do not restart together", check=not_negative)
-    worker_timeout: float = setting(30.0, doc="seconds without a heartbeat after which a worker is killed and replaced", check=positive)
+    max_requests: int = setting(
+        0, doc="requests after which a worker is replaced gracefully; 0 = never", check=not_negative
+    )
+    max_requests_jitter: int = setting(
+        0, doc="random 0..N added to max_requests per worker, so workers do not restart together", check=not_negative
+    )
+    worker_timeout: float = setting(
+        30.0, doc="seconds without a heartbeat after which a worker is killed and replaced", check=positive
+    )
     limits: Limits = setting(default_factory=Limits, doc="size limits")
     timeouts: Timeouts = setting(default_factory=Timeouts, doc="timeouts in seconds")
     log: LogSettings = setting(default_factory=LogSettings, doc="access and error logs")
@@ -270,20 +303,29 @@ class Config:
     )
     server_header: str = setting("porch", doc="value of the Server response header; empty for none")
     pidfile: Path | None = setting(
-        None, doc="file naming the master's pid, locked while it runs; required by --daemon, read by "
-                  "porch stop/reload/status/reopen")
+        None,
+        doc="file naming the master's pid, locked while it runs; required by --daemon, read by "
+        "porch stop/reload/status/reopen",
+    )
     user: str | None = setting(
-        None, doc="user (name or uid) the workers switch to after the master has bound the listeners",
-        check=known_user)
-    group: str | None = setting(None, doc="group (name or gid) of the workers; default the user's primary group",
-                                check=known_group)
+        None, doc="user (name or uid) the workers switch to after the master has bound the listeners", check=known_user
+    )
+    group: str | None = setting(
+        None, doc="group (name or gid) of the workers; default the user's primary group", check=known_group
+    )
     allow_root: bool = setting(
-        False, doc="let workers run as root on network addresses when no `user` is set (loopback and "
-                   "unix listeners are always allowed)")
+        False,
+        doc="let workers run as root on network addresses when no `user` is set (loopback and "
+        "unix listeners are always allowed)",
+    )
     umask: str | None = setting(
-        None, doc='file-creation mask in octal ("027"), set before logs, sockets and the pidfile are '
-                  "created; default inherited", check=octal_umask)
+        None,
+        doc='file-creation mask in octal ("027"), set before logs, sockets and the pidfile are '
+        "created; default inherited",
+        check=octal_umask,
+    )
     mounts: tuple[Mount, ...] = setting(default_factory=tuple, doc="handlers by path prefix; longest match wins")
     source: Path | None = setting(None, doc="the file this config was read from (set by the loader)", internal=True)
     warnings: tuple[ConfigProblem, ...] = setting(
-        default_factory=tuple, doc="things that work but are probably not meant (set by the loader)", internal=True)
+        default_factory=tuple, doc="things that work but are probably not meant (set by the loader)", internal=True
+    )

@@ -90,7 +90,7 @@ def expand(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
     position = 0
     while (dollar := text.find("$", position)) >= 0:
         out.append(text[position:dollar])
-        following = text[dollar + 1:dollar + 2]
+        following = text[dollar + 1 : dollar + 2]
         if following == "$":
             out.append("$")
             position = dollar + 2
@@ -103,7 +103,7 @@ def expand(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
         if end < 0:
             errors.append(f"unterminated '${{' in {text!r} (write '$$' for a literal dollar)")
             return text, errors
-        body = text[dollar + 2:end]
+        body = text[dollar + 2 : end]
         name, has_default, default = body.partition(":-")
         if not VARIABLE_NAME.fullmatch(name):
             errors.append(f"bad environment variable name {name!r} in '${{{body}}}'")
@@ -112,8 +112,9 @@ def expand(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
             if has_default and not value:
                 value = default
             elif value is None:
-                errors.append(f"environment variable {name!r} is not set "
-                              f"(write '${{{name}:-default}}' to give a default)")
+                errors.append(
+                    f"environment variable {name!r} is not set (write '${{{name}:-default}}' to give a default)"
+                )
             out.append(value or "")
         position = end + 1
     out.append(text[position:])
@@ -209,8 +210,9 @@ class _TreeBuilder:
         return Node("mapping", entries, line, key_lines=key_lines)
 
 
-def read_yaml(text: str, file: str,
-              environ: Mapping[str, str] | None = None) -> tuple[Node | None, list[ConfigProblem]]:
+def read_yaml(
+    text: str, file: str, environ: Mapping[str, str] | None = None
+) -> tuple[Node | None, list[ConfigProblem]]:
     """Parse ``text`` (the contents of ``file``) into a Node tree; None for an empty document."""
     problems: list[ConfigProblem] = []
     try:
@@ -220,7 +222,7 @@ def read_yaml(text: str, file: str,
         line = mark.line + 1 if mark else None
         what = " ".join(part for part in (exc.context, exc.problem) if part)
         lines = text.splitlines()
-        if line is not None and "${" in "".join(lines[max(line - 2, 0):line]):
+        if line is not None and "${" in "".join(lines[max(line - 2, 0) : line]):
             what += " (inside [...] or {...}, quote a value that contains ${...})"
         return None, [ConfigProblem(file, line, "", f"not valid YAML: {what}")]
     except yaml.YAMLError as exc:

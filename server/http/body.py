@@ -36,8 +36,13 @@ READ_CHUNK_BYTES = 65536  # most bytes asked of the source in one call
 # RFC 9112 7.1 / 7.1.1: chunk-size [ chunk-ext ] CRLF, with BWS around ";" and "=".
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 _CHUNK_LINE = re.compile(
-    rb"(?P<size>[0-9A-Fa-f]+)(?P<ext>(?:[ \t]*;[ \t]*" + TOKEN_BYTES.pattern
-    + rb"(?:[ \t]*=[ \t]*(?:" + TOKEN_BYTES.pattern + rb"|" + _QUOTED_STRING + rb"))?)*)\r\n"
+    rb"(?P<size>[0-9A-Fa-f]+)(?P<ext>(?:[ \t]*;[ \t]*"
+    + TOKEN_BYTES.pattern
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + TOKEN_BYTES.pattern
+    + rb"|"
+    + _QUOTED_STRING
+    + rb"))?)*)\r\n"
 )
 
 
@@ -60,10 +65,11 @@ def _incomplete() -> ProtocolError:
 class _FramedBody(ABC):
     """Reading shared by both framings; subclasses say how much of the current frame is left."""
 
-    __slots__ = ("length", "limit", "trailers", "_source", "_on_first_read")
+    __slots__ = ("_on_first_read", "_source", "length", "limit", "trailers")
 
-    def __init__(self, length: int | None, source: Source, limit: int | None,
-                 on_first_read: Callable[[], None] | None) -> None:
+    def __init__(
+        self, length: int | None, source: Source, limit: int | None, on_first_read: Callable[[], None] | None
+    ) -> None:
         self.length = length
         self.limit = limit  # may be lowered by the validate stage before the first read
         self.trailers = Headers()
@@ -125,8 +131,9 @@ class ContentLengthBody(_FramedBody):
 
     __slots__ = ("_declared", "_remaining")
 
-    def __init__(self, length: int, source: Source, limit: int | None,
-                 on_first_read: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, length: int, source: Source, limit: int | None, on_first_read: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(length, source, limit, on_first_read)
         self._declared = self._remaining = length
 
@@ -175,10 +182,11 @@ class ChunkedBody(_FramedBody):
     lines themselves are bounded by the data they frame, which the body limit bounds.
     """
 
-    __slots__ = ("_limits", "_chunk_left", "_finished", "_announced", "_metadata_left")
+    __slots__ = ("_announced", "_chunk_left", "_finished", "_limits", "_metadata_left")
 
-    def __init__(self, source: Source, limit: int | None,
-                 on_first_read: Callable[[], None] | None = None, *, limits: ParseLimits) -> None:
+    def __init__(
+        self, source: Source, limit: int | None, on_first_read: Callable[[], None] | None = None, *, limits: ParseLimits
+    ) -> None:
         super().__init__(None, source, limit, on_first_read)
         self._limits = limits
         self._chunk_left = 0  # data bytes left in the current chunk
@@ -254,8 +262,14 @@ class ChunkedBody(_FramedBody):
             self.trailers.add(*parse_field_line(line[:-2].decode("latin-1")))
 
 
-def body_reader(head: RequestHead, source: Source, limit: int | None,
-                on_first_read: Callable[[], None] | None = None, *, limits: ParseLimits) -> Body:
+def body_reader(
+    head: RequestHead,
+    source: Source,
+    limit: int | None,
+    on_first_read: Callable[[], None] | None = None,
+    *,
+    limits: ParseLimits,
+) -> Body:
     """The body stream framed by ``head`` (RFC 9112 6.3); ``limits`` bound chunked trailers."""
     if head.chunked:
         return ChunkedBody(source, limit, on_first_read, limits=limits)

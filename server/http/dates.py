@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
-from datetime import timezone
+from datetime import UTC
 
 
 @functools.lru_cache(maxsize=1024)
@@ -20,5 +20,5 @@ def parse_http_date(value: str) -> int | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())

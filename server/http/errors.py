@@ -32,7 +32,7 @@ class HTTPError(Exception):
         return (
             f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>"
             f"<body><h1>{title}</h1><p>{html.escape(text)}</p></body></html>\n"
-        ).encode("utf-8")
+        ).encode()
 
 
 class BadRequest(HTTPError):

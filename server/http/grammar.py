@@ -32,15 +32,24 @@ VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 # Fields that describe one connection, not the message: a handler may not send them, because
 # porch owns the framing and the connection (the connection drops them; WSGI refuses them).
-HOP_BY_HOP = frozenset({
-    # RFC 9110 7.6.1: Connection, and the fields known to be removed before forwarding.
-    "connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade",
-    # PEP 3333 "Other HTTP Features" forbids applications RFC 2616 13.5.1's list, which adds
-    # these (and spells Trailer "Trailers", as wsgiref.util.is_hop_by_hop does).
-    "proxy-authenticate", "proxy-authorization", "trailers",
-    # RFC 9110 6.6.2: Trailer announces trailer fields, and porch sends no trailers.
-    "trailer",
-})
+HOP_BY_HOP = frozenset(
+    {
+        # RFC 9110 7.6.1: Connection, and the fields known to be removed before forwarding.
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        # PEP 3333 "Other HTTP Features" forbids applications RFC 2616 13.5.1's list, which adds
+        # these (and spells Trailer "Trailers", as wsgiref.util.is_hop_by_hop does).
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailers",
+        # RFC 9110 6.6.2: Trailer announces trailer fields, and porch sends no trailers.
+        "trailer",
+    }
+)
 # RFC 9110 6.4.1: a 1xx (15.2), 204 (15.3.5) or 304 (15.4.5) response never has content.
 BODILESS_STATUSES = frozenset({*range(100, 200), 204, 304})
 
@@ -68,7 +77,7 @@ def parse_field_line(line: str) -> tuple[str, str]:
         if colon > 0 and line[colon - 1] in " \t":  # RFC 9112 5.1: no whitespace before the colon
             raise ProtocolError("whitespace between header field name and colon")
         raise ProtocolError("invalid header field line")
-    return line[:colon], line[colon + 1:].strip(" \t")  # RFC 9112 5.1: OWS is not part of the value
+    return line[:colon], line[colon + 1 :].strip(" \t")  # RFC 9112 5.1: OWS is not part of the value
 
 
 def list_elements(values: list[str]) -> list[str]:

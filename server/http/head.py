@@ -148,8 +148,12 @@ def find_head_end(buffer: bytes | bytearray, limits: ParseLimits) -> int:
         # RFC 9112 3: a server SHOULD answer 414 to a request-target longer than it will parse.
         errors.append((line_stop, ProtocolError("request line too long", HTTPStatus.REQUEST_URI_TOO_LONG)))
     if stop > limits.header_bytes:  # RFC 6585 5: header block too large
-        errors.append((limits.header_bytes + 1, ProtocolError(
-            "request head too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)))
+        errors.append(
+            (
+                limits.header_bytes + 1,
+                ProtocolError("request head too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE),
+            )
+        )
     if errors:
         raise min(errors, key=lambda error: error[0])[1]
     return stop if end >= 0 else -1
@@ -212,8 +216,15 @@ def parse_head(data: bytes, limits: ParseLimits) -> RequestHead:
 
     content_length, chunked = _framing(version, special)
     return RequestHead(
-        method=method, target=target, raw_path=raw_path, path=path, query=query, version=version,
-        headers=Headers(fields), content_length=content_length, chunked=chunked,
+        method=method,
+        target=target,
+        raw_path=raw_path,
+        path=path,
+        query=query,
+        version=version,
+        headers=Headers(fields),
+        content_length=content_length,
+        chunked=chunked,
         keep_alive=_keep_alive(version, special.get("connection")),
         expect_continue=_expect_continue(version, special.get("expect")),
     )

@@ -11,7 +11,7 @@ import builtins
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, Union
+from typing import BinaryIO, Protocol
 
 
 class Headers:
@@ -111,7 +111,7 @@ def nothing() -> None:
     """A wait announced where nobody listens (a forked child, a unit test)."""
 
 
-Address = Union[tuple[str, int], str]  # (host, port) for TCP; a path (or "") for Unix sockets
+Address = tuple[str, int] | str  # (host, port) for TCP; a path (or "") for Unix sockets
 
 
 @dataclass(slots=True)
@@ -171,7 +171,7 @@ class FileRegion:
     length: int
 
 
-ResponseBody = Union[bytes, Iterable[bytes], FileRegion]
+ResponseBody = bytes | Iterable[bytes] | FileRegion
 
 
 @dataclass(slots=True)
@@ -199,8 +199,9 @@ def escape(text: str) -> str:
     """Make client-controlled text safe for a log line: no control characters, quotes escaped."""
     if text.isprintable() and '"' not in text and "\\" not in text:
         return text
-    return "".join(_ESCAPES.get(ord(ch), ch if ch.isprintable() else ch.encode("unicode_escape").decode())
-                   for ch in text)
+    return "".join(
+        _ESCAPES.get(ord(ch), ch if ch.isprintable() else ch.encode("unicode_escape").decode()) for ch in text
+    )
 
 
 def client_host(client: object) -> str:

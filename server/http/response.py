@@ -54,9 +54,17 @@ class Framing:
     keep_alive: bool  # the connection may serve another request after this response
 
 
-def frame_response(method: str, version: str, status: int, fields: Iterable[tuple[str, str]],
-                   body: ResponseBody, keep_alive: bool, draining: bool, date: str,
-                   server: str) -> Framing:
+def frame_response(
+    method: str,
+    version: str,
+    status: int,
+    fields: Iterable[tuple[str, str]],
+    body: ResponseBody,
+    keep_alive: bool,
+    draining: bool,
+    date: str,
+    server: str,
+) -> Framing:
     """Decide the framing of a response (RFC 9112 6.1-6.3, 9.3): a pure function.
 
     ``keep_alive`` says whether the connection may stay open (the request allowed it);
@@ -115,8 +123,7 @@ def parse_length(value: str) -> int:
     return int(value)
 
 
-def serialize_response_head(version: str, status: int, reason: str | None,
-                            headers: Sequence[tuple[str, str]]) -> bytes:
+def serialize_response_head(version: str, status: int, reason: str | None, headers: Sequence[tuple[str, str]]) -> bytes:
     """The status line and header section (RFC 9112 4 and 5), refusing header injection.
 
     Field names already seen valid are remembered, and the values are checked together in one

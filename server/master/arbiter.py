@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porch import SOFTWARE
-from porch.workers.runtime import build_server
-from porch.config.settings import Config
+from porch.config.settings import Config, ConfigError
 from porch.master.daemon import (
     DaemonError,
     Pidfile,
@@ -49,16 +48,24 @@ from porch.master.daemon import (
     drop_privileges,
     root_warning,
 )
-from porch.config.settings import ConfigError
-from porch.net.listener import BoundListener, bind_all, rebind
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
+from porch.net.listener import BoundListener, bind_all, rebind
 from porch.spine.logs import Logs
+from porch.workers.runtime import build_server
 
 log = logging.getLogger(__name__)
 
 WORKER_BOOT_ERROR = 3  # a worker's exit status when it cannot build its handlers
-MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
-                  signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+MASTER_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
 TICK_SECONDS = 0.5
 BOOT_TIMEOUT_SECONDS = 60.0
 CRASH_WINDOW_SECONDS = 10.0
@@ -74,13 +81,13 @@ class Heartbeat:
         self.page = mmap.mmap(-1, HEARTBEAT.size + HEARTBEAT_TEXT_BYTES)
 
     def beat(self, loop_time: float, oldest_start: float, oldest_request: str) -> None:
-        text = oldest_request.encode("utf-8", "backslashreplace")[:HEARTBEAT_TEXT_BYTES - 1]
-        self.page[HEARTBEAT.size:HEARTBEAT.size + len(text) + 1] = text + b"\0"
-        self.page[:HEARTBEAT.size] = HEARTBEAT.pack(loop_time, oldest_start)
+        text = oldest_request.encode("utf-8", "backslashreplace")[: HEARTBEAT_TEXT_BYTES - 1]
+        self.page[HEARTBEAT.size : HEARTBEAT.size + len(text) + 1] = text + b"\0"
+        self.page[: HEARTBEAT.size] = HEARTBEAT.pack(loop_time, oldest_start)
 
     def read(self) -> tuple[float, float, str]:
-        loop_time, oldest_start = HEARTBEAT.unpack(self.page[:HEARTBEAT.size])
-        text = self.page[HEARTBEAT.size:].split(b"\0", 1)[0].decode("utf-8", "replace")
+        loop_time, oldest_start = HEARTBEAT.unpack(self.page[: HEARTBEAT.size])
+        text = self.page[HEARTBEAT.size :].split(b"\0", 1)[0].decode("utf-8", "replace")
         return loop_time, oldest_start, text
 
     def close(self) -> None:
@@ -113,8 +120,14 @@ def set_title(title: str) -> None:
 class Arbiter:
     """The master process."""
 
-    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None, *,
-                 daemon: bool = False, pidfile: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reload_config: Callable[[], Config] | None = None,
+        *,
+        daemon: bool = False,
+        pidfile: Path | None = None,
+    ) -> None:
         self.config = config
         self.reload_config = reload_config
         self.daemon = daemon
@@ -146,7 +159,7 @@ class Arbiter:
             self.listeners = bind_all(self.config.listen)
         except (OSError, DaemonError) as error:
             log.error("%s", error)
-            print(f"porch: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+            print(f"porch: {getattr(error, 'strerror', None) or error}", file=sys.stderr)  # noqa: T201 (the terminal)
             if self.pidfile is not None:
                 self.pidfile.release()
             return 1
@@ -160,8 +173,14 @@ class Arbiter:
         for signum in MASTER_SIGNALS:
             signal.signal(signum, lambda signum, frame: self.signals.put(signum))
         set_title(f"porch: master {self.describe()}")
-        log.info("%s master starting (pid %d, %d %s worker%s)", SOFTWARE, os.getpid(), self.target,
-                 self.config.concurrency, "" if self.target == 1 else "s")
+        log.info(
+            "%s master starting (pid %d, %d %s worker%s)",
+            SOFTWARE,
+            os.getpid(),
+            self.target,
+            self.config.concurrency,
+            "" if self.target == 1 else "s",
+        )
         try:
             status = self.supervise()
         finally:
@@ -173,7 +192,11 @@ class Arbiter:
         return status
 
     def describe(self) -> str:
-        return str(self.config.source) if self.config.source else ", ".join(l.address for l in self.config.listen)
+        return (
+            str(self.config.source)
+            if self.config.source
+            else ", ".join(listener.address for listener in self.config.listen)
+        )
 
     def shutdown_listeners(self, listeners: list[BoundListener]) -> None:
         for listener in listeners:
@@ -357,7 +380,7 @@ class Arbiter:
             log.error("workers cannot boot with this configuration; stopping")
             self.startup.failed(self.boot_errors[0])
             for line in self.boot_errors[0].splitlines():
-                print(f"porch: {line}", file=sys.stderr)
+                print(f"porch: {line}", file=sys.stderr)  # noqa: T201 (the terminal)
             self.stop(graceful=False)
             return True
         return False
@@ -369,8 +392,12 @@ class Arbiter:
         if len(self.crashes) > 3:
             delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (len(self.crashes) - 3))
             self.respawn_at = now + delay
-            log.warning("%d worker deaths in %ss: waiting %.0fs before the next start",
-                        len(self.crashes), CRASH_WINDOW_SECONDS, delay)
+            log.warning(
+                "%d worker deaths in %ss: waiting %.0fs before the next start",
+                len(self.crashes),
+                CRASH_WINDOW_SECONDS,
+                delay,
+            )
 
     def check_heartbeats(self) -> None:
         """Kill and replace workers whose acceptor loop has not run for ``worker_timeout``."""

@@ -53,8 +53,16 @@ MAX_REPORT_BYTES = 65536
 READY, FAILED = b"R", b"F"
 # Signals whose handlers the master may already have installed; the waiting command must not
 # inherit them (TTIN/TTOU would otherwise be caught, HUP/TERM merely queued).
-PARENT_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                          signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+PARENT_DEFAULT_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
 
 
 class DaemonError(Exception):
@@ -84,7 +92,7 @@ class Startup:
 
     def failed(self, message: str) -> None:
         """Start-up failed: the command prints ``message`` and exits 1."""
-        self._send(FAILED + message.encode("utf-8", "replace")[:MAX_REPORT_BYTES - 1])
+        self._send(FAILED + message.encode("utf-8", "replace")[: MAX_REPORT_BYTES - 1])
 
     def forget(self) -> None:
         """In a forked worker: close the inherited pipe end, so only the master can report.
@@ -193,8 +201,10 @@ def _read_report(fd: int, timeout: float) -> bytes | None:
 def _outcome(report: bytes | None) -> tuple[int, str]:
     """Exit status and the line to print for what the daemon reported."""
     if report is None:
-        return 1, (f"porch: the server did not report ready within {READY_TIMEOUT_SECONDS:.0f} s; it may "
-                   "still be starting (see its error log)\n")
+        return 1, (
+            f"porch: the server did not report ready within {READY_TIMEOUT_SECONDS:.0f} s; it may "
+            "still be starting (see its error log)\n"
+        )
     if report.startswith(READY):
         return 0, f"started (pid {report[1:].decode(errors='replace')})\n"
     if report.startswith(FAILED):
@@ -233,8 +243,11 @@ class Pidfile:
                         raise AlreadyRunning(f"porch is already running (pid {owner}, pidfile {self.path})")
                     time.sleep(LOCK_RETRY_SECONDS)  # mid-way through a replace, or someone peeking
                     continue
-                log.info("replacing stale pidfile %s (pid %s is not running porch)", self.path,
-                         _pid_in(existing) or "unknown")
+                log.info(
+                    "replacing stale pidfile %s (pid %s is not running porch)",
+                    self.path,
+                    _pid_in(existing) or "unknown",
+                )
                 self._write(create=False)
                 return
             finally:
@@ -498,9 +511,11 @@ def check_root(config: Config) -> str | None:
         exposed = ["inherited sockets"]
     if not exposed:
         return None
-    return (f"refusing to serve {', '.join(exposed)} with workers running as root: set `user:` "
-            "(and `group:`) so workers drop privileges after binding, listen only on loopback or "
-            "unix: addresses, or set `allow_root: true` to accept the risk")
+    return (
+        f"refusing to serve {', '.join(exposed)} with workers running as root: set `user:` "
+        "(and `group:`) so workers drop privileges after binding, listen only on loopback or "
+        "unix: addresses, or set `allow_root: true` to accept the risk"
+    )
 
 
 def root_warning(config: Config) -> str | None:

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from porch.config.settings import Config
+from porch.http.body import body_reader
+from porch.http.dates import format_http_date
 from porch.http.errors import (
     ClientDisconnected,
     HTTPError,
@@ -38,8 +40,6 @@ from porch.http.errors import (
     ProtocolError,
     RequestTimeout,
 )
-from porch.http.body import body_reader
-from porch.http.dates import format_http_date
 from porch.http.grammar import BODILESS_STATUSES
 from porch.http.head import RequestHead, find_head_end, parse_head
 from porch.http.messages import SMALL_FILE_BYTES, Address, FileRegion, Headers, Request, Response, nothing
@@ -72,9 +72,17 @@ DATES = SecondCache(format_http_date)  # the Date header (RFC 9110 6.6.1)
 class Connection:
     """One client connection and its buffered, not yet parsed bytes."""
 
-    def __init__(self, sock: socket.socket, client: Address, server: Address, scheme: str,
-                 pipeline: Pipeline, config: Config, draining: threading.Event,
-                 before_wait: Callable[[], None] = nothing) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        client: Address,
+        server: Address,
+        scheme: str,
+        pipeline: Pipeline,
+        config: Config,
+        draining: threading.Event,
+        before_wait: Callable[[], None] = nothing,
+    ) -> None:
         self.sock = sock
         sock.setblocking(False)  # always: waits are ours (``wait_io``), so none costs a poll first
         self.fd = sock.fileno()  # kept after close, to stop watching the right descriptor
@@ -260,11 +268,21 @@ class Connection:
         send_continue = self.send_continue if head.expect_continue else None
         body = body_reader(head, self, self.limits.body, send_continue, limits=self.limits)
         return Request(
-            method=head.method, target=head.target, raw_path=head.raw_path, path=head.path,
-            query=head.query, version=head.version, headers=head.headers, body=body,
-            client=self.client, server=self.server, scheme=self.scheme,
-            request_id=self.pipeline.request_id(head.headers, self.client), start=self.head_started,
-            client_gone=self.client_gone, before_wait=self.before_wait,
+            method=head.method,
+            target=head.target,
+            raw_path=head.raw_path,
+            path=head.path,
+            query=head.query,
+            version=head.version,
+            headers=head.headers,
+            body=body,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+            request_id=self.pipeline.request_id(head.headers, self.client),
+            start=self.head_started,
+            client_gone=self.client_gone,
+            before_wait=self.before_wait,
         )
 
     def client_gone(self) -> bool:
@@ -273,8 +291,7 @@ class Connection:
             return False  # it sent more: a pipelined request is waiting
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLRDHUP)
-        return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR)
-                   for _, events in poller.poll(0))
+        return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
     def finish_body(self, request: Request, head: RequestHead) -> bool:
         """Discard a small unread body so the connection can be reused; else it must close."""
@@ -374,9 +391,17 @@ class Connection:
         The keep-alive decision is applied before serialising: should the head prove invalid,
         the 500 that replaces it is framed under that decision.
         """
-        framing = frame_response(request.method, request.version, response.status, response.headers,
-                                 response.body, self.keep_alive, self.draining.is_set(), DATES.now(),
-                                 self.server_header)
+        framing = frame_response(
+            request.method,
+            request.version,
+            response.status,
+            response.headers,
+            response.body,
+            self.keep_alive,
+            self.draining.is_set(),
+            DATES.now(),
+            self.server_header,
+        )
         self.keep_alive = framing.keep_alive
         head = serialize_response_head(request.version, response.status, response.reason, framing.headers)
         return head, framing.length, framing.chunked
@@ -476,8 +501,12 @@ class Connection:
         response = error_response(error)
         data = head_bytes if head_bytes is not None else bytes(self.buffer[:512])
         line = data.lstrip(b"\r\n").split(b"\r\n", 1)[0][:512].decode("latin-1")
-        headers = [*response.headers, ("Content-Length", str(len(response.body))),  # type: ignore[arg-type]
-                   ("Date", DATES.now()), ("Connection", "close")]
+        headers = [
+            *response.headers,
+            ("Content-Length", str(len(response.body))),  # type: ignore[arg-type]
+            ("Date", DATES.now()),
+            ("Connection", "close"),
+        ]
         if self.server_header:
             headers.append(("Server", self.server_header))
         payload = serialize_response_head("HTTP/1.1", response.status, None, headers) + response.body  # type: ignore[operator]

@@ -28,7 +28,7 @@ log = logging.getLogger("porch.net.connection")
 class Handshake:
     """The TLS handshake of one accepted socket, stepped or completed by its connection."""
 
-    __slots__ = ("sock", "client", "started", "done")
+    __slots__ = ("client", "done", "sock", "started")
 
     def __init__(self, sock: ssl.SSLSocket, client: Address) -> None:
         self.sock = sock
@@ -78,4 +78,6 @@ class Handshake:
         debug for a peer that just went away.  Scanners make these common; they are not errors."""
         peer = f"{self.client[0]}:{self.client[1]}" if isinstance(self.client, tuple) else "a unix socket client"
         quiet = isinstance(error, ssl.SSLEOFError) or not isinstance(error, (ssl.SSLError, TimeoutError))
-        log.log(logging.DEBUG if quiet else logging.INFO, "TLS handshake with %s failed: %s", peer, failure_reason(error))
+        log.log(
+            logging.DEBUG if quiet else logging.INFO, "TLS handshake with %s failed: %s", peer, failure_reason(error)
+        )

@@ -169,8 +169,11 @@ def _bind_unix(listener: Listener, path: str) -> tuple[socket.socket, int]:
             try:
                 os.chown(path, _account_id(listener.owner, "user"), _account_id(listener.group, "group"))
             except PermissionError as error:
-                raise OSError(error.errno, f"cannot give {path} to owner {listener.owner or '-'} group "
-                                           f"{listener.group or '-'}: {error.strerror} (it takes root)") from error
+                raise OSError(
+                    error.errno,
+                    f"cannot give {path} to owner {listener.owner or '-'} group "
+                    f"{listener.group or '-'}: {error.strerror} (it takes root)",
+                ) from error
         sock.listen(listener.backlog)
     except OSError:
         sock.close()

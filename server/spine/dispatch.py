@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from porch.handlers.base import Handler
 from porch.config.settings import Mount
+from porch.handlers.base import Handler
 from porch.http.errors import NotFound
 
 
@@ -30,8 +30,9 @@ class Router:
             host = mount.host.lower() if mount.host else None
             by_host.setdefault(host, []).append(Route(mount, handler))
         # Longest prefix first, so the first match is the best one.
-        self._by_host = {host: sorted(found, key=lambda r: len(r.mount.path), reverse=True)
-                         for host, found in by_host.items()}
+        self._by_host = {
+            host: sorted(found, key=lambda r: len(r.mount.path), reverse=True) for host, found in by_host.items()
+        }
         self._any_host = self._by_host.get(None, [])
         self.routes = [Route(mount, handler) for mount, handler in routes]
 

@@ -27,6 +27,7 @@ PACKAGE_LOGGERS = ("porch",)
 
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
+
 class RequestIdFilter(logging.Filter):
     """Adds ``request_id`` to every error-log record."""
 
@@ -76,8 +77,9 @@ class Logs:
         level = getattr(logging, settings.level.upper())
 
         error_handler = _handler_for(settings.error, sys.stderr)
-        error_handler.setFormatter(logging.Formatter(
-            "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"))
+        error_handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s")
+        )
         error_handler.addFilter(RequestIdFilter())
         for name in (ERROR_LOGGER, *PACKAGE_LOGGERS):
             logger = logging.getLogger(name)
@@ -106,8 +108,16 @@ class Logs:
         for handler in self.handlers:
             handler.close()
 
-    def log_request(self, request: Request | None, client: str, request_line: str, status: int,
-                    sent: int, duration: float, request_id: str) -> None:
+    def log_request(
+        self,
+        request: Request | None,
+        client: str,
+        request_line: str,
+        status: int,
+        sent: int,
+        duration: float,
+        request_id: str,
+    ) -> None:
         """Write one access line; ``request`` is None for requests rejected before parsing.
 
         The line goes straight to the handlers' streams, under their locks (so USR1's reopen is
@@ -132,45 +142,52 @@ def _clf_time() -> str:
 
 
 def _common(request: Request | None, client: str, request_line: str, status: int, sent: int) -> str:
-    return (f'{client} - - [{_clf_time()}] "{escape(request_line)}" {status} '
-            f"{sent if sent else '-'}")
+    return f'{client} - - [{_clf_time()}] "{escape(request_line)}" {status} {sent if sent else "-"}'
 
 
-def format_common(request: Request | None, client: str, request_line: str, status: int, sent: int,
-                  duration: float, request_id: str) -> str:
+def format_common(
+    request: Request | None, client: str, request_line: str, status: int, sent: int, duration: float, request_id: str
+) -> str:
     """Apache common log format."""
     return _common(request, client, request_line, status, sent)
 
 
-def format_combined(request: Request | None, client: str, request_line: str, status: int, sent: int,
-                    duration: float, request_id: str) -> str:
+def format_combined(
+    request: Request | None, client: str, request_line: str, status: int, sent: int, duration: float, request_id: str
+) -> str:
     """Apache combined format, then the request time in seconds and the request id."""
     headers = request.headers if request is not None else None
     referer = escape(headers.get("referer", "-") or "-") if headers else "-"
     agent = escape(headers.get("user-agent", "-") or "-") if headers else "-"
-    return (f'{_common(request, client, request_line, status, sent)} "{referer}" "{agent}" '
-            f"{duration:.6f} {escape(request_id)}")
+    return (
+        f'{_common(request, client, request_line, status, sent)} "{referer}" "{agent}" '
+        f"{duration:.6f} {escape(request_id)}"
+    )
 
 
-def format_json(request: Request | None, client: str, request_line: str, status: int, sent: int,
-                duration: float, request_id: str) -> str:
+def format_json(
+    request: Request | None, client: str, request_line: str, status: int, sent: int, duration: float, request_id: str
+) -> str:
     """One JSON object per line; json.dumps escapes every control character."""
     headers = request.headers if request is not None else None
-    return json.dumps({
-        "time": ISO_TIME.now(),
-        "client": client,
-        "request": request_line,
-        "method": request.method if request else None,
-        "path": request.raw_path if request else None,
-        "query": request.query if request else None,
-        "host": headers.get("host") if headers else None,
-        "status": status,
-        "bytes": sent,
-        "referer": headers.get("referer") if headers else None,
-        "user_agent": headers.get("user-agent") if headers else None,
-        "duration": round(duration, 6),
-        "request_id": request_id,
-    }, ensure_ascii=True)
+    return json.dumps(
+        {
+            "time": ISO_TIME.now(),
+            "client": client,
+            "request": request_line,
+            "method": request.method if request else None,
+            "path": request.raw_path if request else None,
+            "query": request.query if request else None,
+            "host": headers.get("host") if headers else None,
+            "status": status,
+            "bytes": sent,
+            "referer": headers.get("referer") if headers else None,
+            "user_agent": headers.get("user-agent") if headers else None,
+            "duration": round(duration, 6),
+            "request_id": request_id,
+        },
+        ensure_ascii=True,
+    )
 
 
 ACCESS_FORMATS = {"common": format_common, "combined": format_combined, "json": format_json}

@@ -18,7 +18,6 @@ from dataclasses import replace
 from urllib.parse import unquote
 
 from porch.config.settings import AccessRules, Config
-from porch.spine.dispatch import Router
 from porch.http.body import EmptyBody
 from porch.http.errors import (
     CLIENT_CLOSED_REQUEST,
@@ -27,9 +26,9 @@ from porch.http.errors import (
     InternalRedirect,
     InternalServerError,
 )
+from porch.http.messages import Headers, Request, Response, client_host, escape
+from porch.spine.dispatch import Router
 from porch.spine.logs import Logs, current_request_id
-from porch.http.messages import client_host, escape
-from porch.http.messages import Headers, Request, Response
 from porch.spine.validate import admitted, validate
 
 log = logging.getLogger(__name__)
@@ -68,9 +67,15 @@ class Pipeline:
     def request_id(self, headers: Headers, client: object) -> str:
         """The incoming X-Request-ID when a trusted proxy sent it, else a fresh one."""
         incoming = headers.get("x-request-id")
-        if incoming and self.config.trusted_proxies and isinstance(client, tuple):
-            if admitted(self.trusted_proxies, client) and len(incoming) <= 200 and incoming.isprintable():
-                return incoming
+        if (
+            incoming
+            and self.config.trusted_proxies
+            and isinstance(client, tuple)
+            and admitted(self.trusted_proxies, client)
+            and len(incoming) <= 200
+            and incoming.isprintable()
+        ):
+            return incoming
         return f"{self.id_prefix}{next(self.id_counter) & 0xFFFFFFFF:08x}"
 
     def run(self, request: Request, send: Send) -> bool:
@@ -90,8 +95,15 @@ class Pipeline:
             self.served += 1
             if self.logs.access_enabled:  # else not even the line's parts are worth building
                 status = response.status if response is not None else 500
-                self.logs.log_request(request, client_host(request.client), request_line(request), status,
-                                      sent, time.monotonic() - request.start, request.request_id)
+                self.logs.log_request(
+                    request,
+                    client_host(request.client),
+                    request_line(request),
+                    status,
+                    sent,
+                    time.monotonic() - request.start,
+                    request.request_id,
+                )
             current_request_id.reset(token)
         return complete
 
@@ -108,8 +120,9 @@ class Pipeline:
             raise InternalServerError("too many internal redirects")
         except ClientDisconnected:
             log.info("%s %s: the client went away", request.method, escape(request.target))
-            return Response(CLIENT_CLOSED_REQUEST, Headers([("Connection", "close")]), b"",
-                            reason="Client Closed Request")
+            return Response(
+                CLIENT_CLOSED_REQUEST, Headers([("Connection", "close")]), b"", reason="Client Closed Request"
+            )
         except HTTPError as error:
             if error.status >= 500:
                 log.error("%s %s: %s", request.method, escape(request.target), error)
@@ -126,11 +139,9 @@ class Pipeline:
         oldest = min(requests, key=lambda request: request.start)
         return oldest.start, escape(request_line(oldest))
 
-    def log_rejected(self, client: object, request_line_text: str, status: int, sent: int,
-                     start: float) -> None:
+    def log_rejected(self, client: object, request_line_text: str, status: int, sent: int, start: float) -> None:
         """Access-log a request that was rejected before it could be parsed into a Request."""
-        self.logs.log_request(None, client_host(client), request_line_text, status, sent,
-                              time.monotonic() - start, "-")
+        self.logs.log_request(None, client_host(client), request_line_text, status, sent, time.monotonic() - start, "-")
 
 
 def request_line(request: Request) -> str:
@@ -140,9 +151,16 @@ def request_line(request: Request) -> str:
 def redirected(request: Request, target: str) -> Request:
     """``request`` turned into a body-less GET of the local ``target`` (RFC 3875 6.2.2)."""
     raw_path, _, query = target.partition("?")
-    headers = Headers([(k, v) for k, v in request.headers if k.lower() not in ("content-length",
-                                                                               "transfer-encoding",
-                                                                               "content-type")])
-    return replace(request, method="GET", target=target, raw_path=raw_path,
-                   path=unquote(raw_path, errors="surrogateescape"), query=query, headers=headers,
-                   body=EmptyBody(limit=0))
+    headers = Headers(
+        [(k, v) for k, v in request.headers if k.lower() not in ("content-length", "transfer-encoding", "content-type")]
+    )
+    return replace(
+        request,
+        method="GET",
+        target=target,
+        raw_path=raw_path,
+        path=unquote(raw_path, errors="surrogateescape"),
+        query=query,
+        headers=headers,
+        body=EmptyBody(limit=0),
+    )

@@ -12,9 +12,9 @@ import ipaddress
 from functools import lru_cache
 
 from porch.config.settings import AccessRules, Config
-from porch.spine.dispatch import Route
 from porch.http.errors import Forbidden, MethodNotAllowed, MethodNotImplemented, PayloadTooLarge
 from porch.http.messages import Request
+from porch.spine.dispatch import Route
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
 SERVED_METHODS = KNOWN_METHODS - {"TRACE", "CONNECT"}

@@ -58,8 +58,9 @@ class ThreadPoolServer(SelectorServer):
         self._stop_threads = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.idle.register(self._stop_threads, select.EPOLLIN)  # level-triggered: wakes them all
         self.next_scan = time.monotonic() + EXPIRY_SCAN_SECONDS
-        self.workers = [threading.Thread(target=self.work, name=f"porch-worker-{n}", daemon=True)
-                        for n in range(config.threads)]
+        self.workers = [
+            threading.Thread(target=self.work, name=f"porch-worker-{n}", daemon=True) for n in range(config.threads)
+        ]
         for worker in self.workers:
             worker.start()
 

@@ -24,8 +24,8 @@ from types import FrameType
 from porch import SOFTWARE
 from porch.config.settings import Config
 from porch.handlers.build import build_handlers, handler_context
-from porch.spine.dispatch import Router
 from porch.net.listener import BoundListener
+from porch.spine.dispatch import Router
 from porch.spine.logs import Logs
 from porch.spine.pipeline import Pipeline
 from porch.workers.forking import ForkingServer
@@ -96,8 +96,11 @@ class Runtime:
                     self.server.shutdown()
                     return 0
                 else:
-                    log.info("%s: stopping gracefully (up to %ss)", signal.Signals(signum).name,
-                             self.config.timeouts.graceful)
+                    log.info(
+                        "%s: stopping gracefully (up to %ss)",
+                        signal.Signals(signum).name,
+                        self.config.timeouts.graceful,
+                    )
                     self.server.begin_drain()
                     acceptor.join(self.config.timeouts.graceful)
                     if acceptor.is_alive():

@@ -146,8 +146,8 @@ class SelectorServer(socketserver.BaseServer):
                 if self.listeners_open:  # else closed under us by a drain: nothing to say
                     log.error("accept failed on %s: %s", listener.name, error)
                 return
-            if not self.verify_request(sock, address):  # type: ignore[arg-type]
-                self.shutdown_request(sock)  # type: ignore[arg-type]
+            if not self.verify_request(sock, address):
+                self.shutdown_request(sock)
                 continue
             try:
                 yield self.connection_for(sock, address, listener)
@@ -162,8 +162,16 @@ class SelectorServer(socketserver.BaseServer):
             address = ""
         if listener.tls is not None:
             sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return Connection(sock, address, listener.address, listener.scheme, self.pipeline, self.config,
-                          self.draining, self.before_wait)
+        return Connection(
+            sock,
+            address,
+            listener.address,
+            listener.scheme,
+            self.pipeline,
+            self.config,
+            self.draining,
+            self.before_wait,
+        )
 
     def on_readable(self, fd: int, owner: object) -> None:
         """A watched descriptor other than a listener became readable (the wake-up channel)."""
@@ -206,7 +214,7 @@ class SelectorServer(socketserver.BaseServer):
         try:
             self.process_request(conn, conn.client)  # type: ignore[arg-type]
         except Exception:
-            self.handle_error(conn.sock, conn.client)  # type: ignore[arg-type]
+            self.handle_error(conn.sock, conn.client)
             self.shutdown_request(conn)
 
     def server_close(self) -> None:

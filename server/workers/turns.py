@@ -40,8 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from porch.workers.tuning import (BUSY_SHARE, DOZE_AFTER_CHECKS, MAX_STANDBY_SECONDS, STANDBY_SECONDS,
-                                  WINDOW_SECONDS)
+from porch.workers.tuning import BUSY_SHARE, DOZE_AFTER_CHECKS, MAX_STANDBY_SECONDS, STANDBY_SECONDS, WINDOW_SECONDS
 
 
 class Turns(Protocol):

@@ -1,4 +1,5 @@
 """A header block that never ends: 100 KiB of fields."""
+
 import sys
 
 for n in range(2000):

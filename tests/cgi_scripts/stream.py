@@ -1,4 +1,5 @@
 """Streams SIZE bytes (from the query string, default 5 MiB) in 64 KiB writes."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Writes 1 MiB before reading its input: deadlocks a server that feeds stdin before reading stdout."""
+
 import hashlib
 import sys
 

@@ -94,8 +94,10 @@ def count() -> int:
 
 def make_adder(offset: int = 10) -> Any:
     """A factory: functions may be "module:factory()" too."""
+
     def add_offset(value: int) -> int:
         return value + offset
+
     return add_offset
 
 

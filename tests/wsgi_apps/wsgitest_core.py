@@ -7,8 +7,9 @@ either shows up as a 500 plus a traceback in the error log.  A validator complai
 ``raw_application`` is the same router unwrapped, for what the validator forbids on purpose
 (``read()`` without a size, a bad status) and for ``wsgi.file_wrapper`` sent with sendfile.
 
-Routes (the first PATH_INFO segment naming one; "" for an empty PATH_INFO): environ, read, write, exc-before, exc-after, raise,
-raise-in-iter, stream, file, errors, length, generator, list, status, header, expect.
+Routes (the first PATH_INFO segment naming one; "" for an empty PATH_INFO): environ, read, write,
+exc-before, exc-after, raise, raise-in-iter, stream, file, errors, length, generator, list,
+status, header, expect.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import sys
 import time
 import warnings
 import wsgiref.validate
-from wsgiref.types import StartResponse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+from wsgiref.types import StartResponse
 
 warnings.simplefilter("error", wsgiref.validate.WSGIWarning)
 log = logging.getLogger("porch.testapp")  # a "porch" logger reaches the error log
@@ -49,8 +50,12 @@ def query(environ: Environ) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
 
-def text(start_response: StartResponse, body: str | bytes, status: str = "200 OK",
-         content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+def text(
+    start_response: StartResponse,
+    body: str | bytes,
+    status: str = "200 OK",
+    content_type: str = "text/plain; charset=utf-8",
+) -> list[bytes]:
     data = body.encode() if isinstance(body, str) else body
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(data)))])
     return [data]
@@ -59,8 +64,7 @@ def text(start_response: StartResponse, body: str | bytes, status: str = "200 OK
 def environ_view(environ: Environ, start_response: StartResponse) -> list[bytes]:
     """Every str key, plus the wsgi.* values a test can compare."""
     view: dict[str, Any] = {k: v for k, v in environ.items() if isinstance(v, str)}
-    for key in ("wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
-                "wsgi.input_terminated"):
+    for key in ("wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated"):
         view[key] = environ.get(key)
     view["wsgi.version"] = list(view["wsgi.version"])
     view["has_file_wrapper"] = callable(environ.get("wsgi.file_wrapper"))
@@ -105,8 +109,9 @@ def read_view(environ: Environ, start_response: StartResponse) -> list[bytes]:
             digest.update(line)
             count += 1
     assert stream.read(10) == b""  # past the end of the body: nothing, and never blocks
-    return text(start_response, json.dumps({"sha256": digest.hexdigest(), "pieces": count}),
-                content_type="application/json")
+    return text(
+        start_response, json.dumps({"sha256": digest.hexdigest(), "pieces": count}), content_type="application/json"
+    )
 
 
 def write_view(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
@@ -181,6 +186,7 @@ class ClosingIterable:
 
 def raise_in_iter_view(environ: Environ, start_response: StartResponse) -> ClosingIterable:
     """Fails while producing the first chunk: a 500, and close() still runs."""
+
     def failing() -> Iterator[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         raise RuntimeError("failed in the iterable")
@@ -271,11 +277,24 @@ def expect_view(environ: Environ, start_response: StartResponse) -> list[bytes]:
 
 
 ROUTES: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
-    "": environ_view, "environ": environ_view, "read": read_view, "write": write_view, "big-write": big_write_view,
-    "exc-before": exc_before_view, "exc-after": exc_after_view, "raise": raise_view,
-    "raise-in-iter": raise_in_iter_view, "stream": stream_view, "file": file_view,
-    "errors": errors_view, "length": length_view, "generator": generator_view, "list": list_view,
-    "status": status_view, "header": header_view, "expect": expect_view,
+    "": environ_view,
+    "environ": environ_view,
+    "read": read_view,
+    "write": write_view,
+    "big-write": big_write_view,
+    "exc-before": exc_before_view,
+    "exc-after": exc_after_view,
+    "raise": raise_view,
+    "raise-in-iter": raise_in_iter_view,
+    "stream": stream_view,
+    "file": file_view,
+    "errors": errors_view,
+    "length": length_view,
+    "generator": generator_view,
+    "list": list_view,
+    "status": status_view,
+    "header": header_view,
+    "expect": expect_view,
 }
 
 
@@ -292,6 +311,7 @@ application = wsgiref.validate.validator(raw_application)
 
 def create_app(greeting: str = "hello", punctuation: str = "!") -> Callable[..., Iterable[bytes]]:
     """An app factory, for "module:create_app('hi')"."""
+
     def greet(environ: Environ, start_response: StartResponse) -> list[bytes]:
         return text(start_response, f"{greeting}{punctuation}")
 

@@ -32,17 +32,22 @@ def hello(name: str) -> str:
 def item(item_id: int) -> Response:
     if item_id > 100:
         abort(404)
-    return jsonify(id=item_id, url=url_for("item", item_id=item_id),
-                   external=url_for("item", item_id=item_id, _external=True),
-                   script_root=request.script_root, path=request.path)
+    return jsonify(
+        id=item_id,
+        url=url_for("item", item_id=item_id),
+        external=url_for("item", item_id=item_id, _external=True),
+        script_root=request.script_root,
+        path=request.path,
+    )
 
 
 @app.post("/upload")
 def upload() -> Response:
     stored = request.files["file"]
     data = stored.read()
-    return jsonify(filename=stored.filename, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                   note=request.form.get("note"))
+    return jsonify(
+        filename=stored.filename, size=len(data), sha256=hashlib.sha256(data).hexdigest(), note=request.form.get("note")
+    )
 
 
 @app.get("/stream")

@@ -9,8 +9,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
-TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [], "APP_DIRS": False,
-              "OPTIONS": {"context_processors": ["django.template.context_processors.csrf"]}}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": False,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.csrf"]},
+    }
+]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
 APPEND_SLASH = True

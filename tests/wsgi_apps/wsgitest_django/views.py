@@ -7,8 +7,8 @@ from django.template import engines
 from django.urls import reverse
 
 FORM = engines["django"].from_string(
-    '<form method="post" action="{{ action }}">{% csrf_token %}'
-    '<input name="name"><button>Send</button></form>')
+    '<form method="post" action="{{ action }}">{% csrf_token %}<input name="name"><button>Send</button></form>'
+)
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -16,9 +16,15 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def item(request: HttpRequest, item_id: int) -> JsonResponse:
-    return JsonResponse({"id": item_id, "path": request.path, "path_info": request.path_info,
-                         "reverse": reverse("item", args=[item_id]),
-                         "absolute": request.build_absolute_uri()})
+    return JsonResponse(
+        {
+            "id": item_id,
+            "path": request.path,
+            "path_info": request.path_info,
+            "reverse": reverse("item", args=[item_id]),
+            "absolute": request.build_absolute_uri(),
+        }
+    )
 
 
 def form(request: HttpRequest) -> HttpResponse:
