@@ -8,8 +8,9 @@ import io
 import json
 import logging
 import os
-import subprocess
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import unquote
@@ -345,11 +346,18 @@ class TestRunning:
             ("malformed.sh", BadGateway),
             ("no_cgi_field.sh", BadGateway),
             ("huge_head.py", BadGateway),
+            ("unicode_length.sh", BadGateway),
+            ("two_lengths.sh", BadGateway),
         ],
     )
     def test_failures(self, handler: CGIHandler, script: str, error: type) -> None:
         with pytest.raises(error):
             handler.handle(make_request(f"/cgi-bin/{script}"))
+
+    def test_identical_lengths_are_one(self, handler: CGIHandler) -> None:
+        response, data = run(handler, make_request("/cgi-bin/same_lengths.sh"))
+        assert (response.status, data) == (200, b"hello")
+        assert response.headers.get_all("Content-Length") == ["5"]
 
     def test_timeout_before_the_head(self) -> None:
         handler = build(timeout=0.5)
@@ -617,31 +625,43 @@ class TestLimits:
 
     def test_slot_pool_spans_processes_and_survives_crashes(self) -> None:
         pool = SlotPool(1)
-        holder = subprocess.Popen(  # another process takes the only place and keeps it
-            [sys.executable, "-c", HOLD_SLOT, str(pool.directory / "slot-0")], stdout=subprocess.PIPE
-        )
+        ready, told = os.pipe()
+        holder = os.fork()  # as a forked connection child: it shares the pool's descriptors
+        if holder == 0:
+            try:
+                os.close(ready)
+                os.write(told, b"held" if pool.acquire() is not None else b"none")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        os.close(told)
+        reaped = False
         try:
-            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            assert os.read(ready, 4) == b"held"
             assert pool.acquire() is None
-            holder.kill()  # dies holding it: the kernel gives the place back
-            holder.wait()
+            os.kill(holder, signal.SIGKILL)  # dies holding it: the kernel gives the place back
+            os.waitpid(holder, 0)
+            reaped = True
             slot = pool.acquire()
             assert slot is not None
-            assert pool.acquire() is None
+            assert pool.acquire() is None  # threads of one process exclude each other too
             slot.release()
             assert pool.acquire() is not None
         finally:
-            holder.kill()
-            holder.wait()
-            holder.stdout.close()  # type: ignore[union-attr]
+            os.close(ready)
+            if not reaped:
+                os.kill(holder, signal.SIGKILL)
+                os.waitpid(holder, 0)
             pool.close()
-        assert not pool.directory.exists()
+        assert pool.acquire() is None  # closed: no place, and no descriptor of another file used
 
-
-HOLD_SLOT = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("held", flush=True)
-time.sleep(60)
-"""
+    def test_slot_pool_leaves_nothing_on_disk(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        pool = SlotPool(3)
+        try:
+            assert list(tmp_path.iterdir()) == []  # not even while it is open
+            slot = pool.acquire()
+            assert slot is not None
+            slot.release()
+        finally:
+            pool.close()

@@ -112,8 +112,52 @@ class TestParseCGIHead:
         assert parse_cgi_head(b"Content-Type: a/b\n").length_matches(123)  # none declared
         head = parse_cgi_head(b"Content-Type: a/b\nContent-Length: 5\n")
         assert head.length_matches(5) and not head.length_matches(4)
-        assert not parse_cgi_head(b"Content-Type: a/b\nContent-Length: 5\nContent-Length: 6\n").length_matches(5)
-        assert not parse_cgi_head(b"Content-Type: a/b\nContent-Length: \xb2\n").length_matches(2)  # a latin-1 digit
+
+    @pytest.mark.parametrize(
+        "lengths",
+        [
+            b"Content-Length: 5\nContent-Length: 5\n",
+            b"Content-Length: 5, 5\n",
+            b"content-length: 5\nContent-Length:5 ,\t5\n",
+        ],
+    )
+    def test_identical_lengths_are_folded_into_one(self, lengths: bytes) -> None:
+        # RFC 9110 8.6: a repeated identical length is one length, given once where the first was.
+        for head in (
+            parse_cgi_head(b"Content-Type: a/b\n" + lengths + b"X-After: 1\n"),
+            parse_nph_head(b"HTTP/1.1 200 OK\nContent-Type: a/b\n" + lengths + b"X-After: 1\n"),
+        ):
+            assert [(n.lower(), v) for n, v in head.fields] == [
+                ("content-type", "a/b"),
+                ("content-length", "5"),
+                ("x-after", "1"),
+            ]
+            assert head.length_matches(5) and not head.length_matches(55)
+
+    @pytest.mark.parametrize(
+        "lengths, reason",
+        [
+            (b"Content-Length: \xb2\n", "invalid Content-Length"),  # latin-1 "\u00b2": "\u00b2".isdigit()
+            (b"Content-Length: \xb9\xb3\n", "invalid Content-Length"),
+            (b"Content-Length: 5\nContent-Length: \xb2\n", "invalid Content-Length"),
+            (b"Content-Length: +5\n", "invalid Content-Length"),
+            (b"Content-Length: 0x5\n", "invalid Content-Length"),
+            (b"Content-Length: 5 5\n", "invalid Content-Length"),
+            (b"Content-Length: 5,\n", "invalid Content-Length"),
+            (b"Content-Length: " + b"9" * 21 + b"\n", "invalid Content-Length"),  # beyond any int() limit too
+            (b"Content-Length: 5\nContent-Length: 6\n", "differing Content-Length values 5 and 6"),
+            (b"Content-Length: 5\nX-A: 1\ncontent-length: 6\n", "differing Content-Length values 5 and 6"),
+            (b"Content-Length: 5, 6\n", "differing Content-Length values 5 and 6"),
+            (b"Content-Length: 5\nContent-Length: 05\n", "differing Content-Length values 05 and 5"),
+        ],
+    )
+    def test_bad_or_differing_lengths_are_malformed(self, lengths: bytes, reason: str) -> None:
+        for parse, block in (
+            (parse_cgi_head, b"Content-Type: a/b\n" + lengths),
+            (parse_nph_head, b"HTTP/1.1 200 OK\n" + lengths),
+        ):
+            with pytest.raises(MalformedOutput, match=reason):
+                parse(block)
 
     def test_latin1_values_survive(self) -> None:
         head = parse_cgi_head(b"Content-Type: a/b\nX-Name: caf\xe9\n")
@@ -187,6 +231,8 @@ def test_any_header_block_parses_or_is_malformed(block: bytes) -> None:
         assert isinstance(head, CGIHead)
         for name, value in head.fields:
             assert name and "\r" not in value and "\n" not in value and "\x00" not in value
+        lengths = [value for name, value in head.fields if name.lower() == "content-length"]
+        assert len(lengths) <= 1 and all(value.isascii() and value.isdigit() for value in lengths)
         assert head.status is None or 200 <= head.status <= 599
 
 

@@ -11,17 +11,18 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
 import requests
 from conftest import CONCURRENCY_MODELS
-from porchtest import PorchServer
+from porchtest import PorchServer, wait_until
 
 SCRIPTS = Path(__file__).parent / "cgi_scripts"
 PY = {".py": sys.executable}
@@ -409,6 +410,13 @@ class TestResponses:
         assert head.startswith(b"HTTP/1.1 299 Very Custom\r\n") and b"X-Nph: yes" in head
         assert body == b"straight from the script"
 
+    def test_identical_content_lengths_are_sent_as_one(self, server: PorchServer) -> None:
+        raw = raw_exchange(server, b"GET /cgi-bin/same_lengths.sh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head, body = split_response(raw)
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"hello"
+        lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        assert lengths == [b"Content-Length: 5"] and b"X-Between: kept" in head
+
     def test_head_request(self, server: PorchServer) -> None:
         response = requests.head(server.url + "/cgi-bin/head.sh", timeout=5)
         assert response.status_code == 200 and response.headers["Content-Length"] == "5"
@@ -574,6 +582,8 @@ class TestFailures:
             ("malformed.sh", 502),
             ("no_cgi_field.sh", 502),
             ("huge_head.py", 502),
+            ("unicode_length.sh", 502),  # Content-Length: "\u00b2", a digit to str.isdigit() only
+            ("two_lengths.sh", 502),
         ],
     )
     def test_broken_scripts(self, server: PorchServer, script: str, status: int) -> None:
@@ -598,6 +608,19 @@ class TestFailures:
         assert f"{SCRIPTS}/crash.sh: something went badly wrong" in log
         assert f"{SCRIPTS}/crash.sh: exited with status 3" in log
         assert f"{SCRIPTS}/malformed.sh: malformed CGI response" in log
+
+    def test_content_length_problems_are_logged(self, server: PorchServer) -> None:
+        requests.get(server.url + "/cgi-bin/unicode_length.sh", timeout=10)
+        requests.get(server.url + "/cgi-bin/two_lengths.sh", timeout=10)
+        expected = [
+            f"{SCRIPTS}/unicode_length.sh: malformed CGI response: invalid Content-Length '\u00b2'",
+            f"{SCRIPTS}/two_lengths.sh: malformed CGI response: differing Content-Length values 5 and 6",
+        ]
+        deadline = time.monotonic() + 3
+        while not all(line in server.error_text() for line in expected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = server.error_text()
+        assert [line for line in expected if line not in log] == []
 
     def test_stderr_goes_to_the_error_log_escaped(self, server: PorchServer) -> None:
         assert requests.get(server.url + "/cgi-bin/stderr.sh", timeout=10).text == "ok\n"
@@ -712,6 +735,40 @@ class TestLimits:
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
             assert [future.result().status_code for future in slow] == [200, 200]
         assert requests.get(server.url + "/limited/env.sh", timeout=5).status_code == 200
+
+
+def children(pid: int) -> set[int]:
+    """The direct children of ``pid``: the master's workers."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def test_killed_worker_leaves_no_slot_files(
+    porch: Callable[..., PorchServer], tmp_path: Path, concurrency: str
+) -> None:
+    """The slot files of max_concurrent have no name, so a SIGKILL leaves nothing in TMPDIR,
+    and the respawned worker's own slots still cap its scripts."""
+    private_tmp = tmp_path / "tmpdir"
+    private_tmp.mkdir()
+    mount = {"path": "/cgi-bin", "type": "cgi", "root": str(SCRIPTS), "timeout": 10, "max_concurrent": 1}
+    srv = porch({"concurrency": concurrency, "workers": 1, "mounts": [mount]}, env={"TMPDIR": str(private_tmp)})
+    assert requests.get(srv.url + "/cgi-bin/env.sh", timeout=10).status_code == 200
+    (worker,) = children(srv.proc.pid)
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: children(srv.proc.pid) - {worker}, "a new worker")
+    assert requests.get(srv.url + "/cgi-bin/env.sh", timeout=10).status_code == 200
+    assert sorted(path.name for path in private_tmp.iterdir()) == []
+    with srv.connect() as sock:  # the new worker's one place, held by a running script
+        sock.sendall(b"GET /cgi-bin/stall.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"first part" not in data:
+            data += sock.recv(4096)
+        refused = requests.get(srv.url + "/cgi-bin/env.sh", timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    # The client left: the script is stopped within a second and its place given back.
+    wait_until(lambda: requests.get(srv.url + "/cgi-bin/env.sh", timeout=10).status_code == 200, "a free place")
 
 
 def test_fifty_concurrent_requests(server: PorchServer) -> None:

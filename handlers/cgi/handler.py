@@ -294,7 +294,7 @@ class CGIHandler(Handler):
         return StaticHandler(dataclasses.replace(self.mount, options=options), self.context)
 
     def close(self) -> None:
-        """Stop every script still running (server shutdown) and remove the slot files."""
+        """Stop every script still running (server shutdown) and close the slot files."""
         with self._runs_lock:
             runs = list(self._runs)
         for run in runs:

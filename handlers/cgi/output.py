@@ -21,6 +21,7 @@ from enum import Enum
 from http import HTTPStatus
 
 from porch.http.grammar import FIELD_FORBIDDEN, TOKEN_BYTES
+from porch.http.head import MAX_CONTENT_LENGTH_DIGITS
 
 CR = 0x0D
 CGI_FIELDS = frozenset({"status", "location", "content-type"})
@@ -29,6 +30,9 @@ CGI_FIELDS = frozenset({"status", "location", "content-type"})
 SERVER_FIELDS = frozenset({"date", "server"})
 STATUS_VALUE = re.compile(r"([0-9]{3})(?:[ \t]+(.*))?")
 NPH_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\r\n]*))?")
+# RFC 9110 8.6: Content-Length = 1*DIGIT, ASCII digits only ("\u00b2".isdigit() is true), and
+# no longer than the request parser accepts, so that int() takes every value that matches.
+CONTENT_LENGTH = re.compile(f"[0-9]{{1,{MAX_CONTENT_LENGTH_DIGITS}}}")
 
 
 class MalformedOutput(ValueError):
@@ -60,10 +64,12 @@ class CGIHead:
         return self.get("location")
 
     def length_matches(self, size: int) -> bool:
-        """Whether a body of ``size`` bytes agrees with the script's Content-Length, if it gave one."""
-        return all(
-            value.isascii() and int(value) == size for name, value in self.fields if name.lower() == "content-length"
-        )
+        """Whether a body of ``size`` bytes agrees with the script's Content-Length, if it gave one.
+
+        The parsers leave at most one Content-Length, and only a valid one (``fold_content_length``).
+        """
+        declared = self.get("content-length")
+        return declared is None or int(declared) == size
 
     def kind(self) -> ResponseKind:
         """Which RFC 3875 section 6.2 response this head starts (the body is not considered).
@@ -165,10 +171,33 @@ def parse_status(value: str) -> tuple[int, str | None]:
     return code, (match.group(2) or "").strip() or None
 
 
-def check_field(name: str, value: str) -> None:
-    """Checks on fields the server relies on."""
-    if name.lower() == "content-length" and not value.isdigit():
-        raise MalformedOutput(f"invalid Content-Length {value[:80]!r}")
+def fold_content_length(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``fields`` with their Content-Length fields folded into one, which the framing relies on.
+
+    RFC 9110 8.6: every value, and every member of a list value, is 1*DIGIT; fields or members
+    that all agree ("5" twice, or "5, 5") are one length, given once where the first was.
+    Anything else says nothing certain about the body's length: MalformedOutput.
+    """
+    lengths = [value for name, value in fields if name.lower() == "content-length"]
+    if not lengths:
+        return fields
+    members = {member.strip(" \t") for value in lengths for member in value.split(",")}
+    for member in members:
+        if not CONTENT_LENGTH.fullmatch(member):
+            raise MalformedOutput(f"invalid Content-Length {member[:80]!r}")
+    if len(members) > 1:
+        one, other = sorted(members)[:2]
+        raise MalformedOutput(f"differing Content-Length values {one} and {other} (RFC 9110 section 8.6)")
+    (length,) = members
+    folded: list[tuple[str, str]] = []
+    placed = False
+    for name, value in fields:
+        if name.lower() != "content-length":
+            folded.append((name, value))
+        elif not placed:
+            folded.append((name, length))
+            placed = True
+    return folded
 
 
 def kept(name: str) -> bool:
@@ -193,9 +222,9 @@ def parse_cgi_head(block: bytes) -> CGIHead:
         if lower == "status":
             head.status, head.reason = parse_status(value)
             continue
-        check_field(name, value)
         if kept(name):
             head.fields.append((name, value))
+    head.fields = fold_content_length(head.fields)
     if head.status is None and head.get("location") is None and head.get("content-type") is None:
         raise MalformedOutput("no Content-Type, Location or Status field (RFC 3875 section 6.3)")
     return head
@@ -205,7 +234,8 @@ def parse_nph_head(block: bytes) -> CGIHead:
     """Parse the status line and fields an NPH script writes itself (RFC 3875 section 5.2).
 
     The script's framing fields (Transfer-Encoding, Connection, ...) are dropped later by the
-    connection, which frames the body itself; everything else is passed on unchanged.
+    connection, which frames the body itself; Content-Length is checked and folded as for any
+    script; everything else is passed on unchanged.
     """
     lines = header_lines(block)
     if not lines:
@@ -223,7 +253,7 @@ def parse_nph_head(block: bytes) -> CGIHead:
     head = CGIHead(status=code, reason=text or None)
     for line in lines[1:]:
         name, value = parse_field(line)
-        check_field(name, value)
         if kept(name):
             head.fields.append((name, value))
+    head.fields = fold_content_length(head.fields)
     return head

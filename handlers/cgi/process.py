@@ -35,7 +35,6 @@ import os
 import random
 import resource
 import select
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -43,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from porch.http.errors import ClientDisconnected, GatewayTimeout
@@ -115,28 +113,27 @@ class Slot:
 class SlotPool:
     """At most ``size`` holders at once, counted across threads and forked processes.
 
-    Each place is a lock file taken with ``flock``.  Such a lock belongs to one open file
-    description, so every taker opens the file itself (two threads of one process exclude each
-    other too), and the kernel drops the lock when its holder dies: a crashed worker cannot leak
-    a place.  The descriptors are close-on-exec, so scripts never inherit them.
+    Each place is a file taken with ``flock``.  Such a lock belongs to one open file description,
+    so every taker opens the file itself (two threads of one process exclude each other too), and
+    the kernel drops the lock when its holder dies: a crashed worker cannot leak a place.  The
+    files have no name, so nothing is left on disk however the process ends (even by SIGKILL):
+    each is made unlinked (``O_TMPFILE``, else unlinked as soon as made) and kept open here, and
+    a taker opens its own description of it through ``/proc/self/fd/<fd>`` -- a forked child
+    through the descriptor it inherited.  All are close-on-exec, so scripts never inherit them.
     """
 
     def __init__(self, size: int) -> None:
         import fcntl  # POSIX only, like the rest of the CGI runner
 
         self._fcntl = fcntl
-        self.size = size
-        self.directory = Path(tempfile.mkdtemp(prefix="porch-cgi-slots-"))
-        self._owner = os.getpid()
-        self._paths = [self.directory / f"slot-{index}" for index in range(size)]
-        for path in self._paths:
-            path.touch()
+        self._files: list[IO[bytes]] = [tempfile.TemporaryFile(buffering=0) for _ in range(size)]
 
     def acquire(self) -> Slot | None:
-        """A free place, or None when all are taken."""
-        start = random.randrange(self.size)
-        for offset in range(self.size):
-            fd = os.open(self._paths[(start + offset) % self.size], os.O_RDWR | os.O_CLOEXEC)
+        """A free place, or None when all are taken (or the pool is closed)."""
+        files = self._files
+        start = random.randrange(len(files)) if files else 0
+        for file in files[start:] + files[:start]:
+            fd = os.open(f"/proc/self/fd/{file.fileno()}", os.O_RDWR | os.O_CLOEXEC)
             try:
                 self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
             except BlockingIOError:
@@ -149,9 +146,10 @@ class SlotPool:
         return None
 
     def close(self) -> None:
-        """Remove the lock files; only the process that made them does (forked children share them)."""
-        if os.getpid() == self._owner:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        """Close this process's copies of the files; each goes when its last descriptor does."""
+        files, self._files = self._files, []
+        for file in files:
+            file.close()
 
 
 @dataclass
