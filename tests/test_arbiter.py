@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import threading
@@ -222,14 +224,20 @@ def test_stuck_worker_is_killed_and_its_request_logged(porch, tmp_path: Path) ->
 
 
 def test_max_requests_recycles_workers(porch, tmp_path: Path) -> None:
+    """The drain starts with the completion of the max_requests-th request, not at a later check:
+    the next response on the same keep-alive connection already closes it."""
     srv = porch(site(tmp_path, "x", workers=1, max_requests=5), env=ENV)
-    pids = set()
-    for _ in range(100):  # the count is checked twice a second, so pace the requests
-        response = requests.get(srv.url + "/status", timeout=10)
-        assert response.status_code == 200
-        pids.add(response.json()["pid"])
-        if len(pids) == 2:
-            break
-        time.sleep(0.05)
-    assert len(pids) == 2
-    assert "max_requests" in srv.error_text()
+    wait_for(lambda: " serving (pid " in srv.error_text(), what="the worker to count its requests")
+    connection = http.client.HTTPConnection(srv.host, srv.port, timeout=10)
+    answers = []
+    try:
+        for _ in range(6):
+            connection.request("GET", "/status")
+            response = connection.getresponse()
+            answers.append((json.loads(response.read())["pid"], response.getheader("Connection")))
+    finally:
+        connection.close()
+    first = answers[0][0]
+    assert answers == [(first, None)] * 5 + [(first, "close")]
+    assert wait_for(lambda: worker_pid(srv) != first, what="a replacement worker")
+    assert "served 5 requests (max_requests): retiring" in srv.error_text()

@@ -619,7 +619,7 @@ def test_mount_limits_and_timeouts_are_checked(here: Path) -> None:
     """) == [
         "porch.yaml:5: mounts[0].limits.body: must be 0 or more, got -1",
         "porch.yaml:5: mounts[0].limits.lines: unknown key 'lines' (expected one of: request_line, "
-        "header_bytes, headers, body)",
+        "header_bytes, headers, body, buffered_body)",
         "porch.yaml:6: mounts[0].timeouts.body: must be greater than 0, got 0.0",
     ]
 

@@ -493,7 +493,7 @@ def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path, logging_restore
     try:
         with socket.create_connection(runtime.listeners[0].sock.getsockname()[:2], timeout=5) as client:
             client.sendall(b"GET / HTTP/1.1\r\n")  # an unfinished head: the connection waits, parked
-            parked = wait_until(lambda: list(server.parked.values()), "the connection to be parked")
+            parked = wait_until(lambda: list(server.parking.parked.values()), "the connection to be parked")
             assert parked[0].sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         server.shutdown()

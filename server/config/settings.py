@@ -104,6 +104,13 @@ class Limits:
     header_bytes: int = setting(65536, doc="largest header block in bytes (larger: 431)", check=positive)
     headers: int = setting(100, doc="most header fields in one request (more: 431)", check=positive)
     body: int = setting(10485760, doc="largest request body in bytes (larger: 413)", check=not_negative)
+    buffered_body: int = setting(
+        1048576,
+        doc="request bodies up to this size (Content-Length, no Expect: 100-continue) are received whole "
+        "before a thread (or child) takes the request, so a slow upload holds none; larger and chunked ones "
+        "are read as the handler asks; 0 = never",
+        check=not_negative,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,13 @@ class Timeouts:
     keepalive: float = setting(5.0, doc="seconds an idle keep-alive connection is kept open", check=positive)
     body: float = setting(
         30.0, doc="seconds of silence allowed while reading a request body or writing a response", check=positive
+    )
+    body_min_rate: float = setting(
+        500.0,
+        doc="least bytes a second a request body must arrive at, and a response be taken at, over each "
+        "`timeouts.body` seconds spent waiting for the client (slower: 408, or the response is cut off); "
+        "0 = no minimum",
+        check=not_negative,
     )
     graceful: float = setting(
         30.0, doc="seconds in-flight requests get to finish on stop or reload", check=not_negative
@@ -293,6 +307,12 @@ class Config:
     )
     worker_timeout: float = setting(
         30.0, doc="seconds without a heartbeat after which a worker is killed and replaced", check=positive
+    )
+    respawn_timeout: float = setting(
+        60.0,
+        doc="after start-up, seconds every worker may be down and unable to boot (retried with a growing "
+        "delay) before the master stops with exit status 1",
+        check=positive,
     )
     limits: Limits = setting(default_factory=Limits, doc="size limits")
     timeouts: Timeouts = setting(default_factory=Timeouts, doc="timeouts in seconds")

@@ -141,6 +141,11 @@ class ContentLengthBody(_FramedBody):
     def done(self) -> bool:
         return self._remaining == 0
 
+    @property
+    def remaining(self) -> int:
+        """Bytes of the body not read yet: what the connection must drain to reuse itself."""
+        return self._remaining
+
     def _check_limit(self) -> None:
         if self.limit is not None and self._declared > self.limit:
             raise PayloadTooLarge(f"request body larger than {self.limit} bytes")

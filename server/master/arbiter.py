@@ -1,28 +1,39 @@
 """The pre-fork master: bind once, fork workers, keep them alive, act on signals.
 
-    master: bind listeners → fork N workers → loop { reap, heartbeats, respawn, signals }
+    master: bind listeners → fork N workers → loop { reap, heartbeats, reload, respawn, signals }
     worker: build handlers → serve on the inherited sockets → drain on TERM → exit
 
-The master never serves a request.  Its signal handlers only queue the signal; the loop acts:
+The master never serves a request, and never waits for a worker: everything slow is a state the
+loop looks at every tick (a reload whose workers are booting, a stop, a worker told to stop), so
+it acts on a signal and replaces a dead worker within a tick whatever its workers do.  Its
+signal handlers only queue the signal; the loop acts, and an error while acting is logged, never
+fatal: the master does not die of a worker's, a log's or a signal's trouble.
 
 - HUP: re-read the config.  If it is invalid, every problem is logged and the old workers keep
   serving.  Otherwise listeners that are new are bound, a new generation of workers is started
   with the new config, and once all of them are serving the old generation is retired
   gracefully.  A new generation that cannot boot (say, a WSGI import error) is abandoned and the
-  old one keeps serving.
-- TERM/INT: stop gracefully (workers finish in-flight requests for up to ``timeouts.graceful``).
-- QUIT: stop now.  USR1: reopen log files, here and in every worker.  TTIN/TTOU: one worker more
+  old one keeps serving.  Every attempt gets a generation number of its own; a HUP while one is
+  still booting abandons it for the newer config.
+- TERM/INT: stop gracefully (workers finish in-flight requests for up to ``timeouts.graceful``,
+  then are killed; a reload still booting is stopped too).  QUIT: stop now (also during a
+  graceful stop).  USR1: reopen log files, here and in every worker.  TTIN/TTOU: one worker more
   or less.
 
-Workers heartbeat through a shared page of memory: the time their acceptor loop last ran and
-the oldest request in flight.  A worker silent for ``worker_timeout`` seconds is killed and
-replaced, and the request it was stuck on is logged.  A worker that dies is replaced, with a
-growing delay when workers keep dying; a worker that cannot even boot at start-up stops the
-master (exit 1) instead of looping.
+Workers heartbeat through a shared page of memory (``Heartbeat``): when their acceptor loop last
+ran, how many threads they serve with, the requests in flight and since when that set has not
+changed.  A worker whose acceptor is silent for ``worker_timeout`` seconds is killed and
+replaced, and the request it was stuck on is logged.  A worker whose every thread has been in a
+request, none completing, for ``worker_timeout`` is stuck too: each of its requests is logged,
+and it is replaced gracefully (TERM), then killed if still there after ``timeouts.graceful``.
+A worker that dies is replaced, with a growing delay when workers keep dying.  A worker that
+cannot boot at start-up stops the master (exit 1); after start-up it is retried with a growing
+delay, and the master gives up (exit 1) only when no worker has been up for ``respawn_timeout``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
@@ -51,7 +62,7 @@ from porch.master.daemon import (
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
 from porch.net.listener import BoundListener, bind_all, rebind
 from porch.spine.logs import Logs
-from porch.workers.runtime import build_server
+from porch.workers.runtime import Pulse, build_server
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +81,90 @@ TICK_SECONDS = 0.5
 BOOT_TIMEOUT_SECONDS = 60.0
 CRASH_WINDOW_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
-HEARTBEAT = struct.Struct("dd")  # acceptor's last loop time, start of the oldest request in flight
-HEARTBEAT_TEXT_BYTES = 16384  # the oldest request line, or why the worker could not boot
+# After timeouts.graceful, before a worker told to stop is killed: one that cut its requests off
+# still closes its pool (up to a second, ``porch.workers.pool.THREAD_STOP_SECONDS``) and exits.
+KILL_GRACE_SECONDS = 2.0
+QUIT_GRACE_SECONDS = 2.0  # how long an immediate stop waits before killing
+# The page's head: write sequence (odd while a write is in progress), pulse time, acceptor's last
+# loop, when the requests in flight last changed, how many there are, threads serving them.
+HEARTBEAT = struct.Struct("QdddII")
+SEQUENCE = struct.Struct("Q")
+HEARTBEAT_TEXT_BYTES = 16384  # the requests in flight, one per line, or why the worker could not boot
+SHOWN_REQUEST_LINE = 200  # characters of each request line the page carries
+SHOWN_REQUEST_ID = 64
+READ_ATTEMPTS = 100  # reads that may meet a write in progress before a torn one is accepted
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One reading of a worker's heartbeat page."""
+
+    time: float  # when the worker wrote it; 0 before it serves
+    loop_time: float
+    changed: float
+    busy: int
+    capacity: int
+    text: str
+
+    def requests(self) -> list[tuple[float, str, str]]:
+        """(start, request id, request line) of the requests in flight the page lists, oldest first."""
+        found = []
+        for line in self.text.splitlines() if self.time else ():
+            start, _, rest = line.partition("\t")
+            request_id, _, request_line = rest.partition("\t")
+            try:
+                found.append((float(start), request_id, request_line))
+            except ValueError:  # a page its writer died while writing
+                continue
+        return found
 
 
 class Heartbeat:
-    """One page shared by a worker (writer) and the master (reader), created before the fork."""
+    """One page shared by a worker (writer) and the master (reader), created before the fork.
+
+    A sequence number makes the reads consistent (a seqlock): the writer makes it odd, writes,
+    makes it even again; the reader keeps a copy only if the number was even and unchanged.
+    """
 
     def __init__(self) -> None:
         self.page = mmap.mmap(-1, HEARTBEAT.size + HEARTBEAT_TEXT_BYTES)
+        self.sequence = 0
 
-    def beat(self, loop_time: float, oldest_start: float, oldest_request: str) -> None:
-        text = oldest_request.encode("utf-8", "backslashreplace")[: HEARTBEAT_TEXT_BYTES - 1]
-        self.page[HEARTBEAT.size : HEARTBEAT.size + len(text) + 1] = text + b"\0"
-        self.page[: HEARTBEAT.size] = HEARTBEAT.pack(loop_time, oldest_start)
+    def beat(self, pulse: Pulse) -> None:
+        lines = []
+        room = HEARTBEAT_TEXT_BYTES - 1
+        for request in pulse.in_flight:
+            line = (
+                f"{request.start!r}\t{request.request_id[:SHOWN_REQUEST_ID]}"
+                f"\t{request.request_line[:SHOWN_REQUEST_LINE]}\n"
+            )
+            room -= len(line.encode("utf-8", "backslashreplace"))
+            if room < 0:
+                break  # the master says how many were left out
+            lines.append(line)
+        self.write(pulse.time, pulse.loop_time, pulse.changed, len(pulse.in_flight), pulse.capacity, "".join(lines))
 
-    def read(self) -> tuple[float, float, str]:
-        loop_time, oldest_start = HEARTBEAT.unpack(self.page[: HEARTBEAT.size])
-        text = self.page[HEARTBEAT.size :].split(b"\0", 1)[0].decode("utf-8", "replace")
-        return loop_time, oldest_start, text
+    def failed(self, reason: str) -> None:
+        """Why the worker could not boot, for the master to show on its terminal."""
+        self.write(0.0, 0.0, 0.0, 0, 0, reason)
+
+    def write(self, now: float, loop_time: float, changed: float, busy: int, capacity: int, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")[: HEARTBEAT_TEXT_BYTES - 1] + b"\0"
+        self.sequence += 1
+        self.page[: HEARTBEAT.size] = HEARTBEAT.pack(self.sequence, now, loop_time, changed, busy, capacity)
+        self.page[HEARTBEAT.size : HEARTBEAT.size + len(data)] = data
+        self.sequence += 1
+        self.page[: SEQUENCE.size] = SEQUENCE.pack(self.sequence)
+
+    def read(self) -> Beat:
+        for _ in range(READ_ATTEMPTS):
+            copy = self.page[:]
+            sequence = SEQUENCE.unpack_from(copy)[0]
+            if sequence % 2 == 0 and SEQUENCE.unpack_from(self.page)[0] == sequence:
+                break
+        _, now, loop_time, changed, busy, capacity = HEARTBEAT.unpack_from(copy)
+        text = copy[HEARTBEAT.size :].split(b"\0", 1)[0].decode("utf-8", "replace")
+        return Beat(now, loop_time, changed, busy, capacity, text)
 
     def close(self) -> None:
         self.page.close()
@@ -101,11 +177,24 @@ class Worker:
     heartbeat: Heartbeat
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
+    kill_at: float | None = None  # a retiring worker still there then is killed
+    killed: bool = False  # SIGKILL sent: only its exit is left to see
+    booted: bool = False  # the master has seen it serve
 
     @property
     def ready(self) -> bool:
         """Whether the worker has built its handlers and its acceptor runs."""
-        return self.heartbeat.read()[0] > 0
+        return self.heartbeat.read().loop_time > 0
+
+
+@dataclass
+class Reload:
+    """A generation started by HUP: adopted once all its workers serve, abandoned if one fails."""
+
+    config: Config
+    listeners: list[BoundListener]
+    generation: int
+    workers: list[Worker] = field(default_factory=list)
 
 
 def set_title(title: str) -> None:
@@ -136,13 +225,20 @@ class Arbiter:
         self.listeners: list[BoundListener] = []
         self.workers: dict[int, Worker] = {}
         self.generation = 0
+        self.generations = itertools.count(1)  # every reload attempt gets a number of its own
+        self.pending: Reload | None = None
         self.target = config.workers
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.crashes: list[float] = []
         self.respawn_at = 0.0
+        self.started_up = False  # every worker of the first generation has served
+        self.boot_errors: list[str] = []  # why workers could not boot at start-up
+        self.boot_retries = 0  # boot failures since a worker last booted, after start-up
+        self.down_since: float | None = None  # no worker up, and one could not boot, since then
         self.stopping = False
-        self.boot_failures: list[int] = []  # generations whose workers could not boot
-        self.boot_errors: list[str] = []
+        self.stopping_gracefully = False
+        self.stop_deadline: float | None = None
+        self.exit_status = 0
         self.logs: Logs | None = None
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -203,25 +299,16 @@ class Arbiter:
             listener.close()
 
     def supervise(self) -> int:
-        """The master loop; returns when every worker is gone after a stop."""
-        self.spawn_missing()
-        announced = False
+        """The master loop; returns the exit status when every worker is gone after a stop."""
         watchdog = watchdog_interval()
         last_ping = 0.0
         while True:
-            self.reap()
-            if self.stopping:
-                if not self.workers:
-                    return 0
-            else:
-                if self.boot_failed():
-                    return 1
-                self.check_heartbeats()
-                self.spawn_missing()
-                if not announced and all(worker.ready for worker in self.current_workers()):
-                    notify_ready([listener.name for listener in self.listeners])
-                    self.startup.ready()
-                    announced = True
+            try:
+                self.step()
+            except Exception:
+                log.exception("unexpected error in the master loop; carrying on")
+            if self.stopping and not self.workers:
+                return self.exit_status
             if watchdog and time.monotonic() - last_ping >= watchdog:
                 notify("WATCHDOG=1")
                 last_ping = time.monotonic()
@@ -229,13 +316,41 @@ class Arbiter:
                 signum = self.signals.get(timeout=TICK_SECONDS)
             except queue.Empty:
                 continue
-            self.handle_signal(signum)
+            try:
+                self.handle_signal(signum)
+            except Exception:
+                log.exception("error while handling %s; carrying on", signal.Signals(signum).name)
+
+    def step(self) -> None:
+        """One look at every worker: collect the dead, enforce deadlines, move a reload on, respawn."""
+        if not self.stopping:
+            self.note_booted()  # before reaping: a worker that served, then died, did boot
+        self.reap()
+        now = time.monotonic()
+        if self.stopping:
+            if self.workers and self.stop_deadline is not None and now >= self.stop_deadline:
+                log.warning("killing %d workers still running after the stop timeout", len(self.workers))
+                self.signal_workers(signal.SIGKILL, lambda worker: True)
+                self.stop_deadline = None
+            return
+        if not self.started_up and self.boot_errors:
+            self.give_up_at_startup()
+            return
+        if self.down_since is not None and now - self.down_since > self.config.respawn_timeout:
+            log.error("no worker could boot for %.0fs (respawn_timeout); stopping", now - self.down_since)
+            self.exit_status = 1
+            self.stop(graceful=True)
+            return
+        self.check_heartbeats(now)
+        self.advance_reload()
+        self.spawn_missing()
 
     def handle_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return  # the loop reaps
         if signum == signal.SIGHUP:
-            self.reload()
+            if not self.stopping:
+                self.reload()
         elif signum in (signal.SIGTERM, signal.SIGINT):
             self.stop(graceful=True)
         elif signum == signal.SIGQUIT:
@@ -253,24 +368,24 @@ class Arbiter:
             log.info("SIGTTOU: %d workers", self.target)
             current = sorted(self.current_workers(), key=lambda worker: worker.started)
             if len(current) > self.target:
-                self.retire([current[-1]])
+                self.retire([current[-1]], self.config.timeouts.graceful)
 
     def stop(self, graceful: bool) -> None:
-        """Stop every worker: TERM lets them drain within ``timeouts.graceful``, QUIT does not."""
-        if self.stopping:
-            return
-        self.stopping = True
-        notify("STOPPING=1")
+        """Tell every worker to stop: TERM lets them drain within ``timeouts.graceful``, QUIT does
+        not.  The loop kills what is left at the deadline and returns once all are gone."""
+        if self.stopping and not (self.stopping_gracefully and not graceful):
+            return  # QUIT still hurries a graceful stop along
+        if not self.stopping:
+            notify("STOPPING=1")
+            if self.pending is not None:  # its workers stop with the others
+                self.forget_reload()
+        self.stopping, self.stopping_gracefully = True, graceful
         log.info("stopping %s", "gracefully" if graceful else "now")
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         self.signal_workers(sig, lambda worker: True)
-        deadline = time.monotonic() + (self.config.timeouts.graceful + 1.0 if graceful else 2.0)
-        while self.workers and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(0.05)
-        if self.workers:
-            log.warning("killing %d workers still running after the stop timeout", len(self.workers))
-            self.signal_workers(signal.SIGKILL, lambda worker: True)
+        self.stop_deadline = time.monotonic() + (
+            self.config.timeouts.graceful + KILL_GRACE_SECONDS if graceful else QUIT_GRACE_SECONDS
+        )
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -281,8 +396,12 @@ class Arbiter:
         """Start workers until the current generation has ``target`` of them (after any backoff)."""
         if time.monotonic() < self.respawn_at:
             return
-        while len(self.current_workers()) < self.target:
-            self.spawn(self.config, self.listeners, self.generation)
+        try:
+            while len(self.current_workers()) < self.target:
+                self.spawn(self.config, self.listeners, self.generation)
+        except OSError as error:  # fork or mmap: out of processes or memory, for now
+            log.error("cannot start a worker: %s", error.strerror or error)
+            self.note_crash()
 
     def spawn(self, config: Config, listeners: list[BoundListener], generation: int) -> Worker:
         heartbeat = Heartbeat()
@@ -316,7 +435,9 @@ class Arbiter:
         try:
             drop_privileges(config.user, config.group)  # before any application code runs
             mine = {listener.sock for listener in listeners}
-            for other in self.listeners:
+            # Every socket of the master that is not ours, a booting reload's included: a copy
+            # left open here would keep its address bound after the master closed it.
+            for other in (*self.listeners, *(self.pending.listeners if self.pending else ())):
                 if other.sock not in mine:
                     other.sock.close()
             if self.logs is not None:
@@ -328,15 +449,15 @@ class Arbiter:
         except ConfigError as error:
             for problem in error.problems:
                 log.error("%s", problem)
-            heartbeat.beat(0.0, 0.0, str(error))  # for the master to show on its terminal
+            heartbeat.failed(str(error))
             return WORKER_BOOT_ERROR
         except BaseException as error:
             log.exception("worker failed to boot")
-            heartbeat.beat(0.0, 0.0, f"worker failed to boot: {error!r}")
+            heartbeat.failed(f"worker failed to boot: {error!r}")
             return WORKER_BOOT_ERROR
 
-        def beat(loop_time: float, oldest_start: float, oldest_request: str) -> None:
-            heartbeat.beat(loop_time, oldest_start, oldest_request)
+        def beat(pulse: Pulse) -> None:
+            heartbeat.beat(pulse)
             if os.getppid() != master:  # the master is gone: do not linger as an orphan
                 os.kill(os.getpid(), signal.SIGTERM)
 
@@ -359,31 +480,58 @@ class Arbiter:
             if worker is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            why = worker.heartbeat.read()[2]
+            why = worker.heartbeat.read().text
             worker.heartbeat.close()
             if worker.retiring or self.stopping:
                 log.info("worker %d exited", pid)
             elif code == 0:
                 log.info("worker %d exited after its max_requests; replacing it", pid)
             elif code == WORKER_BOOT_ERROR:
-                log.error("worker %d could not boot (generation %d)", pid, worker.generation)
-                self.boot_failures.append(worker.generation)
-                self.boot_errors.append(why)
+                self.boot_failed(worker, why)
             else:
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
                 log.error("worker %d died (%s); replacing it", pid, how)
                 self.note_crash()
 
-    def boot_failed(self) -> bool:
+    def note_booted(self) -> None:
+        """Mark workers seen serving: one of the current generation ends any boot backoff, and
+        the first generation all serving ends the start-up (the service manager is told)."""
+        for worker in self.workers.values():
+            if not worker.booted and worker.ready:
+                worker.booted = True
+                if worker.generation == self.generation:
+                    self.boot_retries = 0
+                    self.down_since = None
+        current = self.current_workers()
+        if not self.started_up and len(current) >= self.target and all(worker.booted for worker in current):
+            notify_ready([listener.name for listener in self.listeners])
+            self.startup.ready()
+            self.started_up = True
+
+    def boot_failed(self, worker: Worker, why: str) -> None:
+        """A worker could not boot: at start-up the master will stop, later it retries."""
+        if worker.generation != self.generation or not self.started_up:
+            # A reload's worker (``advance_reload`` abandons the reload), or one at start-up.
+            log.error("worker %d could not boot (generation %d)", worker.pid, worker.generation)
+            if worker.generation == self.generation:
+                self.boot_errors.append(why)
+            return
+        now = time.monotonic()
+        self.boot_retries += 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (self.boot_retries - 1))
+        self.respawn_at = max(self.respawn_at, now + delay)
+        if self.down_since is None and not any(w.booted for w in self.current_workers()):
+            self.down_since = now
+        log.error("worker %d could not boot (generation %d); retrying in %.0fs", worker.pid, worker.generation, delay)
+
+    def give_up_at_startup(self) -> None:
         """At start-up, a worker that cannot boot will never boot: stop instead of looping."""
-        if self.generation in self.boot_failures:
-            log.error("workers cannot boot with this configuration; stopping")
-            self.startup.failed(self.boot_errors[0])
-            for line in self.boot_errors[0].splitlines():
-                print(f"porch: {line}", file=sys.stderr)  # noqa: T201 (the terminal)
-            self.stop(graceful=False)
-            return True
-        return False
+        log.error("workers cannot boot with this configuration; stopping")
+        self.startup.failed(self.boot_errors[0])
+        for line in self.boot_errors[0].splitlines():
+            print(f"porch: {line}", file=sys.stderr)  # noqa: T201 (the terminal)
+        self.exit_status = 1
+        self.stop(graceful=False)
 
     def note_crash(self) -> None:
         """Back off when workers keep dying, so a crash loop does not spin the machine."""
@@ -399,22 +547,60 @@ class Arbiter:
                 delay,
             )
 
-    def check_heartbeats(self) -> None:
-        """Kill and replace workers whose acceptor loop has not run for ``worker_timeout``."""
-        now = time.monotonic()
+    def check_heartbeats(self, now: float) -> None:
+        """Kill workers whose acceptor loop is silent, replace stuck ones, kill retiring laggards.
+
+        A worker is silent when its acceptor has not run for ``worker_timeout`` (or it has not
+        served within ``BOOT_TIMEOUT_SECONDS`` of its start).  It is stuck when its every thread
+        has been in a request for ``worker_timeout`` with none completing -- its acceptor keeps
+        running, so only the requests show it.  A single slow request among idle threads is not.
+        """
         for worker in list(self.workers.values()):
-            loop_time, oldest_start, oldest = worker.heartbeat.read()
-            last = loop_time or worker.started
-            limit = self.config.worker_timeout if loop_time else BOOT_TIMEOUT_SECONDS
-            if now - last <= limit:
+            if worker.killed:
                 continue
-            stuck = f"; it was serving {oldest!r} for {now - oldest_start:.1f}s" if oldest else ""
-            log.error("worker %d timed out (no heartbeat for %.1fs)%s", worker.pid, now - last, stuck)
-            try:
-                os.kill(worker.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            worker.heartbeat.beat(now, 0.0, "")  # do not report it twice while it dies
+            if worker.retiring:
+                if worker.kill_at is not None and now >= worker.kill_at:
+                    log.error("worker %d still running after its graceful timeout; killing it", worker.pid)
+                    self.kill(worker)
+                continue
+            beat = worker.heartbeat.read()
+            if not beat.loop_time:
+                if now - worker.started > BOOT_TIMEOUT_SECONDS:
+                    log.error("worker %d timed out (no heartbeat for %.1fs)", worker.pid, now - worker.started)
+                    self.kill(worker)
+            elif now - beat.loop_time > self.config.worker_timeout:
+                requests = beat.requests()
+                stuck = f"; it was serving {requests[0][2]!r} for {now - requests[0][0]:.1f}s" if requests else ""
+                log.error("worker %d timed out (no heartbeat for %.1fs)%s", worker.pid, now - beat.loop_time, stuck)
+                self.kill(worker)
+            elif beat.capacity and beat.busy >= beat.capacity and beat.time - beat.changed > self.config.worker_timeout:
+                self.replace_stuck(worker, beat, now)
+
+    def replace_stuck(self, worker: Worker, beat: Beat, now: float) -> None:
+        """Log every request a stuck worker holds, then replace it (TERM, later KILL)."""
+        log.error(
+            "worker %d is stuck: all %d threads in a request, none completed for %.1fs; replacing it",
+            worker.pid,
+            beat.capacity,
+            beat.time - beat.changed,
+        )
+        requests = beat.requests()
+        for start, request_id, request_line in requests:
+            method, _, rest = request_line.partition(" ")
+            target = rest.rpartition(" ")[0] or rest
+            log.error(
+                "worker %d stuck on %s %s for %.1fs (request %s)", worker.pid, method, target, now - start, request_id
+            )
+        if beat.busy > len(requests):
+            log.error("worker %d: %d more requests in flight", worker.pid, beat.busy - len(requests))
+        self.retire([worker], self.config.timeouts.graceful)
+
+    def kill(self, worker: Worker) -> None:
+        worker.killed = True
+        try:
+            os.kill(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def signal_workers(self, signum: int, which: Callable[[Worker], bool]) -> None:
         for worker in list(self.workers.values()):
@@ -424,10 +610,13 @@ class Arbiter:
                 except ProcessLookupError:
                     pass
 
-    def retire(self, workers: list[Worker]) -> None:
-        """Let workers finish what they serve and exit (they drain on TERM)."""
+    def retire(self, workers: list[Worker], graceful: float) -> None:
+        """Let workers finish what they serve within ``graceful`` seconds and exit (they drain on
+        TERM); the loop kills those still there after that."""
+        kill_at = time.monotonic() + graceful + KILL_GRACE_SECONDS
         for worker in workers:
             worker.retiring = True
+            worker.kill_at = kill_at
             try:
                 os.kill(worker.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -436,12 +625,15 @@ class Arbiter:
     # -- reload -----------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """HUP: start a new generation with the new config, then retire the old one."""
+        """HUP: start a new generation with the new config; the loop adopts or abandons it."""
         if self.reload_config is None:
             log.warning("SIGHUP: no config file to reload (serving a directory)")
             return
         log.info("SIGHUP: reloading the configuration")
         notify_reloading()
+        if self.pending is not None:
+            log.warning("abandoning the reload still starting (generation %d) for this one", self.pending.generation)
+            self.kill_reload()
         try:
             config = self.reload_config()
         except ConfigError as error:
@@ -464,37 +656,62 @@ class Arbiter:
         for listener in listeners:
             if listener.sock not in {old.sock for old in self.listeners}:
                 log.info("listening on %s", listener.name)
-        old_workers = [w for w in self.workers.values() if not w.retiring]
-        generation = self.generation + 1
-        new_workers = [self.spawn(config, listeners, generation) for _ in range(config.workers)]
-        if not self.wait_ready(new_workers, generation):
-            log.error("reload failed: the new workers did not start; keeping the running configuration")
-            for worker in new_workers:
-                worker.retiring = True
-            self.signal_workers(signal.SIGKILL, lambda worker: worker in new_workers)
-            kept = {old.sock for old in self.listeners}
-            for listener in listeners:
-                if listener.sock not in kept:
-                    listener.close()
-            notify("READY=1")
-            return
-        self.config, self.listeners, self.generation, self.target = config, listeners, generation, config.workers
-        self.retire(old_workers)
-        if self.logs is not None:
-            self.logs.close()
-        self.logs = Logs(config.log)
-        chown_logs(config)
-        log.info("reloaded: generation %d serving, %d old workers retiring", generation, len(old_workers))
-        notify_ready([listener.name for listener in listeners])
+        self.pending = pending = Reload(config, listeners, next(self.generations))
+        try:
+            for _ in range(config.workers):
+                pending.workers.append(self.spawn(config, listeners, pending.generation))
+        except OSError as error:
+            self.abandon_reload(f"cannot start a worker: {error.strerror or error}")
 
-    def wait_ready(self, workers: list[Worker], generation: int) -> bool:
-        """Wait until every new worker serves; False if one cannot boot or boots too slowly."""
-        deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            self.reap()
-            if generation in self.boot_failures or any(w.pid not in self.workers for w in workers):
-                return False
-            if all(worker.ready for worker in workers):
-                return True
-            time.sleep(0.02)
-        return False
+    def advance_reload(self) -> None:
+        """Adopt the pending generation once all its workers serve; abandon it if one is gone
+        (it could not boot, died, or was killed for not booting within BOOT_TIMEOUT_SECONDS)."""
+        pending = self.pending
+        if pending is None:
+            return
+        if any(worker.pid not in self.workers for worker in pending.workers):
+            self.abandon_reload("the new workers did not start")
+        elif all(worker.booted for worker in pending.workers):
+            self.adopt_reload(pending)
+
+    def abandon_reload(self, why: str) -> None:
+        log.error("reload failed: %s; keeping the running configuration", why)
+        self.kill_reload()
+        notify("READY=1")
+
+    def kill_reload(self) -> None:
+        """Kill the pending generation's workers and forget it."""
+        for worker in self.forget_reload().workers:
+            worker.retiring = True
+            if worker.pid in self.workers:
+                self.kill(worker)
+
+    def forget_reload(self) -> Reload:
+        """Drop the pending reload, closing the listeners only it had bound."""
+        pending, self.pending = self.pending, None
+        assert pending is not None
+        kept = {listener.sock for listener in self.listeners}
+        for listener in pending.listeners:
+            if listener.sock not in kept:
+                listener.close()
+        return pending
+
+    def adopt_reload(self, pending: Reload) -> None:
+        """Every new worker serves: make its generation current and retire the old workers."""
+        self.pending = None
+        old_workers = [w for w in self.workers.values() if not w.retiring and w.generation != pending.generation]
+        self.retire(old_workers, self.config.timeouts.graceful)
+        self.config, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
+        self.target = pending.config.workers
+        self.boot_retries, self.down_since = 0, None
+        try:
+            logs = Logs(self.config.log)
+        except OSError as error:
+            log.error("cannot open the new logs (%s); the master keeps writing to the old ones", error)
+        else:
+            if self.logs is not None:
+                self.logs.close()
+            self.logs = logs
+        chown_logs(self.config)
+        log.info("reloaded: generation %d serving, %d old workers retiring", pending.generation, len(old_workers))
+        notify_ready([listener.name for listener in self.listeners])

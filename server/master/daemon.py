@@ -466,7 +466,9 @@ def chown_logs(config: Config) -> None:
     """Give the log files the master created to the workers' user and group.
 
     Workers open their logs (and reopen them on USR1) after dropping privileges; a file that
-    root created would refuse them.  The directory must still let the user in.
+    root created would refuse them.  The directory must still let the user in.  A file that
+    cannot be changed is reported, never raised: this runs on USR1, and a log's trouble must not
+    stop the master.
     """
     if os.geteuid() != 0 or (config.user is None and config.group is None):
         return
@@ -477,6 +479,8 @@ def chown_logs(config: Config) -> None:
                 os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
             except FileNotFoundError:
                 pass
+            except OSError as error:
+                log.warning("cannot give %s to the workers' user: %s", path, error.strerror or error)
 
 
 def check_privileges(config: Config) -> str | None:

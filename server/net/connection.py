@@ -1,22 +1,41 @@
 """Socket I/O for one client connection: read heads, feed bodies, write responses, keep alive.
 
-Two callers drive a ``Connection``:
+A connection is a small state machine that never blocks on its own account.  Its driver waits
+for the socket and calls it; each call returns what it needs next -- ``READ`` or ``WRITE`` (wait
+until the socket is readable, writable), ``SERVE`` (a request is ready: serve it) or ``CLOSE``
+(done: stop watching it and close it):
 
-- a pool thread of the threading model calls ``fill()`` whenever the socket is readable, until a
-  complete request head is buffered, then ``serve(wait=False)``, which answers every request
-  whose head is already buffered (pipelining) and returns when the connection goes idle;
-- a forked child calls ``serve(wait=True)``, which waits for each next head itself, under the
-  keep-alive and header timeouts.
+- ``advance()``: the socket is ready; move what it allows -- the next head, a body read ahead,
+  the rest of a response, or (lingering before a close) what the client still sends;
+- ``serve()``: answer the ready request and every one ready behind it (pipelining), running
+  handlers;
+- ``expire(now)``: ``deadline`` passed (header or keep-alive timeout, a transfer too slow, the
+  end of lingering).
 
-The socket is always non-blocking.  A read or write that cannot proceed waits in ``wait_io``
-(one poll, bounded by ``timeouts.body``), which first tells the thread pool that this thread is
-about to wait (``before_wait``); the common case -- data there, window open -- costs no poll.
+Two drivers share it: a pool thread of the threading model, woken by the pool's epoll set for a
+parked connection (``porch.workers.pool``; the forking model's acceptor likewise until a head is
+ready), and a forked child, which waits in place (``run``).  So a slow client costs a
+descriptor, not a thread, for as much of the exchange as porch can manage without the handler:
 
-Either way each request runs through ``Pipeline.run`` with ``send_response`` as its writer: the one
-place where every handler type's response is framed -- HEAD, Content-Length, chunked encoding,
+- a request body up to ``limits.buffered_body`` (Content-Length, no ``Expect``) is received
+  whole before the request is served -- the handler reads it from memory;
+- a response the client is slow to take is finished by the driver once it is produced: bytes
+  and files are left to it as soon as the socket is full; a streamed body keeps its thread
+  until ``STREAM_BUFFER_BYTES`` are waiting, and then waits for the client.
+
+Waits in a handler's thread -- a larger or chunked body read as the handler asks, a streamed
+response -- are ``wait_io``'s: one poll, bounded by ``timeouts.body``, which first tells the
+thread pool that this thread is about to wait (``before_wait``); the common case -- data there,
+window open -- costs no poll.  Every body and response transfer, waited for in a thread or by
+the driver, must also keep up ``timeouts.body_min_rate`` (``porch.net.pace``).
+
+Each request runs through ``Pipeline.run`` with ``send_response`` as its writer: the one place
+where every handler type's response is framed -- HEAD, Content-Length, chunked encoding,
 ``Date``/``Server`` and ``Connection``, as ``porch.http.response.frame_response`` decides -- and
-written, file bodies with ``sendfile``.  A TLS handshake is ``porch.net.handshake``'s; the
-connection only drives it.
+written, file bodies with ``sendfile``.  Before the head goes out, a request body the handler
+left unread is settled (``will_drain``): read and discarded to keep the connection, or the
+response says ``Connection: close`` and the connection closes gently (``closing``).  A TLS
+handshake is ``porch.net.handshake``'s; the connection only drives it.
 """
 
 from __future__ import annotations
@@ -28,10 +47,12 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from typing import BinaryIO
 
 from porch.config.settings import Config
-from porch.http.body import body_reader
+from porch.http.body import ContentLengthBody, EmptyBody, body_reader
 from porch.http.dates import format_http_date
 from porch.http.errors import (
     ClientDisconnected,
@@ -42,9 +63,20 @@ from porch.http.errors import (
 )
 from porch.http.grammar import BODILESS_STATUSES
 from porch.http.head import RequestHead, find_head_end, parse_head
-from porch.http.messages import SMALL_FILE_BYTES, Address, FileRegion, Headers, Request, Response, nothing
+from porch.http.messages import (
+    SMALL_FILE_BYTES,
+    Address,
+    Body,
+    FileRegion,
+    Headers,
+    Request,
+    Response,
+    ResponseBody,
+    nothing,
+)
 from porch.http.response import LAST_CHUNK, encode_chunk, frame_response, serialize_response_head
 from porch.net.handshake import Handshake
+from porch.net.pace import Pace
 from porch.spine.pipeline import Pipeline, error_response
 from porch.timing import SecondCache, milliseconds
 
@@ -52,14 +84,27 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
 SEND_FILE_BLOCK = 262144  # TLS: file bodies are encrypted and sent in blocks of this size
+STREAM_BUFFER_BYTES = 262144  # a streamed response's bytes left unsent before its thread waits
 DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
-DRAIN_TIMEOUT_SECONDS = 1.0
+# A connection closed while the client may still be sending (an unread body, pipelined
+# requests) shuts its sending side first and reads and discards for up to this long: closing a
+# socket with unread data makes the kernel send a reset, which can destroy the response before
+# the client reads it (RFC 9112 9.6; nginx's lingering close).
+LINGER_SECONDS = 2.0
+LINGER_READS = 16  # reads per wake-up while lingering: a client sending fast cannot hold a thread
 # While the server drains, an idle keep-alive connection gets this long to send one more request
 # (answered with Connection: close) before it is closed; closing it at once would race a client
 # that is sending right now.
 DRAIN_IDLE_SECONDS = 1.0
-IDLE_POLL_SECONDS = 0.25
+IDLE_POLL_SECONDS = 0.25  # a forked child's longest wait, so that it notices a drain
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+NO_BODY = EmptyBody()  # the body of the request before the first (never handed out)
+
+# What a connection needs next, as ``advance``, ``serve`` and ``expire`` return it.
+CLOSE = 0  # done: stop watching it, then close it
+READ = 1  # wait until the socket is readable, then ``advance``
+WRITE = 2  # wait until the socket is writable, then ``advance``
+SERVE = 3  # a request is ready (``head``, and its body if read ahead): ``serve``
 
 
 class ResponseAborted(Exception):
@@ -67,6 +112,32 @@ class ResponseAborted(Exception):
 
 
 DATES = SecondCache(format_http_date)  # the Date header (RFC 9110 6.6.1)
+
+
+class Unsent:
+    """What is left to send of a response the client is slow to take: pieces of bytes (never
+    copied), then part of a file; sent by the driver, or by a thread that must wait for it."""
+
+    __slots__ = ("end", "file", "offset", "pieces", "size", "wants")
+
+    def __init__(self) -> None:
+        self.pieces: deque[memoryview] = deque()
+        self.size = 0  # bytes in ``pieces``
+        self.file: BinaryIO | None = None  # sent after the pieces, from ``offset`` to ``end``
+        self.offset = 0
+        self.end = 0
+        self.wants = WRITE  # what the socket must be ready for next; 0 once everything is sent
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self.pieces.append(view)
+        self.size += view.nbytes
+
+    def close(self) -> None:
+        """Close the file, if one was left to send (the response's body: the connection owns it)."""
+        if self.file is not None:
+            close_body(self.file)
+            self.file = None
 
 
 class Connection:
@@ -95,23 +166,42 @@ class Connection:
         self.limits = config.limits
         self.timeouts = config.timeouts
         self.io_timeout = config.timeouts.body  # how long one read or write may wait
+        self.min_rate = config.timeouts.body_min_rate
+        self.read_ahead = min(config.limits.buffered_body, config.limits.body)
         self.server_header = config.server_header
         self.buffer = bytearray()
-        self.deadline = time.monotonic() + self.timeouts.header
         self.head_started = time.monotonic()
+        self.deadline = self.head_started + self.timeouts.keepalive  # for the first byte
+        self.head: RequestHead | None = None  # parsed, not served yet (its body may be on its way)
         self.keep_alive = True
-        self.continue_sent = False
+        self.continue_due = False  # the request expects 100 Continue, not sent yet
+        self.body: Body = NO_BODY  # the body of the request being served (or last served)
+        self.out: Unsent | None = None  # what the socket has not taken yet of a response
+        self.skip = 0  # bytes of the last request's unread body still to arrive and be dropped
+        self.linger_until = 0.0  # lingering before the close (``closing``) until then
+        self.pace: Pace | None = None  # the minimum rate's counts (made at the first wait)
+        self.parked_at = 0.0  # when a transfer the driver finishes last waited for the client
+        self.progress_at = 0.0  # when that transfer last moved a byte
         self.drain_started: float | None = None
         # TLS: the handshake, until the first head's bytes arrive (they start its deadline)
         self.handshake = Handshake(sock, client) if isinstance(sock, ssl.SSLSocket) else None
-        self.in_idle_set = False  # registered in a pool's epoll set (``ThreadPoolServer.arm``)
+        self.in_idle_set = False  # registered in an epoll set (``porch.workers.selector.Parking``)
 
-    # -- before serving: non-blocking reads until a head is complete ----------------------------
+    # -- driven from outside: the socket is ready, requests are ready, time is up --------------
 
-    def fill(self) -> bool | None:
-        """Read what is available.  True: a head (or a protocol error) is ready to serve;
-        False: wait for more; None: the peer closed or failed.
+    def advance(self) -> int:
+        """The socket is ready (or may be): move what it allows; what the connection needs next."""
+        if self.out is not None:
+            return self.flush()
+        if self.linger_until:
+            return self.discard()
+        return self.fill()
 
+    def fill(self) -> int:
+        """Read towards the next request: SERVE once it is ready (or its head proves malformed:
+        then the error's step), READ for more, CLOSE if the peer closed or failed.
+
+        A head is read one ``recv`` per wake-up; a body read ahead as long as bytes are there.
         On TLS the handshake comes first, one non-blocking step per call (``Handshake.step``);
         the handshake and the first head must together arrive within the header timeout.
         ``SSLSocket.recv`` raises SSLWantReadError where a plain socket raises BlockingIOError.
@@ -120,56 +210,200 @@ class Connection:
         if handshake is not None and not handshake.done:
             if handshake.started is None:
                 self.deadline = handshake.begin() + self.timeouts.header
-            step = handshake.step()
-            if step is not True:
+            shaken = handshake.step()
+            if shaken is not True:
+                return READ if shaken is False else CLOSE
+        while True:
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return READ if self.head is None else self.wait_for_client(READ)
+            except OSError:
+                return CLOSE
+            if not data:  # inside a body read ahead, its reader meets the end of file: a 400
+                return SERVE if self.head is not None else CLOSE
+            if self.head is not None:
+                self.progress(len(data))
+            self.take_in(data)
+            self.buffer_pending()
+            step = self.next_request()
+            if step != READ or self.head is None:
                 return step
-        try:
-            data = self.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False
-        except OSError:
-            return None
-        if not data:
-            return None
-        if not self.buffer:
+
+    def take_in(self, data: bytes) -> None:
+        """Add received bytes to the buffer -- after dropping what is left of an unread body."""
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
+            if not data:
+                return
+        if not self.buffer and self.head is None:
             self.head_started = time.monotonic()
             started = self.head_started
-            if handshake is not None:  # the first head: its time began with the handshake
-                started, self.handshake = handshake.started or started, None
+            if self.handshake is not None:  # the first head: its time began with the handshake
+                started, self.handshake = self.handshake.started or started, None
             self.deadline = started + self.timeouts.header
         self.buffer += data
-        self.buffer_pending()
-        return self.head_ready()
 
-    def head_ready(self) -> bool:
-        try:
-            return find_head_end(self.buffer, self.limits) >= 0
-        except ProtocolError:
-            return True  # a worker writes the error response
+    def next_request(self) -> int:
+        """What the buffered bytes allow: SERVE when a request is ready -- its head parsed, its
+        body buffered if it is read ahead -- READ for more (the deadline is the caller's
+        business, but for a body read ahead), or the step of a head rejected as malformed."""
+        head = self.head
+        if head is None:
+            if not self.buffer:
+                return READ
+            try:
+                end = find_head_end(self.buffer, self.limits)
+            except ProtocolError as error:
+                self.reject(error)
+                return self.after_output()
+            if end < 0:
+                return READ
+            head_bytes = bytes(self.buffer[:end])
+            del self.buffer[:end]
+            try:
+                head = parse_head(head_bytes, self.limits)
+            except ProtocolError as error:
+                self.reject(error, first_line(head_bytes))
+                return self.after_output()
+            self.head = head
+            length = head.content_length
+            if not length or length <= len(self.buffer) or length > self.read_ahead or head.expect_continue:
+                return SERVE
+            self.parked_at = self.progress_at = time.monotonic()
+            if self.min_rate:
+                self.paced().start(head)
+            return self.wait_for_client(READ)
+        return SERVE if len(self.buffer) >= (head.content_length or 0) else READ
 
-    def park(self) -> None:
-        """Going idle: set the deadline of the state we are in (a head started, or none)."""
+    def idle(self) -> int:
+        """Going idle between requests: READ, under the deadline of the state we are in (a head
+        started, or none); or what a complete request TLS held back allows."""
+        if self.buffer_pending():  # plaintext OpenSSL holds is invisible to epoll
+            step = self.next_request()
+            if step != READ or self.head is not None or self.linger_until:
+                return step
         now = time.monotonic()
         self.deadline = now + (self.timeouts.header if self.buffer else self.timeouts.keepalive)
+        return READ
 
-    def expire(self) -> None:
-        """The idle deadline passed: 408 if a head was started (RFC 9110 15.5.9), then close."""
-        if self.buffer:
-            self.reject(RequestTimeout("the request head was not received in time"))
+    @property
+    def is_idle(self) -> bool:
+        """Between requests, nothing of the next one received: what a drain may cut short."""
+        return not self.buffer and self.head is None and self.out is None and not self.linger_until
+
+    def expire(self, now: float) -> int:
+        """``deadline`` passed: 408 if a head was started (RFC 9110 15.5.9), then close; a
+        transfer the driver finishes is judged (``wait_for_client``)."""
+        if self.out is not None:
+            return self.wait_for_client(self.out.wants, now)
+        if self.head is not None:
+            return self.wait_for_client(READ, now)
+        if self.linger_until:
+            return CLOSE
+        if not self.buffer:
+            return self.closing()
+        self.reject(RequestTimeout("the request head was not received in time"))
+        return self.after_output()
+
+    def run(self, step: int) -> None:
+        """Drive the connection to its end from here, waiting in place: a forked child's way.
+
+        While the server drains, an idle connection gets ``DRAIN_IDLE_SECONDS`` for one more
+        request; the waits are short enough (``IDLE_POLL_SECONDS``) to notice the drain.
+        """
+        poller = select.poll()
+        events = select.POLLIN
+        poller.register(self.fd, events)
+        while step != CLOSE:
+            if step == SERVE:
+                step = self.serve()
+                continue
+            wanted = select.POLLIN if step == READ else select.POLLOUT
+            if wanted != events:
+                poller.modify(self.fd, wanted)
+                events = wanted
+            now = time.monotonic()
+            deadline = self.deadline
+            if self.draining.is_set() and self.is_idle:
+                deadline = min(deadline, self.drain_deadline(now))
+            if now >= deadline:
+                step = self.expire(now)
+            elif poller.poll(milliseconds(min(deadline - now, IDLE_POLL_SECONDS))):
+                step = self.advance()
         self.close()
+
+    def drain_deadline(self, now: float) -> float:
+        """When this idle connection must close, the server having started to drain."""
+        if self.drain_started is None:
+            self.drain_started = now
+        return self.drain_started + DRAIN_IDLE_SECONDS
+
+    # -- transfers the driver finishes: a body read ahead, the rest of a response -------------
+
+    def paced(self) -> Pace:
+        """The minimum rate's counts, made when first needed."""
+        if self.pace is None:
+            self.pace = Pace(self.min_rate, self.timeouts.body)
+        return self.pace
+
+    def progress(self, moved: int) -> None:
+        """A transfer the driver finishes moved ``moved`` bytes."""
+        self.progress_at = time.monotonic()
+        if self.min_rate:
+            self.paced().moved += moved
+
+    def wait_for_client(self, step: int, now: float | None = None) -> int:
+        """Such a transfer waits for the client: ``step``, under a deadline -- the silence
+        allowed (``timeouts.body`` since the last byte) or the end of the minimum rate's window,
+        whichever comes first -- or, when the client is too slow, what follows that."""
+        if now is None:
+            now = time.monotonic()
+        deadline = self.progress_at + self.io_timeout
+        if self.min_rate:
+            pace = self.paced()
+            pace.waited += now - self.parked_at
+            if not pace.judge():
+                return self.too_slow()
+            deadline = min(deadline, now + pace.left())
+        if now >= deadline:
+            return self.too_slow()
+        self.parked_at = now
+        self.deadline = deadline
+        return step
+
+    def too_slow(self) -> int:
+        """The client stalled or fell below the minimum rate: a body read ahead gets 408
+        (RFC 9110 15.5.9), a response is cut off."""
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+            return CLOSE
+        head = self.head  # kept until ``closing``: the rest of its body may still be coming
+        line = f"{head.method} {head.target} {head.version}" if head is not None else None
+        self.reject(RequestTimeout("the request body was not received in time"), line)
+        return self.after_output()
+
+    def flush(self) -> int:
+        """Send what the socket takes of the rest of a response; once all is sent, carry on."""
+        out = self.out
+        assert out is not None
+        try:
+            moved = self.push(out)
+        except (OSError, ResponseAborted):
+            out.close()
+            self.out = None
+            return CLOSE
+        if moved:
+            self.progress(moved)
+        if out.wants:
+            return self.wait_for_client(out.wants)
+        out.close()
+        return self.after_response()
 
     # -- TLS ------------------------------------------------------------------------------------
-
-    def complete_handshake(self) -> bool:
-        """The blocking TLS handshake of a forked child, within the header timeout.
-
-        True when done (or not TLS); False if it failed or timed out, the connection closed.
-        """
-        handshake = self.handshake
-        if handshake is None or handshake.done or handshake.complete(self.timeouts.header):
-            return True
-        self.close()
-        return False
 
     def buffer_pending(self) -> int:
         """Move plaintext the TLS layer has decrypted but not handed out into the buffer.
@@ -186,83 +420,41 @@ class Connection:
                 break
             if not data:
                 break
-            if not self.buffer:
-                self.head_started = time.monotonic()
-            self.buffer += data
+            self.take_in(data)
             moved += len(data)
         return moved
 
     # -- serving ------------------------------------------------------------------------------
 
-    def serve(self, wait: bool) -> bool:
-        """Answer requests until none is buffered (wait=False) or the connection ends.
-
-        Returns True if the connection is alive and idle (park it), False when it is done: the
-        caller closes it (after it stops watching the descriptor).
-        """
+    def serve(self) -> int:
+        """Answer the ready request and every one ready behind it; what the connection needs next."""
         try:
-            while True:
-                end = self.wait_for_head() if wait else find_head_end(self.buffer, self.limits)
-                if end is None:
-                    return False
-                if end < 0:
-                    return True
-                if not self.serve_one(end):
-                    return False
-        except ProtocolError as error:
-            self.reject(error)
+            step = SERVE
+            while step == SERVE:
+                step = self.serve_one()
+            return step
         except (OSError, ResponseAborted):
             pass
         except Exception:
             log.exception("unexpected error on connection from %s", self.client)
-        return False
+        return CLOSE
 
-    def wait_for_head(self) -> int | None:
-        """Block until a head is buffered; None on EOF or timeout (408 if a head had started)."""
-        started = time.monotonic()
-        deadline = started + (self.timeouts.header if self.buffer else self.timeouts.keepalive)
-        while (end := find_head_end(self.buffer, self.limits)) < 0:
-            now = time.monotonic()
-            if self.draining.is_set() and not self.buffer:
-                deadline = min(deadline, now + DRAIN_IDLE_SECONDS, self.drain_deadline(now))
-            remaining = deadline - now
-            if remaining <= 0:
-                if self.buffer:
-                    self.reject(RequestTimeout("the request head was not received in time"))
-                return None
-            try:
-                data = self.recv(RECV_BYTES, min(remaining, IDLE_POLL_SECONDS))
-            except TimeoutError:
-                continue
-            if not data:
-                return None
-            if not self.buffer:
-                self.head_started = time.monotonic()
-                deadline = self.head_started + self.timeouts.header
-            self.buffer += data
-        return end
-
-    def drain_deadline(self, now: float) -> float:
-        """When this idle connection must close, the server having started to drain."""
-        if self.drain_started is None:
-            self.drain_started = now
-        return self.drain_started + DRAIN_IDLE_SECONDS
-
-    def serve_one(self, end: int) -> bool:
-        """Parse the head ending at ``end``, run the pipeline; True if the connection may go on."""
-        head_bytes = bytes(self.buffer[:end])
-        del self.buffer[:end]
-        try:
-            head = parse_head(head_bytes, self.limits)
-        except ProtocolError as error:
-            self.reject(error, head_bytes)
-            return False
+    def serve_one(self) -> int:
+        """Run the pipeline for the ready request; what the connection needs after it."""
+        head, self.head = self.head, None
+        assert head is not None
         self.keep_alive = head.keep_alive
-        self.continue_sent = False
+        self.continue_due = head.expect_continue
         request = self.build_request(head)
+        self.body = request.body
         if not self.pipeline.run(request, self.send_response):
-            return False
-        return self.keep_alive and self.finish_body(request, head)
+            return CLOSE
+        if self.out is not None:  # the client is slow to take it: the driver finishes it
+            self.parked_at = self.progress_at = time.monotonic()
+            if self.min_rate:
+                self.paced().start(self.body)
+            return self.wait_for_client(self.out.wants)
+        return self.after_response()
 
     def build_request(self, head: RequestHead) -> Request:
         send_continue = self.send_continue if head.expect_continue else None
@@ -287,29 +479,98 @@ class Connection:
 
     def client_gone(self) -> bool:
         """Whether the client closed or reset the connection (nginx counts a half-close too)."""
-        if self.buffer:
-            return False  # it sent more: a pipelined request is waiting
+        body = self.body
+        if len(self.buffer) > (body.remaining if isinstance(body, ContentLengthBody) else 0):
+            return False  # it sent more than the body: a pipelined request is waiting
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLRDHUP)
         return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
-    def finish_body(self, request: Request, head: RequestHead) -> bool:
-        """Discard a small unread body so the connection can be reused; else it must close."""
-        if request.body.done:
-            return True
-        if head.expect_continue and not self.continue_sent:
-            return False  # the client may or may not send the body now: framing is unknown
-        self.io_timeout = DRAIN_TIMEOUT_SECONDS
+    def will_drain(self, produced: ResponseBody) -> bool:
+        """Before the head goes out: whether the rest of a body the handler left unread will be
+        read and discarded, so that the connection stays open -- else the response says
+        ``Connection: close`` (RFC 9112 9.3, 9.6) and the connection closes gently after it.
+
+        A Content-Length body is drained after the response when at most DRAIN_LIMIT_BYTES of it
+        are still to arrive.  A chunked body's length is unknown: once the handler is done with
+        it (a response not streamed), what has already arrived is drained now, without waiting,
+        and the connection stays open if the body ends within the limit.  A client expecting
+        ``100 Continue`` that was never sent may or may not send its body (RFC 9110 10.1.1).
+        """
+        body = self.body
+        if self.continue_due:
+            return False
+        if isinstance(body, ContentLengthBody):
+            return body.remaining - len(self.buffer) <= DRAIN_LIMIT_BYTES
+        if not isinstance(produced, (bytes, bytearray, FileRegion)):
+            return False  # a streamed response may still read the body as it goes
+        self.io_timeout = 0.0  # what has arrived only: a read that would wait fails instead
         try:
-            request.body.limit = None
+            body.limit = None
             drained = 0
-            while drained <= DRAIN_LIMIT_BYTES and (chunk := request.body.read(16384)):
+            while drained <= DRAIN_LIMIT_BYTES and (chunk := body.read(RECV_BYTES)):
                 drained += len(chunk)
-            return request.body.done
+            return body.done
         except (HTTPError, OSError):
             return False
         finally:
             self.io_timeout = self.timeouts.body
+
+    def after_output(self) -> int:
+        """After a response or an error: WRITE while some of it is unsent, then what follows."""
+        if self.out is not None:
+            self.parked_at = self.progress_at = time.monotonic()
+            return self.wait_for_client(self.out.wants)
+        return self.after_response()
+
+    def after_response(self) -> int:
+        """The response is out: on to the next request, or close (gently).
+
+        What is left of a Content-Length body ``will_drain`` kept the connection for is dropped:
+        from the buffer now, the rest as it arrives (``skip``).
+        """
+        if not self.keep_alive:
+            return self.closing()
+        body = self.body
+        if not body.done:
+            if not isinstance(body, ContentLengthBody):
+                return self.closing()
+            left = body.remaining
+            dropped = min(left, len(self.buffer))
+            del self.buffer[:dropped]
+            self.skip = left - dropped
+            self.body = NO_BODY  # accounted for by ``skip``
+        step = self.next_request()
+        if step == READ and self.head is None and not self.linger_until:
+            return self.idle()
+        return step
+
+    def closing(self) -> int:
+        """The connection ends: CLOSE at once if the client has nothing more to send, else
+        linger -- shut our sending side (the client reads the response, then end of file) and
+        read and discard what still comes for up to LINGER_SECONDS (RFC 9112 9.6)."""
+        if not (self.buffer or self.skip or not self.body.done or self.head is not None):
+            return CLOSE
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return CLOSE
+        self.buffer.clear()
+        self.head = None
+        self.linger_until = self.deadline = time.monotonic() + LINGER_SECONDS
+        return READ
+
+    def discard(self) -> int:
+        """Lingering: read and drop what the client sends; CLOSE at its end of file."""
+        try:
+            for _ in range(LINGER_READS):
+                if not self.sock.recv(RECV_BYTES):
+                    return CLOSE
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError:
+            return CLOSE
+        return READ
 
     # -- the Source interface the body readers pull from -------------------------------------
 
@@ -343,13 +604,13 @@ class Connection:
 
     def send_continue(self) -> None:
         """RFC 9110 10.1.1: the interim 100 response, sent when the handler first reads the body."""
-        self.continue_sent = True
+        self.continue_due = False
         self.send_all(CONTINUE)
 
     # -- writing --------------------------------------------------------------------------------
 
     def send_response(self, request: Request, response: Response) -> int:
-        """Write ``response`` to ``request``; returns the body bytes sent."""
+        """Write ``response`` to ``request``; returns the body bytes sent (or left to the driver)."""
         body = response.body
         try:
             try:
@@ -365,32 +626,38 @@ class Connection:
                 response.body = body = error_response(InternalServerError()).body
                 head, length, chunked = self.response_head(request, response)
             if request.method == "HEAD" or response.status in BODILESS_STATUSES:
-                self.send_all(head)
+                self.write(head)
                 return 0
             if isinstance(body, (bytes, bytearray)):
-                self.send_all(head + body if len(body) < 65536 else head)
+                self.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
-                    self.send_all(body)
+                    self.write(body)
                 return len(body)
             if isinstance(body, FileRegion):
                 if body.length <= SMALL_FILE_BYTES:  # one write for head and body beats sendfile
                     data = os.pread(body.file.fileno(), body.length, body.offset)
                     if len(data) != body.length:
                         raise ResponseAborted("file shorter than announced")
-                    self.send_all(head + data)
+                    self.write(head + data)
                     return len(data)
-                self.send_all(head)
-                return self.send_file(body)
+                self.write(head)
+                self.write_file(body)
+                return body.length
             return self.send_iterable(head, body, length, chunked)
         finally:
-            close_body(body)
+            out = self.out
+            if out is None or not isinstance(body, FileRegion) or out.file is not body.file:
+                close_body(body)
 
     def response_head(self, request: Request, response: Response) -> tuple[bytes, int | None, bool]:
         """The serialised head, the body length (None if unknown) and whether it is chunked.
 
         The keep-alive decision is applied before serialising: should the head prove invalid,
-        the 500 that replaces it is framed under that decision.
+        the 500 that replaces it is framed under that decision.  It includes what becomes of a
+        request body left unread (``will_drain``).
         """
+        if self.keep_alive and not self.body.done:
+            self.keep_alive = self.will_drain(response.body)
         framing = frame_response(
             request.method,
             request.version,
@@ -406,67 +673,147 @@ class Connection:
         head = serialize_response_head(request.version, response.status, response.reason, framing.headers)
         return head, framing.length, framing.chunked
 
-    def send_file(self, region: FileRegion) -> int:
-        """``sendfile(2)`` on plain sockets; through the TLS layer in blocks otherwise."""
-        offset, end = region.offset, region.offset + region.length
-        source = region.file.fileno()
-        while offset < end:
-            if isinstance(self.sock, ssl.SSLSocket):
-                block = os.pread(source, min(SEND_FILE_BLOCK, end - offset), offset)
-                if block:
-                    self.send_all(block)
-                sent = len(block)
-            else:
-                try:
-                    sent = os.sendfile(self.fd, source, offset, end - offset)
-                except BlockingIOError:
-                    self.wait_io(select.POLLOUT)
-                    continue
-            if not sent:
-                raise ResponseAborted("file shorter than announced")
-            offset += sent
-        return region.length
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as far as the socket takes it now; the rest waits in ``out``, behind
+        whatever waits there already."""
+        out = self.out
+        if out is not None:
+            out.add(data)
+            self.push(out)
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            sent = 0
+        if sent < len(data):
+            self.out = Unsent()
+            self.out.add(memoryview(data)[sent:])
 
-    # -- waiting: the socket never blocks; these wait for it, each wait bounded by io_timeout ---
+    def write_file(self, region: FileRegion) -> None:
+        """Send a file region as far as the socket takes it now (``sendfile(2)`` on plain
+        sockets, blocks through the TLS layer); the rest waits in ``out``, which then owns the
+        file -- else its owner is the response, as before."""
+        out = self.out
+        if out is None:
+            out = self.out = Unsent()
+        out.file, out.offset, out.end = region.file, region.offset, region.offset + region.length
+        self.push(out)
+        if not out.wants:
+            out.file = None
 
-    def recv(self, size: int, timeout: float | None = None) -> bytes:
-        """Up to ``size`` bytes, waiting for them (TimeoutError after ``io_timeout``)."""
-        while True:
-            try:
-                return self.sock.recv(size)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                self.wait_io(select.POLLIN, timeout)
-            except ssl.SSLWantWriteError:
-                self.wait_io(select.POLLOUT, timeout)
+    def push(self, out: Unsent) -> int:
+        """Send what the socket takes now of ``out``; the bytes moved.  ``out.wants`` says what
+        the socket must be ready for next; once everything is sent it is 0 and ``self.out`` is
+        cleared (the caller holding ``out`` closes it, or takes its file back)."""
+        moved = 0
+        pieces = out.pieces
+        try:
+            while True:
+                while pieces:
+                    piece = pieces[0]
+                    sent = self.sock.send(piece)
+                    moved += sent
+                    out.size -= sent
+                    if sent < piece.nbytes:
+                        pieces[0] = piece[sent:]
+                    else:
+                        pieces.popleft()
+                if out.file is None or out.offset >= out.end:
+                    break
+                source = out.file.fileno()
+                if isinstance(self.sock, ssl.SSLSocket):
+                    block = os.pread(source, min(SEND_FILE_BLOCK, out.end - out.offset), out.offset)
+                    sent = len(block)
+                    if sent:
+                        out.add(block)
+                else:
+                    sent = os.sendfile(self.fd, source, out.offset, out.end - out.offset)
+                    moved += sent
+                if not sent:
+                    raise ResponseAborted("file shorter than announced")
+                out.offset += sent
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            out.wants = WRITE
+            return moved
+        except ssl.SSLWantReadError:
+            out.wants = READ
+            return moved
+        out.wants = 0
+        self.out = None
+        return moved
+
+    def flush_here(self) -> None:
+        """Send everything unsent, waiting in this thread (``wait_io``: the silence allowed, the
+        minimum rate)."""
+        out = self.out
+        if out is None:
+            return
+        while out.wants:
+            self.wait_io(select.POLLIN if out.wants == READ else select.POLLOUT)
+            moved = self.push(out)
+            if self.min_rate:
+                self.paced().moved += moved
+        out.close()
 
     def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data``, waiting for the client to read when its window is full."""
-        view = memoryview(data)
-        while view:
+        self.write(data)
+        self.flush_here()
+
+    # -- waiting in a thread: the socket never blocks; these wait for it ----------------------
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes, waiting for them (TimeoutError after ``io_timeout`` of silence,
+        or when the client falls below the minimum rate)."""
+        waited = False
+        while True:
             try:
-                sent = self.sock.send(view)
-            except (BlockingIOError, ssl.SSLWantWriteError):
-                self.wait_io(select.POLLOUT)
-                continue
-            except ssl.SSLWantReadError:
+                data = self.sock.recv(size)
+            except (BlockingIOError, ssl.SSLWantReadError):
                 self.wait_io(select.POLLIN)
+                waited = True
                 continue
-            view = view[sent:]
+            except ssl.SSLWantWriteError:
+                self.wait_io(select.POLLOUT)
+                waited = True
+                continue
+            if waited and self.min_rate:
+                self.paced().moved += len(data)
+            return data
 
-    def wait_io(self, events: int, timeout: float | None = None) -> None:
-        """Wait until the socket is ready for ``events``; TimeoutError if it is not in time.
-
-        Another pool thread may take new work meanwhile (``before_wait``).
-        """
+    def wait_io(self, events: int) -> None:
+        """Wait until the socket is ready for ``events``; TimeoutError after ``io_timeout`` of
+        silence, or at the end of a window of waiting in which the client fell below the
+        minimum rate (``porch.net.pace``; the bytes moved after each wait are its caller's to
+        count).  Another pool thread may take new work meanwhile (``before_wait``)."""
         self.before_wait()
         poller = select.poll()
         poller.register(self.fd, events)
-        limit = self.io_timeout if timeout is None else timeout
-        if not poller.poll(milliseconds(limit)):
-            raise TimeoutError("timed out")
+        if not self.min_rate:
+            if not poller.poll(milliseconds(self.io_timeout)):
+                raise TimeoutError("timed out")
+            return
+        pace = self.paced()
+        pace.start(self.body)
+        silent_until = time.monotonic() + self.io_timeout
+        while True:
+            now = time.monotonic()
+            if not pace.judge():
+                raise TimeoutError("the client is slower than the minimum rate")
+            limit = min(silent_until - now, pace.left())
+            if limit <= 0:
+                raise TimeoutError("timed out")
+            ready = poller.poll(milliseconds(limit))
+            pace.waited += time.monotonic() - now
+            if ready:
+                return
 
     def send_iterable(self, head: bytes, body: Iterable[bytes], length: int | None, chunked: bool) -> int:
-        """Stream an iterable body; exactly ``length`` bytes when known (PEP 3333 truncation)."""
+        """Stream an iterable body; exactly ``length`` bytes when known (PEP 3333 truncation).
+
+        What the client has not taken yet waits in ``out`` while the body is produced; past
+        STREAM_BUFFER_BYTES this thread waits for the client (``flush_here``).
+        """
         sent = 0
         pending = head
         try:
@@ -477,8 +824,10 @@ class Connection:
                     chunk = chunk[: length - sent]
                 sent += len(chunk)
                 pending += encode_chunk(chunk) if chunked else chunk
-                self.send_all(pending)
+                self.write(pending)
                 pending = b""
+                if self.out is not None and self.out.size > STREAM_BUFFER_BYTES:
+                    self.flush_here()
                 if length is not None and sent >= length:
                     break
         except (OSError, ResponseAborted):
@@ -491,16 +840,18 @@ class Connection:
         if chunked:
             pending += LAST_CHUNK
         if pending:
-            self.send_all(pending)
+            self.write(pending)
         if length is not None and sent < length:
             raise ResponseAborted(f"body ended after {sent} of {length} bytes")
         return sent
 
-    def reject(self, error: HTTPError, head_bytes: bytes | None = None) -> None:
-        """Answer a request that never became a ``Request`` (bad syntax, timeout) and log it."""
+    def reject(self, error: HTTPError, line: str | None = None) -> None:
+        """Answer a request that never became a ``Request`` (bad syntax, timeout) and log it; the
+        response may be left in ``out`` (see ``after_output``).  ``line`` is the request line
+        for the log, when known; else the start of the buffer."""
         response = error_response(error)
-        data = head_bytes if head_bytes is not None else bytes(self.buffer[:512])
-        line = data.lstrip(b"\r\n").split(b"\r\n", 1)[0][:512].decode("latin-1")
+        if line is None:
+            line = first_line(bytes(self.buffer[:512]))
         headers = [
             *response.headers,
             ("Content-Length", str(len(response.body))),  # type: ignore[arg-type]
@@ -512,8 +863,7 @@ class Connection:
         payload = serialize_response_head("HTTP/1.1", response.status, None, headers) + response.body  # type: ignore[operator]
         sent = 0
         try:
-            self.io_timeout = 1.0
-            self.send_all(payload)
+            self.write(payload)
             sent = len(response.body)  # type: ignore[arg-type]
         except OSError:
             pass
@@ -521,10 +871,18 @@ class Connection:
         self.pipeline.log_rejected(self.client, line, response.status, sent, self.head_started)
 
     def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
         try:
             self.sock.close()
         except OSError:
             pass
+
+
+def first_line(data: bytes) -> str:
+    """The request line a malformed head starts with, as far as it goes, for the access log."""
+    return data.lstrip(b"\r\n").split(b"\r\n", 1)[0][:512].decode("latin-1")
 
 
 def close_body(body: object) -> None:

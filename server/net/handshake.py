@@ -3,9 +3,8 @@
 How this works::
 
     accepted socket, wrapped with do_handshake_on_connect=False (see porch.net.tls)
-      ├─ pool thread:   Connection.fill() ──► begin() once, then step() on each readable
-      │                                       wake-up: True done, False wait, None failed
-      └─ forked child:  Connection.complete_handshake() ──► complete(timeout), one blocking call
+      └─ Connection.fill() ──► begin() once, then step() each time the socket is readable:
+                               True done, False wait, None failed
 
 The connection owns the deadline: it starts the header timeout when the handshake begins, so
 the handshake and the first request head must together arrive within it.  A failure is logged
@@ -57,20 +56,6 @@ class Handshake:
             self.failed(error)
             return None
         self.done = True
-        return True
-
-    def complete(self, timeout: float) -> bool:
-        """The blocking handshake of a forked child, within ``timeout``; False if it failed or
-        timed out (the caller closes the connection).  The socket is non-blocking again after."""
-        self.begin()
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.do_handshake()
-        except OSError as error:
-            self.failed(error)
-            return False
-        self.done = True
-        self.sock.setblocking(False)
         return True
 
     def failed(self, error: OSError) -> None:

@@ -7,9 +7,8 @@ the listening socket when they fork, so every worker shares the same session-tic
 client resumes its session whichever worker it reaches.
 
 Accepted connections are wrapped with ``do_handshake_on_connect=False``: the handshake is never
-done by the acceptor in one blocking call.  ``porch.net.connection.Connection`` drives it -- step
-by step on a non-blocking socket in the threading model (``Connection.fill``), blocking under
-the header timeout in a forked child (``Connection.complete_handshake``).
+done by the acceptor in one blocking call.  ``porch.net.connection.Connection`` drives it step
+by step on a non-blocking socket, as data arrives (``Connection.fill``), under the header timeout.
 """
 
 from __future__ import annotations

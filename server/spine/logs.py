@@ -6,6 +6,11 @@ error-log line carries the id of the request being served (a context variable se
 pipeline), so a traceback can be matched to its access line.  Text that came from the client is
 escaped before it reaches either log: a request line cannot forge a second log line.
 USR1 makes ``reopen()`` close and reopen the files, for logrotate.
+
+A log never fails a request or a process: an access line that cannot be written (a full disk, a
+closed pipe) is counted and the count reported on the error log at most once every
+``LOST_REPORT_SECONDS``; a file that cannot be reopened (its directory is gone) stays open where
+it was, and the error log says so.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from porch.timing import SecondCache
 ACCESS_LOGGER = "porch.access"
 ERROR_LOGGER = "porch.error"
 PACKAGE_LOGGERS = ("porch",)
+LOST_REPORT_SECONDS = 10.0  # at most one "access lines lost" report per this many seconds
 
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -47,15 +53,25 @@ class ReopenableFileHandler(logging.StreamHandler[TextIO]):
         return open(self.path, "a", encoding="utf-8", errors="backslashreplace")
 
     def reopen(self) -> None:
+        """Write to a fresh file at the path; OSError (and the old file kept) if it cannot be opened."""
         with self.lock:  # type: ignore[union-attr]
             old = self.stream
             self.stream = self._open()
-            old.close()
+        close_quietly(old)
 
     def close(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self.stream.close()
+            close_quietly(self.stream)
         super().close()
+
+
+def close_quietly(stream: TextIO) -> None:
+    """Close a log file whose last buffered lines may not be writable: those were already
+    reported when their write failed, and a process must not fail on its way out."""
+    try:
+        stream.close()
+    except OSError:
+        pass
 
 
 def _handler_for(target: str, default_stream: TextIO) -> logging.Handler:
@@ -68,15 +84,27 @@ class Logs:
     """Owns the handlers of both logs for one server process."""
 
     def __init__(self, settings: LogSettings) -> None:
+        """Open both logs, then install them: a file that cannot be opened (OSError) changes nothing."""
         self.settings = settings
         self.handlers: list[logging.Handler] = []
         self.access = logging.getLogger(ACCESS_LOGGER)
         self.error = logging.getLogger(ERROR_LOGGER)
+        self.access_enabled = settings.access is not False
+        self.lost = 0  # access lines not written since the last report
+        self.lost_reported = -LOST_REPORT_SECONDS
+        self.lost_reason = ""
+
+        error_handler = _handler_for(settings.error, sys.stderr)
+        access_handler: logging.Handler | None = None
+        if self.access_enabled:
+            try:
+                access_handler = _handler_for(str(settings.access), sys.stdout)
+            except OSError:
+                error_handler.close()
+                raise
         self.access.propagate = False
         self.error.propagate = False
         level = getattr(logging, settings.level.upper())
-
-        error_handler = _handler_for(settings.error, sys.stderr)
         error_handler.setFormatter(
             logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s")
         )
@@ -89,9 +117,7 @@ class Logs:
         self.handlers.append(error_handler)
 
         self.access.handlers = []
-        self.access_enabled = settings.access is not False
-        if self.access_enabled:
-            access_handler = _handler_for(str(settings.access), sys.stdout)
+        if access_handler is not None:
             access_handler.setFormatter(logging.Formatter("%(message)s"))
             self.access.addHandler(access_handler)
             self.handlers.append(access_handler)
@@ -99,12 +125,25 @@ class Logs:
         self.format_access = ACCESS_FORMATS[settings.access_format]
 
     def reopen(self) -> None:
+        """USR1 (logrotate): reopen every log file; one that cannot be reopened keeps its old file."""
+        reopened = True
         for handler in self.handlers:
             if isinstance(handler, ReopenableFileHandler):
-                handler.reopen()
-        self.error.info("log files reopened")
+                try:
+                    handler.reopen()
+                except OSError as error:
+                    reopened = False
+                    self.error.error(
+                        "cannot reopen %s (%s): still writing to the file opened before",
+                        handler.path,
+                        error.strerror or error,
+                    )
+        if reopened:
+            self.error.info("log files reopened")
 
     def close(self) -> None:
+        if self.lost:
+            self.report_lost(time.monotonic())
         for handler in self.handlers:
             handler.close()
 
@@ -129,8 +168,29 @@ class Logs:
         for handler in self.access.handlers:
             if isinstance(handler, logging.StreamHandler):
                 with handler.lock:  # type: ignore[union-attr]
-                    handler.stream.write(line)
-                    handler.stream.flush()
+                    try:
+                        handler.stream.write(line)
+                        handler.stream.flush()
+                    except (OSError, ValueError) as error:  # ValueError: a stream closed under us
+                        self.lost += 1
+                        self.lost_reason = str(getattr(error, "strerror", None) or error)
+                    if self.lost:
+                        now = time.monotonic()
+                        if now - self.lost_reported >= LOST_REPORT_SECONDS:
+                            self.report_lost(now)
+
+    def report_lost(self, now: float) -> None:
+        """Say on the error log how many access lines could not be written since the last report."""
+        target = "stdout" if self.settings.access == "-" else self.settings.access
+        self.error.error(
+            "cannot write the access log %s (%s): %d line%s lost",
+            target,
+            self.lost_reason,
+            self.lost,
+            "" if self.lost == 1 else "s",
+        )
+        self.lost = 0
+        self.lost_reported = now
 
 
 CLF_TIME = SecondCache(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second)))

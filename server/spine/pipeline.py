@@ -5,6 +5,10 @@ with its own status; any other exception is a 500 whose traceback goes to the er
 client sees a generic page).  The access line is written in ``finally``, so every request is
 logged exactly once, failures included.  A handler's ``InternalRedirect`` (CGI local redirect)
 is served again here as a GET of the new target, at most ``MAX_INTERNAL_REDIRECTS`` times.
+
+The pipeline also knows what the worker is doing, for its heartbeat: the requests in flight and
+when that set last changed (``in_progress``, ``changed``); and it is where a request completes,
+so ``retire_after(n, retire)`` calls ``retire`` the moment the n-th one has (``max_requests``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 from porch.config.settings import AccessRules, Config
@@ -26,7 +30,7 @@ from porch.http.errors import (
     InternalRedirect,
     InternalServerError,
 )
-from porch.http.messages import Headers, Request, Response, client_host, escape
+from porch.http.messages import Headers, Request, Response, client_host, escape, nothing
 from porch.spine.dispatch import Router
 from porch.spine.logs import Logs, current_request_id
 from porch.spine.validate import admitted, validate
@@ -36,6 +40,15 @@ log = logging.getLogger(__name__)
 MAX_INTERNAL_REDIRECTS = 10
 
 Send = Callable[[Request, Response], int]  # writes the response; returns body bytes sent
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A request being served, as the heartbeat reports it (its request line escaped for logs)."""
+
+    start: float
+    request_id: str
+    request_line: str
 
 
 def error_response(error: HTTPError) -> Response:
@@ -55,8 +68,25 @@ class Pipeline:
         self.logs = logs
         self.trusted_proxies = AccessRules(allow=config.trusted_proxies, deny=())
         self.in_flight: dict[int, Request] = {}  # for the heartbeat: what is being served
+        self.changed = time.monotonic()  # when a request last entered or left ``in_flight``
         self.new_id_sequence()
-        self.served = 0
+        self.completed = itertools.count(1)  # next() is atomic: each completion gets its own number
+        self.served = 0  # the last completion number stored (threads may store theirs out of order)
+        self.max_requests = 0
+        self.retire: Callable[[], None] = nothing
+        self.retire_calls = itertools.count()  # the first caller retires, once
+
+    def retire_after(self, max_requests: int, retire: Callable[[], None]) -> None:
+        """Call ``retire`` once, on the thread completing the ``max_requests``-th request -- or
+        here, if that many have completed already (pool threads serve as soon as they exist)."""
+        self.retire, self.max_requests = retire, max_requests
+        if self.served >= max_requests:
+            self.retire_once()
+
+    def retire_once(self) -> None:
+        """Retire on the first call only: completions past the count, and ``retire_after``, all try."""
+        if next(self.retire_calls) == 0:
+            self.retire()
 
     def new_id_sequence(self) -> None:
         """Request ids are a random prefix per process, then a counter; a forked child calls
@@ -86,13 +116,17 @@ class Pipeline:
         complete = False
         key = id(request)
         self.in_flight[key] = request
+        self.changed = time.monotonic()
         try:
             response = self.respond(request)
             sent = send(request, response)
             complete = True
         finally:
             del self.in_flight[key]
-            self.served += 1
+            self.changed = now = time.monotonic()
+            self.served = served = next(self.completed)
+            if served >= self.max_requests > 0:
+                self.retire_once()
             if self.logs.access_enabled:  # else not even the line's parts are worth building
                 status = response.status if response is not None else 500
                 self.logs.log_request(
@@ -101,7 +135,7 @@ class Pipeline:
                     request_line(request),
                     status,
                     sent,
-                    time.monotonic() - request.start,
+                    now - request.start,
                     request.request_id,
                 )
             current_request_id.reset(token)
@@ -131,13 +165,10 @@ class Pipeline:
             log.exception("unhandled exception serving %s %s", request.method, escape(request.target))
             return error_response(InternalServerError())
 
-    def oldest(self) -> tuple[float, str]:
-        """Start time and request line of the longest-running request, or (0, "")."""
-        requests = list(self.in_flight.values())
-        if not requests:
-            return 0.0, ""
-        oldest = min(requests, key=lambda request: request.start)
-        return oldest.start, escape(request_line(oldest))
+    def in_progress(self) -> list[InFlight]:
+        """The requests being served, oldest first."""
+        requests = sorted(self.in_flight.values(), key=lambda request: request.start)
+        return [InFlight(r.start, escape(r.request_id), escape(request_line(r))) for r in requests]
 
     def log_rejected(self, client: object, request_line_text: str, status: int, sent: int, start: float) -> None:
         """Access-log a request that was rejected before it could be parsed into a Request."""

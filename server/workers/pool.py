@@ -1,12 +1,13 @@
 """The threading model: ``ThreadPoolServer``, a bounded pool of threads that wait for work themselves.
 
-The listening sockets and every idle connection are in one epoll set that the ``threads`` pool
-threads wait on themselves -- one at a time, or all at once without a GIL, as the pool's turns
-decide (``porch.workers.turns``).  The thread woken for a listener accepts and serves the first
-new connection at once; the thread woken for a readable connection reads it and, once a head is
-complete, serves it on the spot.  A slow or idle client costs a file descriptor, never a thread.
-The acceptor thread (``SelectorServer``'s loop) only closes expired idle connections and runs
-the drain.
+The listening sockets and every connection waiting for its socket are in one epoll set that the
+``threads`` pool threads wait on themselves -- one at a time, or all at once without a GIL, as
+the pool's turns decide (``porch.workers.turns``).  The thread woken for a listener accepts and
+serves the first new connection at once; the thread woken for a connection moves what its
+socket allows (``Connection.advance``: a head, a body read ahead, the rest of a response) and,
+once a request is ready, serves it on the spot.  A slow or idle client costs a file descriptor,
+never a thread.  The acceptor thread (``SelectorServer``'s loop) only acts on expired deadlines
+and runs the drain.
 """
 
 from __future__ import annotations
@@ -19,36 +20,37 @@ import time
 from collections.abc import Sequence
 
 from porch.config.settings import Config
-from porch.net.connection import DRAIN_IDLE_SECONDS, Connection
+from porch.net.connection import DRAIN_IDLE_SECONDS, READ, SERVE, Connection
 from porch.net.listener import BoundListener
 from porch.spine.pipeline import Pipeline
-from porch.workers.selector import EXPIRY_SCAN_SECONDS, SelectorServer
+from porch.workers.selector import Parking, SelectorServer
 from porch.workers.turns import Turns, turns_for
 
-ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
 THREAD_STOP_SECONDS = 1.0  # how long server_close waits for the pool threads to leave
 
 
 class ThreadPoolServer(SelectorServer):
-    """``threading``: idle connections in an epoll set that the pool threads wait on themselves.
+    """``threading``: waiting connections in an epoll set that the pool threads wait on themselves.
 
-    Leader/followers: the pool thread whose turn it is (``porch.workers.turns``) waits in ``epoll_wait``
-    on the set of idle connections, which are watched with ``EPOLLONESHOT`` -- once one is
-    readable the kernel reports it once and stops watching it.  The thread that took it reads it,
-    serves every complete request it has (pipelining included) and re-arms it when it goes idle,
-    so a request never changes thread and no thread wakes another to serve it.  A connection
-    whose head is incomplete is re-armed after one non-blocking read: a slow client holds a thread
-    for one ``recv``, never longer.  The listening sockets are in the same set: the leader accepts
-    what is pending and serves the first at once (its request has usually arrived with it).  The
-    acceptor thread only closes connections whose idle or header deadline has passed, and runs the
-    drain; the atomic ``parked.pop`` decides who owns a connection.
+    Leader/followers: the pool thread whose turn it is (``porch.workers.turns``) waits in
+    ``epoll_wait`` on the set of waiting connections (a ``Parking``), each watched with
+    ``EPOLLONESHOT`` -- once one is ready the kernel reports it once and stops watching it.  The
+    thread that took it moves what the socket allows, serves every ready request it has
+    (pipelining included) and re-arms it when it waits again, so a request never changes thread
+    and no thread wakes another to serve it.  A connection whose head or read-ahead body is
+    incomplete, or whose client is slow to take a response, is re-armed after one non-blocking
+    pass: a slow client holds a thread for a ``recv`` or a ``send``, never longer.  The listening
+    sockets are in the same set: the leader accepts what is pending and serves the first at once
+    (its request has usually arrived with it).  The acceptor thread only acts on connections whose
+    deadline has passed, and runs the drain; the atomic ``Parking.take`` decides who owns a
+    connection.
     """
 
     def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
         self.idle = select.epoll()  # listeners, parked connections (EPOLLONESHOT), the stop signal
         self.listening: dict[int, BoundListener] = {}
         super().__init__(listeners, pipeline, config)
-        self.parked: dict[int, Connection] = {}  # idle connections: whoever pops one owns it
+        self.parking = Parking(self.idle)  # connections waiting for their socket: whoever takes one owns it
         self.turns: Turns = turns_for(len(os.sched_getaffinity(0)))
         self.before_wait = self.turns.hand_over
         self._wake_r, self._wake_w = socket.socketpair()
@@ -57,7 +59,6 @@ class ThreadPoolServer(SelectorServer):
         self.watch(self._wake_r.fileno(), None, select.EPOLLIN)
         self._stop_threads = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.idle.register(self._stop_threads, select.EPOLLIN)  # level-triggered: wakes them all
-        self.next_scan = time.monotonic() + EXPIRY_SCAN_SECONDS
         self.workers = [
             threading.Thread(target=self.work, name=f"porch-worker-{n}", daemon=True) for n in range(config.threads)
         ]
@@ -69,6 +70,10 @@ class ThreadPoolServer(SelectorServer):
         self.listening[listener.sock.fileno()] = listener
         self.idle.register(listener.sock.fileno(), events)
 
+    def unlisten(self, listener: BoundListener) -> None:
+        """A resting listener leaves the pool's set (``listening`` keeps it, for its return)."""
+        self.unwatch_idle(listener.sock.fileno())
+
     def close_listeners(self, sweep: bool = False) -> None:
         for fd in list(self.listening):
             self.unwatch_idle(fd)
@@ -77,7 +82,7 @@ class ThreadPoolServer(SelectorServer):
 
     def adopt(self, conn: Connection) -> None:
         """A newly accepted connection not served at once waits in the set like any other."""
-        self.park(conn)
+        self.parking.park(conn, READ)
 
     def wake(self) -> None:
         try:
@@ -100,30 +105,7 @@ class ThreadPoolServer(SelectorServer):
 
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
         """Serve a connection the leader just accepted, at once."""
-        self.serve_ready(request, new=True)
-
-    def park(self, conn: Connection, deadline_set: bool = False) -> None:
-        """Make an idle connection wait in the epoll set (again); ``deadline_set`` keeps the
-        deadline of a head already started."""
-        if not deadline_set:
-            conn.park()
-        self.parked[conn.fd] = conn
-        self.arm(conn)  # last: from here on any thread may take it
-
-    def arm(self, conn: Connection) -> None:
-        """Watch a connection for its next readable moment (the first time, add it to the set)."""
-        if conn.in_idle_set:
-            self.idle.modify(conn.fd, ONE_READ)
-        else:
-            conn.in_idle_set = True
-            self.idle.register(conn.fd, ONE_READ)
-
-    def release(self, conn: Connection) -> None:
-        """Forget and close a connection (unwatched first: its number may be reused at once)."""
-        self.parked.pop(conn.fd, None)
-        if conn.in_idle_set:  # most connections that close were never idle: no syscall for them
-            self.unwatch_idle(conn.fd)
-        conn.close()
+        self.serve_ready(request)
 
     def unwatch_idle(self, fd: int) -> None:
         try:
@@ -159,53 +141,33 @@ class ThreadPoolServer(SelectorServer):
                 was_serving = True
                 if (listener := self.listening.get(fd)) is not None:
                     self.accept_from(listener)
-                elif (conn := self.parked.pop(fd, None)) is not None:  # else expired meanwhile
+                elif (conn := self.parking.take(fd)) is not None:  # else expired meanwhile
                     self.serve_ready(conn)
 
-    def serve_ready(self, conn: Connection, new: bool = False) -> None:
-        """Read what a readable connection sent and answer every complete request in it."""
+    def serve_ready(self, conn: Connection) -> None:
+        """Move what a ready connection's socket allows and answer every request it has ready."""
         try:
-            state = conn.fill()
-            if state is None:
-                self.release(conn)
-                return
-            if not state:  # more of the head to come: watch it (again, keeping its deadline)
-                self.park(conn, deadline_set=not new)
-                return
-            while conn.serve(wait=False):
-                conn.buffer_pending()  # TLS: plaintext OpenSSL holds is invisible to epoll
-                if not conn.head_ready():
-                    self.park(conn)
-                    return
-            self.release(conn)
+            step = conn.advance()
+            while step == SERVE:
+                step = conn.serve()
+            self.parking.settle(conn, step)
         except Exception:
             self.handle_error(conn.sock, conn.client)
-            self.release(conn)
+            self.parking.release(conn)
 
     def service_actions(self) -> None:
-        """Close parked connections whose header or keep-alive deadline has passed."""
-        now = time.monotonic()
-        if now < self.next_scan:
-            return
-        self.next_scan = now + EXPIRY_SCAN_SECONDS
-        for fd, conn in list(self.parked.items()):
-            if conn.deadline <= now and self.parked.pop(fd, None) is conn:
-                self.unwatch_idle(fd)
-                conn.expire()
+        """Act on parked connections whose deadline has passed (a timeout, a client too slow)."""
+        self.parking.expire(time.monotonic())
 
     def on_drain(self) -> None:
         """Idle keep-alive connections get DRAIN_IDLE_SECONDS for one last request."""
-        closing = time.monotonic() + DRAIN_IDLE_SECONDS
-        for conn in list(self.parked.values()):
-            if not conn.buffer:
-                conn.deadline = min(conn.deadline, closing)
+        self.parking.drain(time.monotonic() + DRAIN_IDLE_SECONDS)
 
     def drained(self) -> bool:
-        return not self.parked and self.turns.busy() == 0
+        return not self.parking.parked and self.turns.busy() == 0
 
     def server_close(self) -> None:
-        for conn in list(self.parked.values()):
-            self.release(conn)
+        self.parking.close()
         os.eventfd_write(self._stop_threads, 1)
         super().server_close()
         self._wake_r.close()

@@ -6,6 +6,10 @@ pipeline and the concurrency model (``SERVER_CLASSES``, by the config's name) on
 the master bound.  ``run()`` has the arbiter's shape: the acceptor runs in a thread and the main
 thread only waits for signals, which the handlers merely queue (TERM/INT: drain then exit, QUIT:
 exit now, USR1: reopen logs), and heartbeats to the master meanwhile.
+
+The heartbeat (a ``Pulse``) says whether the acceptor loop runs and whether the serving threads
+do: which requests are in flight, how many threads there are, and since when that set has not
+changed -- a worker whose every thread is stuck in a request still has a running acceptor.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from porch.handlers.build import build_handlers, handler_context
 from porch.net.listener import BoundListener
 from porch.spine.dispatch import Router
 from porch.spine.logs import Logs
-from porch.spine.pipeline import Pipeline
+from porch.spine.pipeline import InFlight, Pipeline
 from porch.workers.forking import ForkingServer
 from porch.workers.pool import ThreadPoolServer
 from porch.workers.selector import SelectorServer
@@ -39,7 +43,20 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1
 HEARTBEAT_SECONDS = 0.5
 # The concurrency models, by the name ``concurrency`` gives in the config.
 SERVER_CLASSES: dict[str, type[SelectorServer]] = {"threading": ThreadPoolServer, "forking": ForkingServer}
-Heartbeat = Callable[[float, float, str], None]
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """One heartbeat: what the master needs to tell a stuck worker from a busy one."""
+
+    time: float  # when this pulse was taken
+    loop_time: float  # when the acceptor loop last ran
+    changed: float  # when a request last entered or left ``in_flight``
+    capacity: int  # requests this process serves at once on its own threads; 0: in children (forking)
+    in_flight: list[InFlight]  # oldest first
+
+
+Heartbeat = Callable[[Pulse], None]
 
 
 @dataclass
@@ -52,12 +69,21 @@ class Runtime:
     pipeline: Pipeline
     server: SelectorServer
     listeners: list[BoundListener]
+    capacity: int
+
+    def pulse(self) -> Pulse:
+        """The heartbeat now: the acceptor's last loop and what the serving threads are doing."""
+        return Pulse(
+            time.monotonic(), self.server.last_loop, self.pipeline.changed, self.capacity, self.pipeline.in_progress()
+        )
 
     def run(self, heartbeat: Heartbeat | None = None, max_requests: int = 0) -> int:
         """Serve until a stop signal (or ``max_requests``); returns the exit status.
 
-        ``heartbeat(loop_time, oldest_start, oldest_request)`` is called every
-        ``HEARTBEAT_SECONDS`` so the master can tell a stuck worker from a busy one.
+        ``heartbeat(pulse)`` is called every ``HEARTBEAT_SECONDS`` so the master can tell a stuck
+        worker from a busy one.  ``max_requests`` is counted where requests complete: the drain
+        starts with the completion of the last one, not at the next heartbeat.  (Under forking,
+        requests complete in the children, whose counts the worker never sees.)
         """
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -65,14 +91,21 @@ class Runtime:
         def enqueue(signum: int, frame: FrameType | None) -> None:
             signals.put(signum)
 
+        def retire() -> None:
+            log.info("served %d requests (max_requests): retiring", self.pipeline.served)
+            self.server.begin_drain()
+            signals.put(signal.SIGTERM)
+
         for handled in HANDLED_SIGNALS:
             signal.signal(handled, enqueue)
+        if max_requests and self.capacity:
+            self.pipeline.retire_after(max_requests, retire)
         acceptor = threading.Thread(target=self.server.serve_forever, name="porch-acceptor", daemon=True)
         acceptor.start()
         if heartbeat is not None:
             while not self.server.last_loop and acceptor.is_alive():
                 time.sleep(0.005)
-            heartbeat(self.server.last_loop, 0.0, "")
+            heartbeat(self.pulse())
         log.info("%s serving (pid %d, %s)", SOFTWARE, os.getpid(), self.config.concurrency)
         try:
             while True:
@@ -83,12 +116,8 @@ class Runtime:
                         log.error("the acceptor stopped unexpectedly")
                         return 1
                     if heartbeat is not None:
-                        heartbeat(self.server.last_loop, *self.pipeline.oldest())
-                    if max_requests and self.pipeline.served >= max_requests and not self.server.draining.is_set():
-                        log.info("served %d requests (max_requests): retiring", self.pipeline.served)
-                        signum = signal.SIGTERM
-                    else:
-                        continue
+                        heartbeat(self.pulse())
+                    continue
                 if signum == signal.SIGUSR1:
                     self.logs.reopen()
                 elif signum == signal.SIGQUIT:
@@ -102,7 +131,11 @@ class Runtime:
                         self.config.timeouts.graceful,
                     )
                     self.server.begin_drain()
-                    acceptor.join(self.config.timeouts.graceful)
+                    deadline = time.monotonic() + self.config.timeouts.graceful
+                    while acceptor.is_alive() and (left := deadline - time.monotonic()) > 0:
+                        acceptor.join(min(left, HEARTBEAT_SECONDS))
+                        if heartbeat is not None:  # a draining worker is still watched
+                            heartbeat(self.pulse())
                     if acceptor.is_alive():
                         log.warning("graceful timeout: in-flight requests were cut off")
                         self.server.shutdown()
@@ -123,4 +156,6 @@ def build_server(config: Config, listeners: list[BoundListener]) -> Runtime:
     router = Router(build_handlers(config, handler_context(config)))
     pipeline = Pipeline(config, router, logs)
     server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config)
-    return Runtime(config, logs, router, pipeline, server, listeners)
+    # Only the threading model serves requests in this process: forked children count their own.
+    capacity = config.threads if isinstance(server, ThreadPoolServer) else 0
+    return Runtime(config, logs, router, pipeline, server, listeners, capacity)

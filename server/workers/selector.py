@@ -5,16 +5,25 @@ every listening socket, accepts what is pending -- up to ``ACCEPTS_PER_WAKEUP`` 
 when other workers share the sockets -- asks ``verify_request`` and hands each connection to
 ``process_request``.  Where connections are served is the subclasses' business: the threading
 model (``porch.workers.pool``, whose pool threads take the listeners into their own set) and the
-forking one (``porch.workers.forking``) override the hooks they need (``listen_on``, ``adopt``,
-``on_readable``, ``wake``, ``on_drain``, ``drained``, ``service_actions``).
+forking one (``porch.workers.forking``) override the hooks they need (``listen_on``,
+``unlisten``, ``adopt``, ``on_readable``, ``wake``, ``loop_timeout``, ``on_drain``, ``drained``,
+``service_actions``).  Both keep the connections that wait for their socket -- a head or a small
+body on its way, a keep-alive between requests, a response the client is slow to take -- in a
+``Parking``: parked, they cost a descriptor and no thread or process.
 
 Stopping gracefully is ``begin_drain()``: the acceptor closes the listeners and keeps serving
 what is in flight -- every response now carries ``Connection: close`` -- and its loop ends by
 itself once nothing is left.  ``shutdown()`` (from another thread) ends the loop at once.
+
+A listener whose ``accept()`` fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ENOMEM) rests: it is not watched for ``ACCEPT_BACKOFF_SECONDS`` -- its pending connections
+would wake the loop at once and fail again, in a busy loop -- and the loop watches it again
+afterwards, by itself; what is already accepted is served meanwhile (nginx does the same).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
@@ -25,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from porch.config.settings import Config
 from porch.http.messages import Address, nothing
-from porch.net.connection import Connection
+from porch.net.connection import CLOSE, READ, Connection
 from porch.net.listener import BoundListener
 from porch.spine.pipeline import Pipeline
 
@@ -33,7 +42,82 @@ log = logging.getLogger(__name__)
 
 EXPIRY_SCAN_SECONDS = 0.25
 ACCEPTS_PER_WAKEUP = 64
+ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
+ONE_WRITE = select.EPOLLOUT | select.EPOLLONESHOT
 SHARED_ACCEPTS_PER_WAKEUP = 1  # with other workers on the socket: take one, leave them the rest
+ACCEPT_BACKOFF_SECONDS = 0.5  # how long a listener rests after accept() ran out of a resource (as nginx)
+# accept() errors that retrying at once repeats: the process or the system is out of descriptors,
+# or the kernel out of memory.  Others (a connection reset before it was accepted) concern one client.
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Parking:
+    """Connections waiting for their socket under a deadline, each armed in an epoll set for one
+    event (``EPOLLONESHOT``: once reported, the kernel stops watching it until it is re-armed).
+
+    Whoever pops a connection from ``parked`` owns it: the thread woken for it (``take``) or the
+    expiry scan (``expire``); a connection taken is parked again or released by its owner.
+    """
+
+    def __init__(self, epoll: select.epoll) -> None:
+        self.epoll = epoll
+        self.parked: dict[int, Connection] = {}
+        self.next_scan = 0.0
+
+    def park(self, conn: Connection, step: int) -> None:
+        """Wait until the connection's socket is ready for ``step`` (READ or WRITE), under the
+        deadline the connection has set."""
+        self.parked[conn.fd] = conn
+        events = ONE_READ if step == READ else ONE_WRITE
+        if conn.in_idle_set:  # last: from here on any thread may take it
+            self.epoll.modify(conn.fd, events)
+        else:
+            conn.in_idle_set = True
+            self.epoll.register(conn.fd, events)
+
+    def take(self, fd: int) -> Connection | None:
+        """The connection whose socket is ready, now owned by the caller; None if another owner
+        (the expiry scan) has it."""
+        return self.parked.pop(fd, None)
+
+    def settle(self, conn: Connection, step: int) -> None:
+        """Park a connection that waits for its socket (READ, WRITE); release one that is done."""
+        if step == CLOSE:
+            self.release(conn)
+        else:
+            self.park(conn, step)
+
+    def release(self, conn: Connection) -> None:
+        """Forget and close a connection (unwatched first: its number may be reused at once)."""
+        self.parked.pop(conn.fd, None)
+        if conn.in_idle_set:  # most connections that close were never idle: no syscall for them
+            conn.in_idle_set = False
+            try:
+                self.epoll.unregister(conn.fd)
+            except (OSError, ValueError):
+                pass
+        conn.close()
+
+    def expire(self, now: float) -> None:
+        """Let every connection whose deadline has passed act on it (a 408, a close); the
+        connections are looked at every EXPIRY_SCAN_SECONDS, however often this is called."""
+        if now < self.next_scan:
+            return
+        self.next_scan = now + EXPIRY_SCAN_SECONDS
+        for fd, conn in list(self.parked.items()):
+            if conn.deadline <= now and self.parked.pop(fd, None) is conn:
+                self.settle(conn, conn.expire(now))
+
+    def drain(self, closing: float) -> None:
+        """The server drains: idle keep-alive connections get until ``closing`` for one last request."""
+        for conn in list(self.parked.values()):
+            if conn.is_idle:
+                conn.deadline = min(conn.deadline, closing)
+
+    def close(self) -> None:
+        """Release every parked connection: the server is closing."""
+        for conn in list(self.parked.values()):
+            self.release(conn)
 
 
 class SelectorServer(socketserver.BaseServer):
@@ -59,17 +143,24 @@ class SelectorServer(socketserver.BaseServer):
         # worker's set while another worker is free).
         shared = config.workers > 1
         self.accepts_per_wakeup = SHARED_ACCEPTS_PER_WAKEUP if shared else ACCEPTS_PER_WAKEUP
+        self.listen_events = select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0)
+        self.resting: dict[int, tuple[BoundListener, float]] = {}  # fd -> listener, when it wakes
+        self.resting_lock = threading.Lock()  # pool threads accept too: one of them rests a listener
         for listener in self.listeners:
             listener.sock.setblocking(False)
             if listener.sock.family != socket.AF_UNIX:
                 # Linux copies TCP_NODELAY from the listening socket to every socket accept()
                 # returns: one setsockopt here instead of one per connection.
                 listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.listen_on(listener, select.EPOLLIN | (select.EPOLLEXCLUSIVE if shared else 0))
+            self.listen_on(listener, self.listen_events)
 
     def listen_on(self, listener: BoundListener, events: int) -> None:
         """Watch a listening socket: here the acceptor loop accepts from it."""
         self.watch(listener.sock.fileno(), listener, events)
+
+    def unlisten(self, listener: BoundListener) -> None:
+        """Stop watching a listening socket for a while (``listen_on`` watches it again)."""
+        self.unwatch(listener.sock.fileno())
 
     def watch(self, fd: int, owner: object, events: int) -> None:
         self.watched[fd] = owner
@@ -91,14 +182,17 @@ class SelectorServer(socketserver.BaseServer):
         self._stopped.clear()
         try:
             while not self._stop.is_set():
-                self.last_loop = time.monotonic()
+                self.last_loop = now = time.monotonic()
                 if self.draining.is_set():
                     if self.listeners_open:
                         self.close_listeners(sweep=True)
                         self.on_drain()
                     if self.drained():
                         break
-                for fd, _ in self.poller.poll(poll_interval):
+                timeout = self.loop_timeout(poll_interval)
+                if self.resting:
+                    timeout = self.wake_listeners(now, timeout)
+                for fd, _ in self.poller.poll(timeout):
                     if self._stop.is_set():
                         break
                     owner = self.watched.get(fd)
@@ -121,6 +215,10 @@ class SelectorServer(socketserver.BaseServer):
         self.draining.set()
         self.wake()
 
+    def loop_timeout(self, longest: float) -> float:
+        """How long the acceptor loop may wait for its sockets (subclasses may want it sooner)."""
+        return longest
+
     def on_drain(self) -> None:
         """Called once on the acceptor thread when draining starts."""
 
@@ -142,8 +240,10 @@ class SelectorServer(socketserver.BaseServer):
                 sock, address = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # EMFILE and friends: log, keep serving the rest
-                if self.listeners_open:  # else closed under us by a drain: nothing to say
+            except OSError as error:
+                if error.errno in RESOURCE_ERRORS:
+                    self.rest(listener, error)
+                elif self.listeners_open:  # else closed under us by a drain: nothing to say
                     log.error("accept failed on %s: %s", listener.name, error)
                 return
             if not self.verify_request(sock, address):
@@ -154,6 +254,32 @@ class SelectorServer(socketserver.BaseServer):
             except OSError as error:  # the client left before its connection was set up
                 log.debug("dropped a connection from %s on %s: %s", address, listener.name, error)
                 sock.close()
+
+    def rest(self, listener: BoundListener, error: OSError) -> None:
+        """accept() ran out of descriptors or memory: stop watching ``listener`` for
+        ``ACCEPT_BACKOFF_SECONDS`` (one log line each time), so the loop does not spin on it."""
+        with self.resting_lock:
+            fd = listener.sock.fileno()
+            if fd < 0 or fd in self.resting or not self.listeners_open:
+                return
+            self.unlisten(listener)
+            self.resting[fd] = (listener, time.monotonic() + ACCEPT_BACKOFF_SECONDS)
+        log.error(
+            "accept failed on %s: %s; accepting again in %gs", listener.name, error.strerror, ACCEPT_BACKOFF_SECONDS
+        )
+
+    def wake_listeners(self, now: float, longest: float) -> float:
+        """Watch again the listeners whose rest is over; how long the loop may wait (at most
+        ``longest``) before the next one is."""
+        wait = longest
+        with self.resting_lock:
+            for fd, (listener, until) in list(self.resting.items()):
+                if until <= now:
+                    del self.resting[fd]
+                    self.listen_on(listener, self.listen_events)
+                else:
+                    wait = min(wait, until - now)
+        return wait
 
     def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection:
         """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
@@ -201,6 +327,8 @@ class SelectorServer(socketserver.BaseServer):
         else would be woken for that connection.
         """
         self.listeners_open = False
+        with self.resting_lock:
+            self.resting.clear()  # resting listeners are not watched: closing them is enough
         for listener in self.listeners:
             if listener.sock.fileno() >= 0:
                 self.unwatch(listener.sock.fileno())
