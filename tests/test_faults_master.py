@@ -134,6 +134,28 @@ def test_a_reload_after_a_failed_one_applies_the_fixed_config(porch, tmp_path: P
     assert srv.error_text().count("reload failed") == 1
 
 
+def test_an_abandoned_reload_keeps_the_listeners_it_would_have_dropped(porch, tmp_path: Path) -> None:
+    """A reload that drops a listener and then cannot boot used to close that listener at once:
+    the old workers lost it when respawned.  It is closed only once a reload is adopted."""
+    second = tmp_path / "second.sock"
+    srv = porch({**site(tmp_path, "kept"), "listen": ["127.0.0.1:0", f"unix:{second}"]}, env=ENV)
+    apps = tmp_path / "apps"
+    write_app(apps, "cannot_import", "raise RuntimeError('cannot import this app')\n")
+    rewrite(srv, with_app(site(tmp_path, "kept"), apps, "cannot_import"))  # listens on the first only
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in srv.error_text(), what="the reload to fail")
+    before = serving_pid(srv)
+    os.kill(before, signal.SIGKILL)  # the replacement inherits the listeners the master holds
+    wait_until(lambda: answering_pid(srv) not in (None, before), what="a new worker", timeout=15)
+    answer = subprocess.run(
+        ["curl", "-s", "--max-time", "5", "--unix-socket", str(second), "http://x/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert answer.stdout == "kept", answer.stderr + srv.error_text()
+
+
 def test_the_master_answers_while_a_reload_hangs_importing(porch, tmp_path: Path) -> None:
     """New workers stuck importing used to block the master for a minute: a dead old worker was
     not replaced and TERM waited.  Now both happen at once, and TERM stops both generations."""

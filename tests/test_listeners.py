@@ -27,7 +27,16 @@ from porchtest import PorchServer
 
 from porch.config.settings import Listener, TLSSettings
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
-from porch.net.listener import BoundListener, ListenError, bind, bind_all, inherited_sockets, matches, rebind
+from porch.net.listener import (
+    BoundListener,
+    ListenError,
+    bind,
+    bind_all,
+    dropped,
+    inherited_sockets,
+    matches,
+    rebind,
+)
 
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent
@@ -393,10 +402,10 @@ def test_bind_all_adopts_matching_sockets_and_serves_the_rest(tmp_path: Path) ->
 # --- reloading -----------------------------------------------------------------------------------
 
 
-def test_rebind_keeps_sockets_renews_tls_binds_new_and_closes_dropped(tmp_path: Path) -> None:
+def test_rebind_keeps_sockets_renews_tls_binds_new_and_leaves_dropped_to_the_caller(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
-    kept, dropped = Listener("127.0.0.1:0"), Listener(f"unix:{tmp_path}/old.sock")
-    current = bind_all((kept, dropped), inherited=[])
+    kept, gone = Listener("127.0.0.1:0"), Listener(f"unix:{tmp_path}/old.sock")
+    current = bind_all((kept, gone), inherited=[])
     kept_sock = current[0].sock
     with_tls = Listener("127.0.0.1:0", TLSSettings(pki.server_cert, pki.server_key))
     added = Listener(f"unix:{tmp_path}/new.sock")
@@ -404,11 +413,15 @@ def test_rebind_keeps_sockets_renews_tls_binds_new_and_closes_dropped(tmp_path: 
     try:
         assert result[0].sock is kept_sock and result[0].address == current[0].address
         assert (result[0].scheme, result[0].tls is not None, result[0].config) == ("https", True, with_tls)
-        assert current[1].sock.fileno() == -1 and not (tmp_path / "old.sock").exists()
         assert result[1].config == added and (tmp_path / "new.sock").exists()
+        # Until the reload is adopted the dropped listener still serves (an abandoned reload
+        # keeps it); then the caller closes it.
+        assert current[1].sock.fileno() != -1 and (tmp_path / "old.sock").exists()
+        assert dropped(current, result) == [current[1]]
     finally:
-        for listener in result:
+        for listener in (*result, current[1]):
             listener.close()
+    assert not (tmp_path / "old.sock").exists()
 
 
 def test_a_failed_rebind_changes_nothing(tmp_path: Path) -> None:

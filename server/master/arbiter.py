@@ -60,7 +60,7 @@ from porch.master.daemon import (
     root_warning,
 )
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
-from porch.net.listener import BoundListener, bind_all, rebind
+from porch.net.listener import BoundListener, bind_all, dropped, rebind
 from porch.spine.logs import Logs
 from porch.workers.runtime import Pulse, build_server
 
@@ -701,6 +701,8 @@ class Arbiter:
         self.pending = None
         old_workers = [w for w in self.workers.values() if not w.retiring and w.generation != pending.generation]
         self.retire(old_workers, self.config.timeouts.graceful)
+        for listener in dropped(self.listeners, pending.listeners):
+            listener.close()  # only the master's copy: retiring workers drain theirs
         self.config, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
         self.target = pending.config.workers
         self.boot_retries, self.down_since = 0, None

@@ -313,9 +313,10 @@ def rebind(current: list[BoundListener], listeners: tuple[Listener, ...]) -> lis
     A listener whose address (as configured, "127.0.0.1:0" included, or as bound) is already bound keeps its
     socket with the new TLS settings (renewed certificates); its socket options (backlog,
     reuse_port, v6only, mode, owner, group) need a restart to change.  Inherited sockets stay
-    served (as plain HTTP when no listener names them any more).  Other sockets no longer
-    listed are closed.  The caller replaces its list with the result and closes nothing from
-    the old one: kept sockets are shared.
+    served (as plain HTTP when no listener names them any more).  Nothing is closed here: the
+    old listeners keep serving until the caller adopts the result (a reload whose workers boot),
+    and then it closes those of ``current`` the result no longer holds (``dropped``); kept
+    sockets are shared.
     """
     remaining = list(current)
     result: list[BoundListener] = []
@@ -339,9 +340,11 @@ def rebind(current: list[BoundListener], listeners: tuple[Listener, ...]) -> lis
         if changed and not old.inherited:
             log.warning("%s: changing %s takes a restart", old.name, ", ".join(changed))
         result.append(replace(old, config=listener, tls=context, scheme="https" if context else "http"))
-    for old in remaining:
-        if old.inherited:
-            result.append(served_as_is(old.sock))
-        else:
-            old.close()
+    result.extend(served_as_is(old.sock) for old in remaining if old.inherited)
     return result
+
+
+def dropped(current: list[BoundListener], adopted: list[BoundListener]) -> list[BoundListener]:
+    """The listeners of ``current`` whose socket ``adopted`` (from ``rebind``) no longer holds."""
+    kept = {listener.sock for listener in adopted}
+    return [listener for listener in current if listener.sock not in kept]
