@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
 
-from porch.http.grammar import FIELD_FORBIDDEN, TOKEN_BYTES
-from porch.http.head import MAX_CONTENT_LENGTH_DIGITS
+from porch.http.grammar import CONTENT_LENGTH, FIELD_FORBIDDEN, TOKEN_BYTES
 
 CR = 0x0D
 CGI_FIELDS = frozenset({"status", "location", "content-type"})
@@ -32,7 +31,6 @@ STATUS_VALUE = re.compile(r"([0-9]{3})(?:[ \t]+(.*))?")
 NPH_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\r\n]*))?")
 # RFC 9110 8.6: Content-Length = 1*DIGIT, ASCII digits only ("\u00b2".isdigit() is true), and
 # no longer than the request parser accepts, so that int() takes every value that matches.
-CONTENT_LENGTH = re.compile(f"[0-9]{{1,{MAX_CONTENT_LENGTH_DIGITS}}}")
 
 
 class MalformedOutput(ValueError):

@@ -20,6 +20,11 @@ TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 TOKEN = re.compile(f"[{TCHAR}]+")
 TOKEN_BYTES = re.compile(TOKEN.pattern.encode())  # the same over bytes: chunk extensions, CGI output
 
+# RFC 9110 8.6: Content-Length = 1*DIGIT (ASCII digits only); more than 20 digits is an attack,
+# not a length (2**64 has 20).
+MAX_CONTENT_LENGTH_DIGITS = 20
+CONTENT_LENGTH = re.compile(f"[0-9]{{1,{MAX_CONTENT_LENGTH_DIGITS}}}")
+
 # RFC 9110 5.5: a field value is VCHAR, obs-text, SP and HTAB: no other control character (CTL).
 # RFC 9112 4: a reason-phrase is made of the same characters.
 _CTL_BUT_HTAB = r"[\x00-\x08\x0a-\x1f\x7f]"

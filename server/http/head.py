@@ -32,6 +32,7 @@ from urllib.parse import unquote_to_bytes
 
 from porch.http.errors import ProtocolError
 from porch.http.grammar import (
+    CONTENT_LENGTH,
     HEAD_FORBIDDEN,
     MAX_REMEMBERED_NAMES,
     TOKEN,
@@ -40,7 +41,6 @@ from porch.http.grammar import (
 )
 from porch.http.messages import Headers
 
-MAX_CONTENT_LENGTH_DIGITS = 20
 MAX_PORT = 65535
 
 # RFC 9112 3.2: the request-target is visible ASCII (no SP, no CTL, no obs-text).
@@ -54,7 +54,6 @@ _HOST = re.compile(
     r"(?::(?P<port>[0-9]{0,5}))?"
 )
 _ABSOLUTE_FORM = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?]*)(?P<rest>.*)")
-_CONTENT_LENGTH = re.compile(f"[0-9]{{1,{MAX_CONTENT_LENGTH_DIGITS}}}")
 _VALID_HOSTS: set[str] = set()  # Host values already checked (a server is asked for a few names)
 _FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 
@@ -350,7 +349,7 @@ def _framing(version: str, special: dict[str, list[str]]) -> tuple[int | None, b
     # RFC 9110 8.6: a list of identical values ("42, 42", or repeated fields) is one value;
     # anything else -- differing values, signs, spaces inside, hex -- is unrecoverable.
     elements = [part.strip(" \t") for value in lengths for part in value.split(",")]
-    if not all(_CONTENT_LENGTH.fullmatch(element) for element in elements):
+    if not all(CONTENT_LENGTH.fullmatch(element) for element in elements):
         raise ProtocolError("invalid Content-Length")
     if len(set(elements)) != 1:
         raise ProtocolError("conflicting Content-Length values")
