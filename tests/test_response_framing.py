@@ -151,7 +151,7 @@ def test_no_server_field_when_none_is_configured() -> None:
     assert framing.headers == [("Content-Length", "0"), ("Date", DATE)]
 
 
-@pytest.mark.parametrize("value", ["-1", "1e3", "0x10", "", " 5", "5 "])
+@pytest.mark.parametrize("value", ["-1", "1e3", "0x10", "", " 5", "5 ", "\u0663", "\u00b2", "1" * 21])
 def test_an_invalid_declared_length_is_an_error(value: str) -> None:
     """The connection answers 500 to such a response (its ValueError)."""
     with pytest.raises(ValueError):

@@ -31,6 +31,7 @@ from http import HTTPStatus
 
 from porch.http.grammar import (
     BODILESS_STATUSES,
+    CONTENT_LENGTH,
     HOP_BY_HOP,
     MAX_REMEMBERED_NAMES,
     TEXT_FORBIDDEN,
@@ -117,8 +118,10 @@ def frame_response(
 
 
 def parse_length(value: str) -> int:
-    """A handler's Content-Length; ValueError (→ 500) if it is not a plain decimal number."""
-    if not value.isdigit():
+    """A handler's Content-Length; ValueError (→ 500) if it is not a plain decimal number.
+
+    ASCII digits only (``CONTENT_LENGTH``): ``str.isdigit`` would let "٣" through as 3."""
+    if not CONTENT_LENGTH.fullmatch(value):
         raise ValueError(f"invalid Content-Length {value!r}")
     return int(value)
 
