@@ -91,13 +91,16 @@ def render(template: Path, target: Path, **values: object) -> Path:
 # -- the builders -----------------------------------------------------------------------------
 
 
-def porch(config: str, workers: int, threads: int, keepalive: float | None = None) -> Callable[[Paths, int], Command]:
+def porch(
+    config: str, workers: int, threads: int, keepalive: float | None = None, metrics: bool = True
+) -> Callable[[Paths, int], Command]:
     def build(paths: Paths, port: int) -> Command:
         env = {
             "BENCH_PORT": str(port),
             "BENCH_ROOT": str(paths.root),
             "BENCH_WORKERS": str(workers),
             "BENCH_THREADS": str(threads),
+            "BENCH_METRICS": "true" if metrics else "false",
         }
         if keepalive is not None:
             env["BENCH_KEEPALIVE"] = str(keepalive)
@@ -210,6 +213,12 @@ SPECS: dict[str, ServerSpec] = {
             "porch-2x8", "porch", "workers: 2, threads: 8, threading, access log off", porch("porch-wsgi.yaml", 2, 8)
         ),
         ServerSpec(
+            "porch-2x8-nometrics",
+            "porch, metrics off",
+            "workers: 2, threads: 8, threading, access log off, metrics: false",
+            porch("porch-wsgi.yaml", 2, 8, metrics=False),
+        ),
+        ServerSpec(
             "porch-1x8",
             "porch 1×8",
             "workers: 1, threads: 8, threading, access log off",
@@ -226,6 +235,12 @@ SPECS: dict[str, ServerSpec] = {
             "porch",
             "workers: 1, threads: 8, static mount defaults, access log off",
             porch("porch-static.yaml", 1, 8),
+        ),
+        ServerSpec(
+            "porch-static-nometrics",
+            "porch, metrics off",
+            "workers: 1, threads: 8, static mount defaults, access log off, metrics: false",
+            porch("porch-static.yaml", 1, 8, metrics=False),
         ),
         ServerSpec(
             "porch-cgi",

@@ -48,7 +48,7 @@ WORKLOADS: dict[str, Workload] = {
             "WSGI app answering 14 bytes; keep-alive",
             "/hello",
             "get.lua",
-            WSGI_SERVERS,
+            (*WSGI_SERVERS, "porch-2x8-nometrics"),  # the cost of counting: porch-2x8 with metrics off
             lambda body: body == HELLO,
         ),
         Workload(
@@ -76,7 +76,7 @@ WORKLOADS: dict[str, Workload] = {
             "a 1 KiB file; keep-alive",
             "/1k.txt",
             "get.lua",
-            ("porch-static", "http.server", "nginx"),
+            ("porch-static", "porch-static-nometrics", "http.server", "nginx"),
             lambda body: len(body) == STATIC_SMALL_BYTES,
         ),
         Workload(

@@ -10,10 +10,12 @@ becomes a 500 with the traceback in the error log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from porch.http.messages import Request, Response
+from porch.metrics.counters import NO_METRICS, Recorder
 
 if TYPE_CHECKING:
     from porch.config.settings import Mount
@@ -33,6 +35,15 @@ class NoOptions:
     """Options of a handler that takes none."""
 
 
+def no_snapshot() -> dict[str, Any]:
+    """The snapshot where no master publishes one (a unit test, ``porch check``)."""
+    return {}
+
+
+def always_ready() -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class HandlerContext:
     """What a handler may know about the server it runs in."""
@@ -40,12 +51,21 @@ class HandlerContext:
     concurrency: str = "threading"  # "threading" or "forking"
     workers: int = 1
     software: str = "porch"  # SERVER_SOFTWARE / Server header value
+    # The master's latest metrics snapshot (its shape: ``porch.metrics``).
+    snapshot: Callable[[], dict[str, Any]] = no_snapshot
+    # Why this process should not get new requests now (booting, draining, reloading); None: ready.
+    readiness: Callable[[], str | None] = always_ready
+    # Where handlers count what the pipeline cannot see (CGI scripts, app exceptions, faults).
+    metrics: Recorder = field(default_factory=lambda: NO_METRICS)
 
 
 class Handler:
     """Base class of every handler type.  Subclasses set ``Options`` and implement ``handle``."""
 
     Options: ClassVar[type[Any]] = NoOptions
+    # True for handlers that show the server's own state (status, metrics): their mounts admit
+    # loopback clients only, unless the mount's own ``access: {allow: ...}`` says otherwise.
+    local_only: ClassVar[bool] = False
 
     def __init__(self, mount: Mount, context: HandlerContext) -> None:
         """Build from the mount's config; raise OptionError (or ValueError) if the options cannot work."""

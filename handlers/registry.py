@@ -17,7 +17,10 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "cgi": "porch.handlers.cgi.handler:CGIHandler",
     "wsgi": "porch.handlers.wsgi:WSGIHandler",
     "xmlrpc": "porch.handlers.xmlrpc.handler:XMLRPCHandler",
-    "status": "porch.handlers.status:StatusHandler",
+    "status": "porch.handlers.status.handler:StatusHandler",
+    "metrics": "porch.handlers.metrics:MetricsHandler",
+    "health": "porch.handlers.probes:HealthHandler",
+    "ready": "porch.handlers.probes:ReadyHandler",
     "redirect": "porch.handlers.redirect:RedirectHandler",
 }
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from porch.config.settings import setting
 from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
+from porch.http.errors import ClientDisconnected, HTTPError
 from porch.http.grammar import BODILESS_STATUSES, HOP_BY_HOP, MAX_REMEMBERED_NAMES, TOKEN
 from porch.http.messages import Body, FileRegion, Headers, Request, Response, client_host
 
@@ -538,12 +539,14 @@ class WSGIHandler(Handler):
         environ = self.environ(request, exchange.errors)
         try:
             result = self.app(environ, exchange.start_response)
-        except BaseException:
+        except BaseException as error:
             exchange.finish()
+            self.count_exception(error)
             raise
         try:
             return exchange.respond(result, request.method)
-        except BaseException:
+        except BaseException as error:
+            self.count_exception(error)
             try:
                 close_iterable(result)
             except Exception:
@@ -551,6 +554,11 @@ class WSGIHandler(Handler):
             finally:
                 exchange.finish()
             raise
+
+    def count_exception(self, error: BaseException) -> None:
+        """An exception out of the application (not the client leaving, not an HTTP answer)."""
+        if not isinstance(error, (HTTPError, ClientDisconnected)):
+            self.context.metrics.wsgi_exception(self.mount.path)
 
     def environ(self, request: Request, errors: ErrorStream) -> dict[str, Any]:
         """The PEP 3333 environ for ``request`` (CGI keys per RFC 3875 section 4.1)."""

@@ -9,6 +9,7 @@
     porch reload                          check the config, then HUP the server
     porch status                          exit 0 running, 1 stale pidfile, 3 not running, 4 unknown
     porch reopen                          USR1: the server reopens its log files
+    porch top [--url URL] [--once]        the running server's status mount, redrawn (porch.top)
 
 The control commands find the pidfile with ``--pidfile FILE`` or the ``pidfile`` key of the
 config (``-c FILE``, default ./config/porch.yaml), and trust it only while it is locked
@@ -31,6 +32,7 @@ from porch.config.settings import Config, ConfigError, ConfigProblem
 from porch.config.yaml_nodes import read_yaml
 from porch.handlers.build import check_config
 from porch.master.daemon import check_privileges, process_gone, read_pid
+from porch.top import DEFAULT_INTERVAL_SECONDS, interval_seconds, run_top
 
 DEFAULT_CONFIG = Path("config") / "porch.yaml"
 DEFAULT_PORT = 8000
@@ -110,6 +112,27 @@ def parser() -> argparse.ArgumentParser:
                 help="seconds to wait for the exit (default timeouts.graceful + "
                 f"{STOP_MARGIN_SECONDS:g}, or {STOP_TIMEOUT_SECONDS:g} without a config)",
             )
+    top_summary = "show the running server's status in the terminal, refreshed (its first `status` mount)"
+    top_command = commands.add_parser("top", help=top_summary, description=top_summary)
+    top_command.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="the config of the running server (for its status mount and first listener)",
+    )
+    top_command.add_argument(
+        "--url", metavar="URL", help="the status mount to read instead, e.g. http://127.0.0.1:8000/status"
+    )
+    top_command.add_argument(
+        "-i",
+        "--interval",
+        metavar="S",
+        type=interval_seconds,
+        default=DEFAULT_INTERVAL_SECONDS,
+        help=f"seconds between refreshes (default {DEFAULT_INTERVAL_SECONDS:g})",
+    )
+    top_command.add_argument("--once", action="store_true", help="print one screen and exit (for scripts)")
     return top
 
 
@@ -153,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in CONTROL_HELP:
         return control(args)
+    if args.command == "top":
+        return run_top(args.url, config_path(args), args.interval, args.once)
     return serve(args)
 
 

@@ -11,6 +11,13 @@ from porch.handlers.base import Handler
 from porch.http.messages import Headers, Request, Response
 
 
+class OkHandler(Handler):
+    """``200 ok`` for every method and path; never reads the request body."""
+
+    def handle(self, request: Request) -> Response:
+        return Response(200, Headers([("Content-Type", "text/plain")]), b"ok\n")
+
+
 class EchoHandler(Handler):
     """Echoes the request as JSON; query switches make it misbehave on purpose.
 

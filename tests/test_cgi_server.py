@@ -546,6 +546,7 @@ def meta_names(env: dict) -> set[str]:
         "REMOTE_HOST",
         "REMOTE_PORT",
         "REQUEST_URI",
+        "REQUEST_ID",
         "SCRIPT_FILENAME",
         "DOCUMENT_ROOT",
         "CONTENT_LENGTH",

@@ -5,10 +5,13 @@ Every module of ``server/`` and ``handlers/`` is parsed (imports inside function
 
     porch.timing, porch.config.settings   leaves: import nothing of porch
     porch.http                            imports nothing of porch but porch.http
+    porch.metrics                         imports nothing of porch but porch.metrics (counters,
+                                          the board, the master's sums: handlers and master use it)
     porch.handlers                        never net, workers, master, spine or the CLI
     porch.config                          never spine, net, workers, master or the CLI
     porch.spine / net / workers           never a layer above itself
-    nothing but porch.master and the CLI imports porch.master; nothing imports the CLI but __main__
+    nothing but porch.master and the CLI imports porch.master; nothing imports the CLI but __main__,
+    and nothing but the CLI imports porch.top
 """
 
 from __future__ import annotations
@@ -25,6 +28,19 @@ SOURCES = {"porch": REPO / "server", "porch.handlers": REPO / "handlers"}
 # (importer prefix, imported prefixes it must not use)
 FORBIDDEN: list[tuple[str, tuple[str, ...]]] = [
     ("porch.handlers", ("porch.net", "porch.workers", "porch.master", "porch.spine", "porch.cli")),
+    (
+        "porch.metrics",
+        (
+            "porch.config",
+            "porch.http",
+            "porch.handlers",
+            "porch.spine",
+            "porch.net",
+            "porch.workers",
+            "porch.master",
+            "porch.top",
+        ),
+    ),
     ("porch.config", ("porch.spine", "porch.net", "porch.workers", "porch.master", "porch.cli")),
     ("porch.spine", ("porch.net", "porch.workers", "porch.master", "porch.cli")),
     ("porch.net", ("porch.workers", "porch.master", "porch.cli")),
@@ -115,6 +131,8 @@ def violations(graph: Mapping[str, set[str]]) -> list[str]:
         for target in sorted(targets):
             if within(target, "porch.cli") and importer != "porch.__main__":
                 found.append(f"{importer} -> {target} (only __main__ imports the CLI)")
+            if within(target, "porch.top") and importer != "porch.cli":
+                found.append(f"{importer} -> {target} (only the CLI imports porch.top)")
             if within(target, "porch.master") and not (within(importer, "porch.master") or importer == "porch.cli"):
                 found.append(f"{importer} -> {target} (only the master and the CLI import porch.master)")
             if within(importer, "porch.http") and not within(target, "porch.http"):
@@ -160,6 +178,8 @@ def test_the_rules_catch_a_wrong_direction() -> None:
         "porch.handlers.static.handler": {"porch.net.connection"},
         "porch.spine.pipeline": {"porch.master.arbiter"},
         "porch.config.settings": {"porch.http.errors"},
+        "porch.metrics.counters": {"porch.http.messages"},
+        "porch.handlers.metrics": {"porch.top"},
     }
     found = violations(graph)
-    assert len(found) == 5, found  # the spine one breaks two rules
+    assert len(found) == 7, found  # the spine one breaks two rules

@@ -7,7 +7,7 @@ out in those same pieces); every split must give the outcome its ``.expect`` nam
 requests must fail with the same status and detail whatever the split.
 
 Live level: the same bytes go to real servers over TCP, whole and byte by byte (TCP_NODELAY).
-Against the ``status`` handler (which never reads the body) an invalid request gets its status
+Against a handler that never reads the body, an invalid request gets its status
 -- or, for an error inside the body, possibly a 2xx before the server finds it while draining --
 and the connection is then closed with no second response (nothing smuggled); a valid request
 gets a 2xx.  Against the core tests' echo handler (which reads the whole body) a body error gets
@@ -246,9 +246,11 @@ LIVE_CONFIG: dict[str, Any] = {"limits": LIMITS_CONFIG, "timeouts": {"header": 3
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PorchServer]:
-    """The status handler answers everything and never reads the body."""
+    """A handler that answers everything and never reads the body."""
     server = PorchServer.start(
-        {"mounts": [{"path": "/", "type": "status"}], **LIVE_CONFIG}, tmp_path_factory.mktemp("corpus-status")
+        {"mounts": [{"path": "/", "type": "core_handlers:OkHandler"}], **LIVE_CONFIG},
+        tmp_path_factory.mktemp("corpus-ok"),
+        env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     yield server
     server.stop()

@@ -101,6 +101,7 @@ META_VARIABLES = frozenset(
         "SERVER_PROTOCOL",
         "SERVER_SOFTWARE",
         "REQUEST_URI",
+        "REQUEST_ID",
         "SCRIPT_FILENAME",
         "DOCUMENT_ROOT",
         "REMOTE_PORT",
@@ -437,6 +438,7 @@ class CGIHandler(Handler):
                 "REMOTE_ADDR": remote,  # 4.1.8
                 "REMOTE_HOST": remote,  # 4.1.9: the address stands in for a name (no DNS lookups)
                 "REQUEST_URI": wire_text(target_uri),
+                "REQUEST_ID": wire_text(request.request_id),  # the id in porch's access and error logs
                 "SCRIPT_FILENAME": str(target.path),
                 "DOCUMENT_ROOT": str(self.document_root),
             }
@@ -540,6 +542,8 @@ class CGIHandler(Handler):
             raise InternalServerError() from None
         with self._runs_lock:
             self._runs.add(run)
+        self.context.metrics.add("cgi_started")
+        self.context.metrics.add("cgi_running")
         return run
 
     def _end(self, run: ScriptRun, slot: Slot) -> None:
@@ -547,14 +551,21 @@ class CGIHandler(Handler):
         try:
             run.close()
         finally:
-            slot.release()
-            with self._runs_lock:
-                self._runs.discard(run)
+            self._release(run, slot)
 
     def _release(self, run: ScriptRun, slot: Slot) -> None:
+        """Give a closed run's place back and count how it ended (once, whichever path comes first)."""
         slot.release()
         with self._runs_lock:
+            if run not in self._runs:
+                return
             self._runs.discard(run)
+        metrics = self.context.metrics
+        metrics.add("cgi_running", -1)
+        if run.timed_out:
+            metrics.add("cgi_timed_out")
+        if run.killed:
+            metrics.add("cgi_killed")
 
     def respond(self, target: ScriptTarget, run: ScriptRun, slot: Slot) -> Response:
         """Read the header block and answer as RFC 3875 section 6.2 (or 5 for NPH) says."""

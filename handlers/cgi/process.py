@@ -201,6 +201,8 @@ class ScriptRun:
         self.before_wait = before_wait
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
+        self.timed_out = False  # it ran past its timeout
+        self.killed = False  # porch had to end it (timeout, the client gone, a stop): for the metrics
         self._closed = False
         self._stop = threading.Event()
         self._lock = threading.RLock()
@@ -311,6 +313,7 @@ class ScriptRun:
 
     def _time_out(self) -> GatewayTimeout:
         log.error("%s: stopped after running for its %gs timeout", self.tag, self.timeout)
+        self.timed_out = True
         self._end()
         return GatewayTimeout(f"the script did not finish within {self.timeout:g}s")
 
@@ -434,6 +437,7 @@ class ScriptRun:
             if self.proc.returncode is not None:
                 return
             if not self._exited():
+                self.killed = True
                 self._signal_group(signal.SIGTERM)
                 self._wait_exited(time.monotonic() + TERM_GRACE_SECONDS)
             # The script is not reaped yet, so its pid (the group id) is still ours to signal:

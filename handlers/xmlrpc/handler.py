@@ -34,7 +34,7 @@ import traceback
 import typing
 import xmlrpc.client
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -53,7 +53,7 @@ from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
 from porch.handlers.xmlrpc.call import parse_call
 from porch.http.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
-from porch.http.grammar import CODING_ALIASES, accepts_coding
+from porch.http.grammar import CODING_ALIASES, GZIP_LEVEL, accepts_coding
 from porch.http.messages import Headers, Request, Response, escape
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 APPLICATION_FAULT = 1  # what SimpleXMLRPCServer answers for an exception in a function
 READ_CHUNK_BYTES = 65536
-GZIP_LEVEL = 6
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml"})
 RESERVED_PREFIX = "system."
 
@@ -159,9 +158,18 @@ def binding_error(func: Any, params: tuple[Any, ...]) -> str | None:
 class Dispatcher(SimpleXMLRPCDispatcher):
     """``SimpleXMLRPCDispatcher`` with precise faults, logged tracebacks and safe multicall."""
 
-    def __init__(self, *, allow_none: bool, encoding: str, use_builtin_types: bool, debug: bool) -> None:
+    def __init__(
+        self,
+        *,
+        allow_none: bool,
+        encoding: str,
+        use_builtin_types: bool,
+        debug: bool,
+        count_fault: Callable[[int], None],
+    ) -> None:
         super().__init__(allow_none=allow_none, encoding=encoding, use_builtin_types=use_builtin_types)
         self.debug = debug
+        self.count_fault = count_fault  # every fault answered, by code, for the metrics
 
     def dispatch_body(self, data: bytes) -> bytes:
         """The methodResponse document answering the methodCall ``data``; never raises Fault."""
@@ -187,9 +195,12 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         """A fault response; a Fault a function built badly (non-int code ...) becomes -32603."""
         try:
             text = xmlrpc.client.dumps(fault, allow_none=self.allow_none, encoding=self.encoding)
+            code = fault.faultCode if type(fault.faultCode) is int else INTERNAL_ERROR  # a label must be a code
         except Exception as exc:
             logger.exception("cannot marshal a fault")
             text = xmlrpc.client.dumps(self.fault_for(INTERNAL_ERROR, exc), encoding=self.encoding)
+            code = INTERNAL_ERROR
+        self.count_fault(code)
         return text.encode(self.encoding, "xmlcharrefreplace")
 
     def fault_for(self, code: int, exc: BaseException) -> Fault:
@@ -369,6 +380,7 @@ class XMLRPCHandler(Handler):
             encoding=options.encoding,
             use_builtin_types=options.use_builtin_types,
             debug=options.debug,
+            count_fault=lambda code: context.metrics.xmlrpc_fault(mount.path, code),
         )
         if not options.functions and options.instance is None:
             raise OptionError("functions", "an xmlrpc mount needs functions or an instance")

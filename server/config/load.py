@@ -33,6 +33,7 @@ from typing import Any
 from porch.config.check import cause_tail, traceback_tail
 from porch.config.convert import INVALID, Converter, got, reference_table
 from porch.config.settings import (
+    LOOPBACK,
     AccessRules,
     Config,
     ConfigError,
@@ -281,6 +282,7 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
     own_limits = conv.fields(Limits, entries.get("limits", null), join(key, "limits"), partial=True)
     own_timeouts = conv.fields(Timeouts, entries.get("timeouts", null), join(key, "timeouts"), partial=True)
     options = INVALID
+    handler_class: type[Handler] | None = None
     if type_name is not INVALID:
         handler_class = _handler_class(conv, type_name, entries["type"], join(key, "type"))
         options_fields = dataclasses.fields(handler_class.Options) if handler_class else ()
@@ -314,7 +316,8 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
                 f"{value} is above the global limit {getattr(limits, name)}, which applies",
             )
     narrowed = replace(limits, **{name: min(value, getattr(limits, name)) for name, value in own_limits.items()})
-    allow = own_access.get("allow", access.allow)
+    local = handler_class is not None and getattr(handler_class, "local_only", False)
+    allow = own_access.get("allow", LOOPBACK if local else access.allow)
     deny = access.deny + tuple(own_access.get("deny", ()))
     return Mount(
         path=path,

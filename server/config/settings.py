@@ -43,6 +43,7 @@ class ConfigError(Exception):
 
 
 CIDR = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[CIDR, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 def setting(
@@ -322,6 +323,16 @@ class Config:
         default_factory=tuple, doc="addresses whose X-Request-ID (and X-Forwarded-*) headers are believed"
     )
     server_header: str = setting("porch", doc="value of the Server response header; empty for none")
+    request_id_header: bool = setting(
+        False,
+        doc="send each request's id (the one in the access and error logs, `porch.request_id` to WSGI, "
+        "`REQUEST_ID` to CGI) back in an `X-Request-ID` response header",
+    )
+    metrics: bool = setting(
+        True,
+        doc="count requests, latencies, connections and scripts for the `status` and `metrics` mounts; "
+        "false saves the counting (about a microsecond a request)",
+    )
     pidfile: Path | None = setting(
         None,
         doc="file naming the master's pid, locked while it runs; required by --daemon, read by "

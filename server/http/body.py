@@ -65,7 +65,7 @@ def _incomplete() -> ProtocolError:
 class _FramedBody(ABC):
     """Reading shared by both framings; subclasses say how much of the current frame is left."""
 
-    __slots__ = ("_on_first_read", "_source", "length", "limit", "trailers")
+    __slots__ = ("_on_first_read", "_source", "length", "limit", "received", "trailers")
 
     def __init__(
         self, length: int | None, source: Source, limit: int | None, on_first_read: Callable[[], None] | None
@@ -73,6 +73,7 @@ class _FramedBody(ABC):
         self.length = length
         self.limit = limit  # may be lowered by the validate stage before the first read
         self.trailers = Headers()
+        self.received = 0
         self._source = source
         self._on_first_read = on_first_read
 
@@ -106,6 +107,7 @@ class _FramedBody(ABC):
             if not data or (line and len(data) < want and not data.endswith(b"\n")):
                 raise _incomplete()  # EOF inside the body (readline is short only at EOF)
             parts.append(data)
+            self.received += len(data)
             self._consumed(len(data))
             if size > 0:
                 size -= len(data)
@@ -165,6 +167,7 @@ class EmptyBody:
     __slots__ = ("limit", "trailers")
 
     length: int | None = 0
+    received = 0
     done = True
 
     def __init__(self, limit: int | None = None) -> None:

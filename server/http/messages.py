@@ -92,6 +92,7 @@ class Body(Protocol):
     length: int | None  # the declared Content-Length; None when chunked
     limit: int | None  # max bytes that may be read in total; set by the validate stage
     trailers: Headers  # chunked trailer fields, filled once the body is read to its end
+    received: int  # body bytes handed out so far (the metrics count them)
 
     def read(self, size: int = -1) -> bytes: ...
 

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porch import SOFTWARE
+from porch import SOFTWARE, __version__
 from porch.config.settings import Config, ConfigError
 from porch.master.daemon import (
     DaemonError,
@@ -60,8 +60,12 @@ from porch.master.daemon import (
     root_warning,
 )
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
+from porch.metrics.aggregate import Aggregate, Busy, WorkerView
+from porch.metrics.board import Board
+from porch.metrics.counters import NO_METRICS, Counters, Layout
 from porch.net.listener import BoundListener, bind_all, dropped, rebind
 from porch.spine.logs import Logs
+from porch.spine.pipeline import InFlight
 from porch.workers.runtime import Pulse, build_server
 
 log = logging.getLogger(__name__)
@@ -87,11 +91,14 @@ KILL_GRACE_SECONDS = 2.0
 QUIT_GRACE_SECONDS = 2.0  # how long an immediate stop waits before killing
 # The page's head: write sequence (odd while a write is in progress), pulse time, acceptor's last
 # loop, when the requests in flight last changed, how many there are, threads serving them.
-HEARTBEAT = struct.Struct("QdddII")
+# Then resident memory, kept-alive connections waiting, forked children serving.
+HEARTBEAT = struct.Struct("QdddIIQII")
 SEQUENCE = struct.Struct("Q")
-HEARTBEAT_TEXT_BYTES = 16384  # the requests in flight, one per line, or why the worker could not boot
+HEARTBEAT_TEXT_BYTES = 32768  # the requests in flight, one per line, or why the worker could not boot
 SHOWN_REQUEST_LINE = 200  # characters of each request line the page carries
 SHOWN_REQUEST_ID = 64
+SHOWN_THREAD = 40
+PUBLISH_SECONDS = 0.25  # the board is written at most this often (every tick, and after signals)
 READ_ATTEMPTS = 100  # reads that may meet a write in progress before a torn one is accepted
 
 
@@ -105,16 +112,21 @@ class Beat:
     busy: int
     capacity: int
     text: str
+    rss_bytes: int = 0
+    idle: int = 0
+    children: int = 0
 
-    def requests(self) -> list[tuple[float, str, str]]:
-        """(start, request id, request line) of the requests in flight the page lists, oldest first."""
+    def requests(self) -> list[InFlight]:
+        """The requests in flight the page lists, oldest first."""
         found = []
         for line in self.text.splitlines() if self.time else ():
-            start, _, rest = line.partition("\t")
-            request_id, _, request_line = rest.partition("\t")
+            fields = line.split("\t", 4)
+            if len(fields) < 5:  # a page its writer died while writing
+                continue
+            start, request_id, thread, client, request_line = fields
             try:
-                found.append((float(start), request_id, request_line))
-            except ValueError:  # a page its writer died while writing
+                found.append(InFlight(float(start), request_id, request_line, thread, client))
+            except ValueError:
                 continue
         return found
 
@@ -135,23 +147,40 @@ class Heartbeat:
         room = HEARTBEAT_TEXT_BYTES - 1
         for request in pulse.in_flight:
             line = (
-                f"{request.start!r}\t{request.request_id[:SHOWN_REQUEST_ID]}"
-                f"\t{request.request_line[:SHOWN_REQUEST_LINE]}\n"
+                f"{request.start!r}\t{request.request_id[:SHOWN_REQUEST_ID]}\t{request.thread[:SHOWN_THREAD]}"
+                f"\t{request.client}\t{request.request_line[:SHOWN_REQUEST_LINE]}\n"
             )
             room -= len(line.encode("utf-8", "backslashreplace"))
             if room < 0:
                 break  # the master says how many were left out
             lines.append(line)
-        self.write(pulse.time, pulse.loop_time, pulse.changed, len(pulse.in_flight), pulse.capacity, "".join(lines))
+        self.write(
+            pulse.time,
+            pulse.loop_time,
+            pulse.changed,
+            len(pulse.in_flight),
+            pulse.capacity,
+            "".join(lines),
+            (pulse.rss_bytes, pulse.idle, pulse.children),
+        )
 
     def failed(self, reason: str) -> None:
         """Why the worker could not boot, for the master to show on its terminal."""
         self.write(0.0, 0.0, 0.0, 0, 0, reason)
 
-    def write(self, now: float, loop_time: float, changed: float, busy: int, capacity: int, text: str) -> None:
+    def write(
+        self,
+        now: float,
+        loop_time: float,
+        changed: float,
+        busy: int,
+        capacity: int,
+        text: str,
+        gauges: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         data = text.encode("utf-8", "backslashreplace")[: HEARTBEAT_TEXT_BYTES - 1] + b"\0"
         self.sequence += 1
-        self.page[: HEARTBEAT.size] = HEARTBEAT.pack(self.sequence, now, loop_time, changed, busy, capacity)
+        self.page[: HEARTBEAT.size] = HEARTBEAT.pack(self.sequence, now, loop_time, changed, busy, capacity, *gauges)
         self.page[HEARTBEAT.size : HEARTBEAT.size + len(data)] = data
         self.sequence += 1
         self.page[: SEQUENCE.size] = SEQUENCE.pack(self.sequence)
@@ -162,9 +191,9 @@ class Heartbeat:
             sequence = SEQUENCE.unpack_from(copy)[0]
             if sequence % 2 == 0 and SEQUENCE.unpack_from(self.page)[0] == sequence:
                 break
-        _, now, loop_time, changed, busy, capacity = HEARTBEAT.unpack_from(copy)
+        _, now, loop_time, changed, busy, capacity, rss, idle, children = HEARTBEAT.unpack_from(copy)
         text = copy[HEARTBEAT.size :].split(b"\0", 1)[0].decode("utf-8", "replace")
-        return Beat(now, loop_time, changed, busy, capacity, text)
+        return Beat(now, loop_time, changed, busy, capacity, text, rss, idle, children)
 
     def close(self) -> None:
         self.page.close()
@@ -175,7 +204,9 @@ class Worker:
     pid: int
     generation: int
     heartbeat: Heartbeat
+    counters: Counters  # what it counts, read by the master (``porch.metrics.counters``)
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # the same, as unix time for people
     retiring: bool = False
     kill_at: float | None = None  # a retiring worker still there then is killed
     killed: bool = False  # SIGKILL sent: only its exit is left to see
@@ -185,6 +216,30 @@ class Worker:
     def ready(self) -> bool:
         """Whether the worker has built its handlers and its acceptor runs."""
         return self.heartbeat.read().loop_time > 0
+
+    def view(self, now: float) -> WorkerView:
+        """The worker as the status page and the metrics show it."""
+        beat = self.heartbeat.read()
+        busy = []
+        for request in beat.requests():
+            method, _, rest = request.request_line.partition(" ")
+            target = rest.rpartition(" ")[0] or rest
+            path = target.partition("?")[0]  # another user's query string is not for the page
+            age = round(max(0.0, now - request.start), 3)
+            busy.append(Busy(request.thread, method, path, request.client, age, request.request_id))
+        state = "retiring" if self.retiring else "serving" if self.booted else "booting"
+        return WorkerView(
+            self.pid,
+            self.generation,
+            state,
+            self.started_at,
+            self.counters.read(),
+            rss_bytes=beat.rss_bytes,
+            threads=beat.capacity,
+            children=beat.children,
+            idle=beat.idle,
+            busy=busy,
+        )
 
 
 @dataclass
@@ -240,6 +295,10 @@ class Arbiter:
         self.stop_deadline: float | None = None
         self.exit_status = 0
         self.logs: Logs | None = None
+        self.board = Board()  # before any fork: every worker of every generation reads it
+        self.aggregate = Aggregate()
+        self.published = 0.0
+        self.publish_failed = False  # said once in the error log, until a publication works again
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -307,6 +366,7 @@ class Arbiter:
                 self.step()
             except Exception:
                 log.exception("unexpected error in the master loop; carrying on")
+            self.publish()
             if self.stopping and not self.workers:
                 return self.exit_status
             if watchdog and time.monotonic() - last_ping >= watchdog:
@@ -345,6 +405,44 @@ class Arbiter:
         self.advance_reload()
         self.spawn_missing()
 
+    def publish(self) -> None:
+        """Sum what the workers counted and write it to the board for the status handlers; a
+        failure is logged once and never stops the master."""
+        if time.monotonic() - self.published < PUBLISH_SECONDS:
+            return
+        self.published = now = time.monotonic()
+        try:
+            if self.stopping:
+                self.board.set_state("stopping")
+            elif self.pending is not None:
+                self.board.set_state("reloading")
+            elif self.started_up:
+                self.board.set_state("ready")
+            workers = [worker.view(now) for worker in sorted(self.workers.values(), key=lambda w: w.started)]
+            snapshot = self.aggregate.snapshot(
+                workers,
+                about={
+                    "software": SOFTWARE,
+                    "version": __version__,
+                    "python": f"{sys.version.split()[0]} ({sys.implementation.name})",
+                    "build": "pure",
+                    "concurrency": self.config.concurrency,
+                    "master_pid": os.getpid(),
+                    "generation": self.generation,
+                    "state": self.board.state(),
+                    "workers_target": self.target,
+                },
+                mount_types={mount.path: mount.type for mount in self.config.mounts},
+            )
+            if not self.board.publish(snapshot):
+                raise ValueError("the snapshot is larger than the board")
+        except Exception:
+            if not self.publish_failed:
+                log.exception("cannot publish the metrics; carrying on")
+            self.publish_failed = True
+        else:
+            self.publish_failed = False
+
     def handle_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return  # the loop reaps
@@ -380,6 +478,7 @@ class Arbiter:
             if self.pending is not None:  # its workers stop with the others
                 self.forget_reload()
         self.stopping, self.stopping_gracefully = True, graceful
+        self.board.set_state("stopping")  # ``ready`` says 503 before any worker closes a listener
         log.info("stopping %s", "gracefully" if graceful else "now")
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         self.signal_workers(sig, lambda worker: True)
@@ -398,28 +497,36 @@ class Arbiter:
             return
         try:
             while len(self.current_workers()) < self.target:
-                self.spawn(self.config, self.listeners, self.generation)
+                self.spawn(self.config, self.listeners, self.generation, respawn=self.started_up)
         except OSError as error:  # fork or mmap: out of processes or memory, for now
             log.error("cannot start a worker: %s", error.strerror or error)
             self.note_crash()
 
-    def spawn(self, config: Config, listeners: list[BoundListener], generation: int) -> Worker:
+    def spawn(self, config: Config, listeners: list[BoundListener], generation: int, respawn: bool = False) -> Worker:
         heartbeat = Heartbeat()
+        counters = Counters(Layout(mount.path for mount in config.mounts))
         # Signals stay blocked across the fork, so none reaches the child while it still has
         # the master's handlers; the child unblocks them once it has its own.
         signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
-                os._exit(self.worker_main(config, listeners, heartbeat))
+                os._exit(self.worker_main(config, listeners, heartbeat, counters))
+        except OSError:
+            heartbeat.close()
+            counters.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
-        worker = Worker(pid, generation, heartbeat)
+        worker = Worker(pid, generation, heartbeat, counters)
         self.workers[pid] = worker
+        self.aggregate.worker_started(respawn)
         log.info("worker %d started (generation %d)", pid, generation)
         return worker
 
-    def worker_main(self, config: Config, listeners: list[BoundListener], heartbeat: Heartbeat) -> int:
+    def worker_main(
+        self, config: Config, listeners: list[BoundListener], heartbeat: Heartbeat, counters: Counters
+    ) -> int:
         """The body of a worker process; returns its exit status."""
         for signum in MASTER_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -445,7 +552,9 @@ class Arbiter:
             max_requests = config.max_requests
             if max_requests and config.max_requests_jitter:
                 max_requests += random.randint(0, config.max_requests_jitter)
-            runtime = build_server(config, listeners)
+            if config.concurrency == "forking":
+                counters.share_between_processes()
+            runtime = build_server(config, listeners, counters if config.metrics else NO_METRICS, self.board)
         except ConfigError as error:
             for problem in error.problems:
                 log.error("%s", problem)
@@ -482,16 +591,25 @@ class Arbiter:
             code = os.waitstatus_to_exitcode(status)
             why = worker.heartbeat.read().text
             worker.heartbeat.close()
-            if worker.retiring or self.stopping:
+            if worker.killed:
+                reason = "killed"
+                log.info("worker %d exited (killed)", pid)
+            elif worker.retiring or self.stopping:
+                reason = "retired"
                 log.info("worker %d exited", pid)
             elif code == 0:
+                reason = "max_requests"
                 log.info("worker %d exited after its max_requests; replacing it", pid)
             elif code == WORKER_BOOT_ERROR:
+                reason = "boot_failed"
                 self.boot_failed(worker, why)
             else:
+                reason = "crashed"
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
                 log.error("worker %d died (%s); replacing it", pid, how)
                 self.note_crash()
+            self.aggregate.worker_exited(reason, worker.counters.read())
+            worker.counters.close()
 
     def note_booted(self) -> None:
         """Mark workers seen serving: one of the current generation ends any boot backoff, and
@@ -570,7 +688,11 @@ class Arbiter:
                     self.kill(worker)
             elif now - beat.loop_time > self.config.worker_timeout:
                 requests = beat.requests()
-                stuck = f"; it was serving {requests[0][2]!r} for {now - requests[0][0]:.1f}s" if requests else ""
+                stuck = (
+                    f"; it was serving {requests[0].request_line!r} for {now - requests[0].start:.1f}s"
+                    if requests
+                    else ""
+                )
                 log.error("worker %d timed out (no heartbeat for %.1fs)%s", worker.pid, now - beat.loop_time, stuck)
                 self.kill(worker)
             elif beat.capacity and beat.busy >= beat.capacity and beat.time - beat.changed > self.config.worker_timeout:
@@ -585,11 +707,16 @@ class Arbiter:
             beat.time - beat.changed,
         )
         requests = beat.requests()
-        for start, request_id, request_line in requests:
-            method, _, rest = request_line.partition(" ")
+        for request in requests:
+            method, _, rest = request.request_line.partition(" ")
             target = rest.rpartition(" ")[0] or rest
             log.error(
-                "worker %d stuck on %s %s for %.1fs (request %s)", worker.pid, method, target, now - start, request_id
+                "worker %d stuck on %s %s for %.1fs (request %s)",
+                worker.pid,
+                method,
+                target,
+                now - request.start,
+                request.request_id,
             )
         if beat.busy > len(requests):
             log.error("worker %d: %d more requests in flight", worker.pid, beat.busy - len(requests))
@@ -631,6 +758,7 @@ class Arbiter:
             return
         log.info("SIGHUP: reloading the configuration")
         notify_reloading()
+        self.board.set_state("reloading")
         if self.pending is not None:
             log.warning("abandoning the reload still starting (generation %d) for this one", self.pending.generation)
             self.kill_reload()
@@ -640,17 +768,20 @@ class Arbiter:
             for problem in error.problems:
                 log.error("%s", problem)
             log.error("reload failed: keeping the running configuration")
+            self.aggregate.reloaded(succeeded=False)
             notify("READY=1")
             return
         refusal = check_privileges(config)
         if refusal is not None:
             log.error("reload failed: %s; keeping the running configuration", refusal)
+            self.aggregate.reloaded(succeeded=False)
             notify("READY=1")
             return
         try:
             listeners = rebind(self.listeners, config.listen)
         except OSError as error:
             log.error("reload failed: %s; keeping the running configuration", error)
+            self.aggregate.reloaded(succeeded=False)
             notify("READY=1")
             return
         for listener in listeners:
@@ -676,6 +807,7 @@ class Arbiter:
 
     def abandon_reload(self, why: str) -> None:
         log.error("reload failed: %s; keeping the running configuration", why)
+        self.aggregate.reloaded(succeeded=False)
         self.kill_reload()
         notify("READY=1")
 
@@ -715,5 +847,6 @@ class Arbiter:
                 self.logs.close()
             self.logs = logs
         chown_logs(self.config)
+        self.aggregate.reloaded(succeeded=True)
         log.info("reloaded: generation %d serving, %d old workers retiring", pending.generation, len(old_workers))
         notify_ready([listener.name for listener in self.listeners])

@@ -169,6 +169,7 @@ class Connection:
         self.min_rate = config.timeouts.body_min_rate
         self.read_ahead = min(config.limits.buffered_body, config.limits.body)
         self.server_header = config.server_header
+        self.request_id_header = config.request_id_header
         self.buffer = bytearray()
         self.head_started = time.monotonic()
         self.deadline = self.head_started + self.timeouts.keepalive  # for the first byte
@@ -186,6 +187,7 @@ class Connection:
         # TLS: the handshake, until the first head's bytes arrive (they start its deadline)
         self.handshake = Handshake(sock, client) if isinstance(sock, ssl.SSLSocket) else None
         self.in_idle_set = False  # registered in an epoll set (``porch.workers.selector.Parking``)
+        self.counted = True  # its close is still to be counted (a forking acceptor leaves that to the child)
 
     # -- driven from outside: the socket is ready, requests are ready, time is up --------------
 
@@ -670,6 +672,8 @@ class Connection:
             self.server_header,
         )
         self.keep_alive = framing.keep_alive
+        if self.request_id_header and "x-request-id" not in response.headers:  # the framing's list: ours
+            framing.headers.append(("X-Request-ID", request.request_id))
         head = serialize_response_head(request.version, response.status, response.reason, framing.headers)
         return head, framing.length, framing.chunked
 
@@ -871,6 +875,9 @@ class Connection:
         self.pipeline.log_rejected(self.client, line, response.status, sent, self.head_started)
 
     def close(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.pipeline.metrics.add("connections_closed")
         if self.out is not None:
             self.out.close()
             self.out = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from porch.http.errors import (
     InternalServerError,
 )
 from porch.http.messages import Headers, Request, Response, client_host, escape, nothing
+from porch.metrics.counters import NO_METRICS, UNMATCHED, Recorder
 from porch.spine.dispatch import Router
 from porch.spine.logs import Logs, current_request_id
 from porch.spine.validate import admitted, validate
@@ -49,6 +51,8 @@ class InFlight:
     start: float
     request_id: str
     request_line: str
+    thread: str  # the name of the thread serving it
+    client: str
 
 
 def error_response(error: HTTPError) -> Response:
@@ -62,12 +66,13 @@ def error_response(error: HTTPError) -> Response:
 class Pipeline:
     """Runs requests through the stages; one instance per server process, shared by all threads."""
 
-    def __init__(self, config: Config, router: Router, logs: Logs) -> None:
+    def __init__(self, config: Config, router: Router, logs: Logs, metrics: Recorder = NO_METRICS) -> None:
         self.config = config
         self.router = router
         self.logs = logs
+        self.metrics = metrics
         self.trusted_proxies = AccessRules(allow=config.trusted_proxies, deny=())
-        self.in_flight: dict[int, Request] = {}  # for the heartbeat: what is being served
+        self.in_flight: dict[int, Request] = {}  # for the heartbeat: what each thread serves, by its ident
         self.changed = time.monotonic()  # when a request last entered or left ``in_flight``
         self.new_id_sequence()
         self.completed = itertools.count(1)  # next() is atomic: each completion gets its own number
@@ -112,13 +117,14 @@ class Pipeline:
         """Serve one parsed request completely; returns False if the response could not be sent."""
         token = current_request_id.set(request.request_id)
         response: Response | None = None
+        mount = UNMATCHED
         sent = 0
         complete = False
-        key = id(request)
+        key = threading.get_ident()
         self.in_flight[key] = request
         self.changed = time.monotonic()
         try:
-            response = self.respond(request)
+            response, mount = self.respond(request)
             sent = send(request, response)
             complete = True
         finally:
@@ -127,8 +133,9 @@ class Pipeline:
             self.served = served = next(self.completed)
             if served >= self.max_requests > 0:
                 self.retire_once()
+            status = response.status if response is not None else 500
+            self.metrics.request(mount, request.method, status, now - request.start, request.body.received, sent)
             if self.logs.access_enabled:  # else not even the line's parts are worth building
-                status = response.status if response is not None else 500
                 self.logs.log_request(
                     request,
                     client_host(request.client),
@@ -141,38 +148,51 @@ class Pipeline:
             current_request_id.reset(token)
         return complete
 
-    def respond(self, request: Request) -> Response:
-        """validate → dispatch → handle, with every failure turned into a response."""
+    def respond(self, request: Request) -> tuple[Response, str]:
+        """validate → dispatch → handle, with every failure turned into a response; the response
+        and the path of the mount that answered (``UNMATCHED`` when none did)."""
+        mount = UNMATCHED
         try:
             for _ in range(MAX_INTERNAL_REDIRECTS + 1):
                 route = self.router.match(request.host, request.path)
+                mount = route.mount.path
                 validate(request, route, self.config)
                 try:
-                    return route.handler.handle(request)
+                    return route.handler.handle(request), mount
                 except InternalRedirect as redirect:
                     request = redirected(request, redirect.target)
             raise InternalServerError("too many internal redirects")
         except ClientDisconnected:
             log.info("%s %s: the client went away", request.method, escape(request.target))
-            return Response(
+            closed = Response(
                 CLIENT_CLOSED_REQUEST, Headers([("Connection", "close")]), b"", reason="Client Closed Request"
             )
+            return closed, mount
         except HTTPError as error:
             if error.status >= 500:
                 log.error("%s %s: %s", request.method, escape(request.target), error)
-            return error_response(error)
+            return error_response(error), mount
         except Exception:
             log.exception("unhandled exception serving %s %s", request.method, escape(request.target))
-            return error_response(InternalServerError())
+            return error_response(InternalServerError()), mount
 
     def in_progress(self) -> list[InFlight]:
-        """The requests being served, oldest first."""
-        requests = sorted(self.in_flight.values(), key=lambda request: request.start)
-        return [InFlight(r.start, escape(r.request_id), escape(request_line(r))) for r in requests]
+        """The requests being served, oldest first, with the names of the threads serving them."""
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        serving = sorted(self.in_flight.copy().items(), key=lambda item: item[1].start)
+        return [
+            InFlight(
+                r.start, escape(r.request_id), escape(request_line(r)), names.get(ident, "?"), client_host(r.client)
+            )
+            for ident, r in serving
+        ]
 
     def log_rejected(self, client: object, request_line_text: str, status: int, sent: int, start: float) -> None:
-        """Access-log a request that was rejected before it could be parsed into a Request."""
-        self.logs.log_request(None, client_host(client), request_line_text, status, sent, time.monotonic() - start, "-")
+        """Count and access-log a request rejected before it could be parsed into a Request."""
+        seconds = time.monotonic() - start
+        method = request_line_text.partition(" ")[0]
+        self.metrics.request(UNMATCHED, method, status, seconds, 0, sent)
+        self.logs.log_request(None, client_host(client), request_line_text, status, sent, seconds, "-")
 
 
 def request_line(request: Request) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from porch.config.settings import Config
 from porch.net.connection import DRAIN_IDLE_SECONDS, SERVE, Connection
 from porch.net.listener import BoundListener
 from porch.spine.pipeline import Pipeline
-from porch.workers.selector import Parking, SelectorServer
+from porch.workers.selector import SelectorServer
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,16 @@ WAITING_POLL_SECONDS = 0.01  # how often the acceptor looks for a free child whi
 class ForkingServer(SelectorServer):
     """``forking``: a child process per connection with a request ready, at most ``max_children``."""
 
-    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
-        super().__init__(listeners, pipeline, config)
+    def __init__(
+        self,
+        listeners: Sequence[BoundListener],
+        pipeline: Pipeline,
+        config: Config,
+        draining: threading.Event | None = None,
+    ) -> None:
+        super().__init__(listeners, pipeline, config, draining)
         self.max_children = config.max_children
         self.children: set[int] = set()
-        self.parking = Parking(self.poller)
         self.waiting: deque[Connection] = deque()  # ready to serve, no child free yet
 
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
@@ -85,7 +91,11 @@ class ForkingServer(SelectorServer):
             finally:
                 os._exit(status)
         self.children.add(pid)
+        conn.counted = False  # the child counts its close
         self.parking.release(conn)  # our copy only: the child's stays open
+
+    def children_serving(self) -> int:
+        return len(self.children)
 
     def serve_in_child(self, conn: Connection) -> None:
         """In the child: drop what belongs to the acceptor, then serve ``conn`` to its end.
@@ -101,6 +111,7 @@ class ForkingServer(SelectorServer):
         for listener in self.listeners:
             listener.sock.close()
         for other in (*self.parking.parked.values(), *self.waiting):
+            other.counted = False  # the acceptor's: it counts their close
             other.close()
         self.poller.close()
         self.pipeline.new_id_sequence()

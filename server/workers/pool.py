@@ -46,10 +46,16 @@ class ThreadPoolServer(SelectorServer):
     connection.
     """
 
-    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+    def __init__(
+        self,
+        listeners: Sequence[BoundListener],
+        pipeline: Pipeline,
+        config: Config,
+        draining: threading.Event | None = None,
+    ) -> None:
         self.idle = select.epoll()  # listeners, parked connections (EPOLLONESHOT), the stop signal
         self.listening: dict[int, BoundListener] = {}
-        super().__init__(listeners, pipeline, config)
+        super().__init__(listeners, pipeline, config, draining)
         self.parking = Parking(self.idle)  # connections waiting for their socket: whoever takes one owns it
         self.turns: Turns = turns_for(len(os.sched_getaffinity(0)))
         self.before_wait = self.turns.hand_over

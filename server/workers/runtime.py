@@ -22,12 +22,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 from porch import SOFTWARE
 from porch.config.settings import Config
+from porch.handlers.base import no_snapshot
 from porch.handlers.build import build_handlers, handler_context
+from porch.metrics.board import Board
+from porch.metrics.counters import NO_METRICS, Recorder
 from porch.net.listener import BoundListener
 from porch.spine.dispatch import Router
 from porch.spine.logs import Logs
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 HEARTBEAT_SECONDS = 0.5
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 # The concurrency models, by the name ``concurrency`` gives in the config.
 SERVER_CLASSES: dict[str, type[SelectorServer]] = {"threading": ThreadPoolServer, "forking": ForkingServer}
 
@@ -54,6 +58,9 @@ class Pulse:
     changed: float  # when a request last entered or left ``in_flight``
     capacity: int  # requests this process serves at once on its own threads; 0: in children (forking)
     in_flight: list[InFlight]  # oldest first
+    idle: int = 0  # kept-alive connections waiting for their next request
+    children: int = 0  # forking: children serving a connection each
+    rss_bytes: int = 0  # resident memory of this process
 
 
 Heartbeat = Callable[[Pulse], None]
@@ -74,7 +81,14 @@ class Runtime:
     def pulse(self) -> Pulse:
         """The heartbeat now: the acceptor's last loop and what the serving threads are doing."""
         return Pulse(
-            time.monotonic(), self.server.last_loop, self.pipeline.changed, self.capacity, self.pipeline.in_progress()
+            time.monotonic(),
+            self.server.last_loop,
+            self.pipeline.changed,
+            self.capacity,
+            self.pipeline.in_progress(),
+            self.server.idle_connections(),
+            self.server.children_serving(),
+            resident_bytes(),
         )
 
     def run(self, heartbeat: Heartbeat | None = None, max_requests: int = 0) -> int:
@@ -150,12 +164,44 @@ class Runtime:
         self.logs.close()
 
 
-def build_server(config: Config, listeners: list[BoundListener]) -> Runtime:
-    """Wire logs, handlers and the concurrency model for one worker on bound ``listeners``."""
+def resident_bytes() -> int:
+    """This process's resident memory, from /proc (0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def build_server(
+    config: Config,
+    listeners: list[BoundListener],
+    metrics: Recorder = NO_METRICS,
+    board: Board | None = None,
+) -> Runtime:
+    """Wire logs, handlers and the concurrency model for one worker on bound ``listeners``.
+
+    ``metrics`` is where this worker counts; ``board`` is where the master publishes what all
+    workers counted (and whether it is ready), for the status, metrics and probe handlers.
+    """
     logs = Logs(config.log)
-    router = Router(build_handlers(config, handler_context(config)))
-    pipeline = Pipeline(config, router, logs)
-    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config)
+    draining = threading.Event()  # the server's: set when it stops taking new connections
+
+    def readiness() -> str | None:
+        if draining.is_set():
+            return "draining"
+        state = board.state() if board is not None else "ready"
+        return None if state == "ready" else state
+
+    context = replace(
+        handler_context(config),
+        snapshot=board.read if board is not None else no_snapshot,
+        readiness=readiness,
+        metrics=metrics,
+    )
+    router = Router(build_handlers(config, context))
+    pipeline = Pipeline(config, router, logs, metrics)
+    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, draining)
     # Only the threading model serves requests in this process: forked children count their own.
     capacity = config.threads if isinstance(server, ThreadPoolServer) else 0
     return Runtime(config, logs, router, pipeline, server, listeners, capacity)

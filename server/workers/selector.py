@@ -123,14 +123,21 @@ class Parking:
 class SelectorServer(socketserver.BaseServer):
     """Accepts on several listening sockets; subclasses decide where connections are served."""
 
-    def __init__(self, listeners: Sequence[BoundListener], pipeline: Pipeline, config: Config) -> None:
+    def __init__(
+        self,
+        listeners: Sequence[BoundListener],
+        pipeline: Pipeline,
+        config: Config,
+        draining: threading.Event | None = None,
+    ) -> None:
         super().__init__(listeners[0].address if listeners else None, None)  # type: ignore[arg-type]
         self.listeners = list(listeners)
         self.pipeline = pipeline
         self.config = config
         self.poller = select.epoll()
         self.watched: dict[int, object] = {}  # fd -> its listener, or None (the wake-up channel)
-        self.draining = threading.Event()
+        self.draining = draining or threading.Event()  # set once: the server stops taking connections
+        self.parking = Parking(self.poller)  # connections waiting for their socket
         self.before_wait: Callable[[], None] = nothing  # what a connection calls before it waits
         self.listeners_open = True
         self.last_loop = 0.0  # when the acceptor loop last ran: the worker's heartbeat
@@ -153,6 +160,17 @@ class SelectorServer(socketserver.BaseServer):
                 # returns: one setsockopt here instead of one per connection.
                 listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.listen_on(listener, self.listen_events)
+
+    def idle_connections(self) -> int:
+        """Kept-alive connections waiting for their next request, for the heartbeat."""
+        try:
+            return sum(1 for conn in list(self.parking.parked.values()) if conn.is_idle)
+        except RuntimeError:  # the set changed under the copy (free-threaded builds): next time
+            return 0
+
+    def children_serving(self) -> int:
+        """Processes serving connections on this server's behalf (forking): none here."""
+        return 0
 
     def listen_on(self, listener: BoundListener, events: int) -> None:
         """Watch a listening socket: here the acceptor loop accepts from it."""
@@ -288,6 +306,7 @@ class SelectorServer(socketserver.BaseServer):
             address = ""
         if listener.tls is not None:
             sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.pipeline.metrics.add("connections_accepted")
         return Connection(
             sock,
             address,
