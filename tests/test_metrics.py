@@ -324,13 +324,13 @@ def test_ready_says_reloading_while_a_new_generation_boots(porch: Callable[..., 
 
 def test_request_ids_reach_applications_and_the_response(porch: Callable[..., PorchServer], tmp_path: Path) -> None:
     server = porch(site(tmp_path, workers=1, request_id_header=True))
-    for path in ("/app/id", "/cgi-bin/id.sh"):
+    for count, path in enumerate(("/app/id", "/cgi-bin/id.sh"), start=1):
         response = fresh_get(server, path)
         assert response.status_code == 200
         request_id = response.headers["X-Request-ID"]
         assert len(request_id) >= 8
         assert response.text == request_id, f"{path} saw the id the response carries"
-        assert any(request_id in line for line in server.wait_access_lines(1)), "and the access log"
+        assert any(request_id in line for line in server.wait_access_lines(count)), "and the access log"
     first, second = (fresh_get(server, "/index.html").headers["X-Request-ID"] for _ in range(2))
     assert first != second, "each response its own id, even from the static cache"
 

@@ -43,7 +43,7 @@ ASSETS = files(__name__.rpartition(".")[0]).joinpath("assets")  # package data: 
 
 @dataclass(frozen=True)
 class Asset:
-    """A file of the page, read once when the mount is built."""
+    """A file of the page, read once, when the module is imported."""
 
     body: bytes
     content_type: str
@@ -54,6 +54,12 @@ def asset(name: str, content_type: str) -> Asset:
     """``assets/name`` from the package, with a strong ETag of its bytes."""
     body = ASSETS.joinpath(name).read_bytes()
     return Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+
+
+# Read when the module is imported -- by the config loader, in the master, before workers give up
+# root: a worker running as `user:` may not be allowed to read the installed package's files.
+PAGE_SHELL = ASSETS.joinpath("status.html").read_text("utf-8")
+PAGE_ASSETS = {name: asset(name, content_type) for name, content_type in ASSET_TYPES.items()}
 
 
 def wants_html(request: Request) -> bool:
@@ -80,10 +86,9 @@ class StatusHandler(Handler):
         super().__init__(mount, context)
         self.started = time.monotonic()
         prefix = quote(mount.path.rstrip("/"))
-        shell = ASSETS.joinpath("status.html").read_text("utf-8")
         json_url = (prefix or "/") + "?format=json"
-        self.page = shell.replace("{{assets}}", escape(prefix)).replace("{{json}}", escape(json_url)).encode()
-        self.assets = {name: asset(name, content_type) for name, content_type in ASSET_TYPES.items()}
+        self.page = PAGE_SHELL.replace("{{assets}}", escape(prefix)).replace("{{json}}", escape(json_url)).encode()
+        self.assets = PAGE_ASSETS
 
     def handle(self, request: Request) -> Response:
         below = self.path_info(request)
