@@ -136,7 +136,7 @@ def handler() -> XMLRPCHandler:
         ({"functions": {"f": "rpctest_funcs:not_callable"}}, "functions.f", "not callable"),
         ({"functions": {"f": "no-colon"}}, "functions.f", "module:name"),
         ({"functions": {"system.listMethods": "rpctest_funcs:add"}}, "functions.system.listMethods", "reserved"),
-        ({"functions": {}}, "functions", "functions or an instance"),
+        ({"functions": {}}, "functions", "functions, an instance or register"),
         ({"instance": "rpctest_instance:missing"}, "instance", "AttributeError"),
         ({"instance": "rpctest_funcs:fail()"}, "instance", "TypeError"),
         ({"functions": FUNCTIONS, "encoding": "klingon-8"}, "encoding", "unknown encoding"),

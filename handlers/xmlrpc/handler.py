@@ -34,7 +34,7 @@ import traceback
 import typing
 import xmlrpc.client
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -83,6 +83,7 @@ SIGNATURE_TYPES: dict[Any, str] = {
     type(None): "nil",
 }
 UNKNOWN_SIGNATURE = "undef"  # the customary non-array answer when no signature is known
+XMLRPC_TYPES = frozenset({*SIGNATURE_TYPES.values(), "nil"})  # the names a signature may use
 
 
 def _check_gzip_threshold(value: int | None) -> None:
@@ -137,6 +138,22 @@ def method_signatures(func: Any) -> list[list[str]] | str:
     return [[result, *types[:count]] for count in range(required, len(types) + 1)]
 
 
+def checked_signatures(value: Any, where: str) -> list[list[str]] | str:
+    """A signature list a service gave -- ``[[return type, parameter types...], ...]`` of XML-RPC
+    type names -- or "undef"; ValueError saying what is wrong otherwise."""
+    if value == UNKNOWN_SIGNATURE:
+        return UNKNOWN_SIGNATURE
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(signature, list | tuple) and signature and all(name in XMLRPC_TYPES for name in signature)
+        for signature in value
+    ):
+        raise ValueError(
+            f"{where}: expected a list of signatures like [['int', 'int', 'int']] (return type first) made of "
+            f"{', '.join(sorted(XMLRPC_TYPES))}, got {value!r}"
+        )
+    return [list(signature) for signature in value]
+
+
 def binding_error(func: Any, params: tuple[Any, ...]) -> str | None:
     """Why ``params`` cannot be bound to ``func``'s parameters; None if they can (or if the
     signature cannot be known)."""
@@ -170,6 +187,7 @@ class Dispatcher(SimpleXMLRPCDispatcher):
         super().__init__(allow_none=allow_none, encoding=encoding, use_builtin_types=use_builtin_types)
         self.debug = debug
         self.count_fault = count_fault  # every fault answered, by code, for the metrics
+        self.signatures: dict[str, list[list[str]]] = {}  # the service's own table, before annotations
 
     def dispatch_body(self, data: bytes) -> bytes:
         """The methodResponse document answering the methodCall ``data``; never raises Fault."""
@@ -267,8 +285,15 @@ class Dispatcher(SimpleXMLRPCDispatcher):
     ) -> list[list[str]] | str:
         """system.methodSignature('add') => [['int', 'int', 'int']]: return type, then parameters.
 
-        Derived from the function's type annotations; "undef" when they do not say.
+        From the service's table (the mount's ``signatures``, or an instance's
+        ``_methodSignature(name)``, as ``_methodHelp``), else from the function's type
+        annotations; "undef" when none says.
         """
+        if method_name in self.signatures:
+            return self.signatures[method_name]
+        instance: Any = self.instance
+        if method_name not in self.funcs and hasattr(instance, "_methodSignature"):
+            return checked_signatures(instance._methodSignature(method_name), method_name)
         func = self.find(method_name)
         return UNKNOWN_SIGNATURE if func is None else method_signatures(func)
 
@@ -342,6 +367,16 @@ class XMLRPCHandler(Handler):
         functions: dict[str, str] = setting(
             default_factory=dict, doc='method name → "module:callable" (or "module:factory()")'
         )
+        register: str | None = setting(
+            None,
+            doc='"module:function" called once with the dispatcher, as SimpleXMLRPCServer code calls '
+            "register(server): it may call register_function, register_instance and the like",
+        )
+        signatures: str | None = setting(
+            None,
+            doc='"module:name" of a mapping method name → signatures ([["int", "int", "int"]], return type '
+            "first) that system.methodSignature answers from before looking at annotations",
+        )
         instance: str | None = setting(
             None, doc='"module:object" or "module:factory()" whose public methods are exposed'
         )
@@ -382,8 +417,8 @@ class XMLRPCHandler(Handler):
             debug=options.debug,
             count_fault=lambda code: context.metrics.xmlrpc_fault(mount.path, code),
         )
-        if not options.functions and options.instance is None:
-            raise OptionError("functions", "an xmlrpc mount needs functions or an instance")
+        if not options.functions and options.instance is None and options.register is None:
+            raise OptionError("functions", "an xmlrpc mount needs functions, an instance or register")
         for name, spec in options.functions.items():
             key = f"functions.{name}"
             if not name or name.startswith(RESERVED_PREFIX):
@@ -395,11 +430,26 @@ class XMLRPCHandler(Handler):
         if options.instance is not None:
             instance = _load(options.instance, "instance", options.pythonpath)
             self.dispatcher.register_instance(instance, allow_dotted_names=False)
+        if options.register is not None:
+            self.call_register(_load(options.register, "register", options.pythonpath))
+        if options.signatures is not None:
+            self.dispatcher.signatures = signature_table(_load(options.signatures, "signatures", options.pythonpath))
         if options.introspection:
             self.dispatcher.register_introspection_functions()
         if options.multicall:
             self.dispatcher.register_multicall_functions()
         self.content_type = f"text/xml; charset={options.encoding}"
+
+    def call_register(self, register: Any) -> None:
+        """Let existing service code register itself, as it does with SimpleXMLRPCServer."""
+        if not callable(register):
+            raise OptionError("register", f"{self.options.register!r} is not callable")
+        try:
+            register(self.dispatcher)
+        except (Exception, SystemExit) as exc:
+            raise OptionError("register", f"{self.options.register!r} raised {type(exc).__name__}: {exc}") from exc
+        if not self.dispatcher.funcs and self.dispatcher.instance is None:
+            raise OptionError("register", f"{self.options.register!r} registered no function and no instance")
 
     def handle(self, request: Request) -> Response:
         """Answer one POSTed methodCall with a methodResponse (a fault for any call failure)."""
@@ -436,6 +486,21 @@ class XMLRPCHandler(Handler):
             if size > limit:
                 raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
         return b"".join(chunks)
+
+
+def signature_table(table: Any) -> dict[str, list[list[str]]]:
+    """The ``signatures`` option's mapping, checked; OptionError saying which entry is wrong."""
+    if not isinstance(table, Mapping):
+        raise OptionError("signatures", f"expected a mapping of method name → signatures, got {type(table).__name__}")
+    checked: dict[str, list[list[str]]] = {}
+    for name, value in table.items():
+        try:
+            signatures = checked_signatures(value, str(name))
+        except ValueError as exc:
+            raise OptionError("signatures", str(exc)) from None
+        if isinstance(signatures, list):
+            checked[str(name)] = signatures
+    return checked
 
 
 def _load(spec: str, key: str, pythonpath: tuple[Path, ...]) -> Any:
