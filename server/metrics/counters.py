@@ -30,6 +30,7 @@ UNMATCHED = ""  # the mount label of requests no mount served (a 404 outside eve
 FAULT_SLOTS = 32
 OTHER_FAULT = "other"  # the code label of faults counted after the table filled up
 LOCK_SECONDS = 1.0
+MAX_PLACES = 4096  # remembered (mount, method, status) cell positions
 SCALARS = ("connections_accepted", "connections_closed", "cgi_started", "cgi_running", "cgi_timed_out", "cgi_killed")
 GAUGES = frozenset({"cgi_running"})  # cells that go down again: not added up over exited workers
 
@@ -101,6 +102,7 @@ class Counters:
         self.memory = mmap.mmap(-1, layout.cells * 8)
         self.cells = memoryview(self.memory).cast("d")
         self.lock: threading.Lock | ProcessLock = threading.Lock()
+        self.places: dict[tuple[str, str, int], tuple[int, int, int, int]] = {}
 
     def share_between_processes(self) -> None:
         """Forking: children count on this page too, so its lock must hold across processes."""
@@ -109,21 +111,40 @@ class Counters:
         self.lock = multiprocessing.Lock()
 
     def request(self, mount: str, method: str, status: int, seconds: float, received: int, sent: int) -> None:
-        layout, cells = self.layout, self.cells
-        number = layout.mount_number(mount)
-        code = min(max(status // 100, 1), 5) - 1
-        series = (number * len(METHODS) + METHOD_INDEX.get(method, OTHER_METHOD)) * len(CODES) + code
-        bucket = bisect.bisect_left(BOUNDS, seconds)
+        cells = self.cells
+        where = self.places.get((mount, method, status))
+        if where is None:
+            where = self.place(mount, method, status)
+        series, buckets, total, body = where
+        bucket = buckets + bisect.bisect_left(BOUNDS, seconds)
         if not self.lock.acquire(True, LOCK_SECONDS):
             return
         try:
-            cells[layout.requests + series] += 1
-            cells[layout.buckets + number * BUCKETS + bucket] += 1
-            cells[layout.sums + number] += seconds
-            cells[layout.body_bytes + 2 * number] += received
-            cells[layout.body_bytes + 2 * number + 1] += sent
+            cells[series] += 1
+            cells[bucket] += 1
+            cells[total] += seconds
+            if received:
+                cells[body] += received
+            cells[body + 1] += sent
         finally:
             self.lock.release()
+
+    def place(self, mount: str, method: str, status: int) -> tuple[int, int, int, int]:
+        """The cells of a request's series, histogram, duration sum and body bytes, remembered
+        for the next request of the same mount, method and status (this runs for every request)."""
+        layout = self.layout
+        number = layout.mount_number(mount)
+        code = min(max(status // 100, 1), 5) - 1
+        series = (number * len(METHODS) + METHOD_INDEX.get(method, OTHER_METHOD)) * len(CODES) + code
+        where = (
+            layout.requests + series,
+            layout.buckets + number * BUCKETS,
+            layout.sums + number,
+            layout.body_bytes + 2 * number,
+        )
+        if len(self.places) < MAX_PLACES:  # methods are the client's words: the cache stays bounded
+            self.places[(mount, method, status)] = where
+        return where
 
     def add(self, name: str, amount: float = 1.0) -> None:
         self._add(self.layout.scalars[name], amount)
