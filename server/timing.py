@@ -29,7 +29,11 @@ class SecondCache:
         self.text = ""
 
     def now(self) -> str:
-        second = int(time.time())
+        return self.at(time.time())
+
+    def at(self, moment: float) -> str:
+        """The text of the second ``moment`` (unix time) falls in."""
+        second = int(moment)
         if second != self.second:
             self.text = self.render(second)
             self.second = second

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-LISTENING = re.compile(r"listening on (\S+)")
+LISTENING = re.compile(r"listening on ([^\s\"]+)")  # in a text or a json error log
 START_TIMEOUT_SECONDS = 15.0
 
 

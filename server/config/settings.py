@@ -161,6 +161,12 @@ class LogSettings:
     )
     error: str = setting("-", doc='error log: "-" for stderr, or a file path')
     level: Literal["debug", "info", "warning", "error"] = setting("info", doc="lowest level written to the error log")
+    format: Literal["text", "json"] = setting(
+        "text",
+        doc="error log lines: text (`[time] [pid] [level] [request id] logger: message`, warnings and errors "
+        "in colour on a terminal) or json (one object a line: time, pid, level, request_id, logger, message, "
+        "traceback)",
+    )
 
 
 def octal_mode(value: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from typing import TextIO
@@ -105,9 +106,7 @@ class Logs:
         self.access.propagate = False
         self.error.propagate = False
         level = getattr(logging, settings.level.upper())
-        error_handler.setFormatter(
-            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s")
-        )
+        error_handler.setFormatter(error_formatter(settings.format, error_handler))
         error_handler.addFilter(RequestIdFilter())
         for name in (ERROR_LOGGER, *PACKAGE_LOGGERS):
             logger = logging.getLogger(name)
@@ -191,6 +190,48 @@ class Logs:
         )
         self.lost = 0
         self.lost_reported = now
+
+
+TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
+# SGR colours of the level names on a terminal: warnings yellow, errors red (bold when critical).
+LEVEL_COLOURS = {"WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
+
+
+class ColourFormatter(logging.Formatter):
+    """The text format, its warnings and errors coloured: for a person at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        colour = LEVEL_COLOURS.get(record.levelname)
+        return f"\033[{colour}m{line}\033[0m" if colour else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, as the access log's json format, so log shippers read both logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": ISO_TIME.at(record.created),
+            "pid": record.process,
+            "level": record.levelname.lower(),
+            "request_id": getattr(record, "request_id", "-"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=True)
+
+
+def error_formatter(form: str, handler: logging.Handler) -> logging.Formatter:
+    """The error log's formatter: json, or text -- coloured only on a terminal (and not under NO_COLOR)."""
+    if form == "json":
+        return JsonFormatter()
+    stream = getattr(handler, "stream", None)
+    terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+    if terminal and not os.environ.get("NO_COLOR"):
+        return ColourFormatter(TEXT_FORMAT)
+    return logging.Formatter(TEXT_FORMAT)
 
 
 CLF_TIME = SecondCache(lambda second: time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second)))
