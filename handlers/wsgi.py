@@ -582,6 +582,9 @@ class WSGIHandler(Handler):
         environ["wsgi.input"] = InputStream(request.body)
         environ["wsgi.errors"] = errors
         environ["porch.request_id"] = request.request_id
+        if request.user is not None:  # the mount's auth checked the credentials (RFC 3875 4.1.1, 4.1.11)
+            environ["AUTH_TYPE"] = "Basic"
+            environ["REMOTE_USER"] = request.user.encode().decode("latin-1")  # PEP 3333: bytes as latin-1
         headers = request.headers
         for name, value in headers:
             lower = name.lower()

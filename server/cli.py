@@ -1,15 +1,22 @@
 """The ``porch`` command.
 
-    porch [-c FILE] [--bind ADDR]...      serve from a config file (default ./config/porch.yaml,
+    porch [-c FILE] [SETTINGS] [-D]       serve from a config file (default ./config/porch.yaml,
                                           or the current directory when there is none)
-          [-D] [--pidfile FILE]           in the background (exits once serving) / pidfile
-    porch serve DIR [--port N] [--bind H] serve a directory with listings, no config file
-    porch check [-c FILE]                 validate a config without serving (exit 0 or 1)
+    porch serve [PORT|DIR] [-d DIR] [--port N] [SETTINGS]
+                                          serve a directory with listings, no config file
+    porch check [-c FILE] [SETTINGS]      validate a config without serving (exit 0 or 1);
+                                          also ``porch --check-config``
     porch stop [--timeout S]              TERM the server in the pidfile, wait until it is gone
     porch reload                          check the config, then HUP the server
     porch status                          exit 0 running, 1 stale pidfile, 3 not running, 4 unknown
     porch reopen                          USR1: the server reopens its log files
     porch top [--url URL] [--once]        the running server's status mount, redrawn (porch.top)
+
+SETTINGS are gunicorn's options where porch has the setting (``-b ADDR``, ``-w N``,
+``--threads N``, ``--access-logfile F``, ``--error-logfile F``, ``--log-level L``, ``-p FILE``,
+``--allow-root``); they replace the file's values through ``load_config(overrides=...)``, for
+serving, checking and every reload alike.  ``PORCH_ARGS`` holds options too (gunicorn's
+``GUNICORN_CMD_ARGS``); an option also given on the command line takes the command line's value.
 
 The control commands find the pidfile with ``--pidfile FILE`` or the ``pidfile`` key of the
 config (``-c FILE``, default ./config/porch.yaml), and trust it only while it is locked
@@ -19,26 +26,36 @@ config (``-c FILE``, default ./config/porch.yaml), and trust it only while it is
 from __future__ import annotations
 
 import argparse
+import functools
+import ipaddress
 import os
+import shlex
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from porch import __version__
-from porch.config.load import config_from_mapping, load_config
+from porch.config.check import summary, warning_line
+from porch.config.convert import yaml_text
+from porch.config.load import COMMAND_LINE, OVERRIDABLE, config_from_mapping, load_config
 from porch.config.settings import Config, ConfigError, ConfigProblem
 from porch.config.yaml_nodes import read_yaml
 from porch.handlers.build import check_config
-from porch.master.daemon import check_privileges, process_gone, read_pid
+from porch.master.daemon import check_privileges, check_root, process_gone, read_pid
 from porch.top import DEFAULT_INTERVAL_SECONDS, interval_seconds, run_top
 
 DEFAULT_CONFIG = Path("config") / "porch.yaml"
 DEFAULT_PORT = 8000
+LOOPBACK_HOST = "127.0.0.1"  # where `-b PORT` and `-b :PORT` listen: porch opens nothing wider unasked
+PATH_SETTINGS = ("log.access", "log.error", "pidfile")  # made absolute at once: a daemon works from "/"
+IN_SUMMARY = ("listen", "workers")  # overrides the summary line of `porch check` shows anyway
 STOP_MARGIN_SECONDS = 10.0  # `porch stop` waits timeouts.graceful plus this for the exit
 STOP_TIMEOUT_SECONDS = 40.0  # ... or this when there is no config to read it from
 STOP_POLL_SECONDS = 0.05
+USAGE_ERROR = 2  # argparse's exit status for a command line it cannot parse
 # Exit statuses of `porch status`, as LSB init scripts define them (LSB Core 5.0, "Init Script
 # Actions"): running, dead but the pidfile exists, not running, unknown.
 STATUS_RUNNING, STATUS_STALE, STATUS_NOT_RUNNING, STATUS_UNKNOWN = 0, 1, 3, 4
@@ -51,46 +68,126 @@ CONTROL_HELP = {
     "reopen": "make the running server reopen its log files (USR1), after rotating them",
 }
 
+# gunicorn options porch has no option for, and what does the same in porch (told after a usage error).
+GUNICORN_EQUIVALENTS = {
+    "-k": "set `concurrency:` (threading or forking) in the config",
+    "--worker-class": "set `concurrency:` (threading or forking) in the config",
+    "-t": "set `worker_timeout:` in the config",
+    "--graceful-timeout": "set `timeouts.graceful:` in the config",
+    "--keep-alive": "set `timeouts.keepalive:` in the config",
+    "--max-requests": "set `max_requests:` in the config",
+    "--certfile": "give a listener `tls: {cert: FILE, key: FILE}` in the config",
+    "--keyfile": "give a listener `tls: {cert: FILE, key: FILE}` in the config",
+    "-u": "set `user:` in the config",
+    "--user": "set `user:` in the config",
+    "-g": "set `group:` in the config",
+    "--group": "set `group:` in the config",
+    "--log-file": "use --error-logfile FILE",
+    "--access-logformat": "set `log.access_format:` (combined, common or json) in the config",
+    "--forwarded-allow-ips": "set `trusted_proxies:` in the config",
+    "--chdir": "start porch in that directory, or `porch serve -d DIR`",
+}
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="porch",
-        description="A pluggable HTTP/1.1 server: static files, CGI, WSGI and XML-RPC from one YAML file.",
-        epilog="Without -c, porch uses ./config/porch.yaml if present, else serves the current directory.",
-    )
-    top.add_argument("--version", action="version", version=f"porch {__version__}")
-    top.add_argument("-c", "--config", metavar="FILE", help="the YAML config file")
-    top.add_argument(
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got '{text}'")
+    return int(text)
+
+
+def port_or_directory(text: str) -> int | str:
+    """argparse type of ``porch serve [PORT|DIR]``: digits are a port, as ``python -m http.server 8000``."""
+    return port_number(text) if text.isdigit() else text
+
+
+def add_settings(parser: argparse.ArgumentParser, *, top: bool, serving: bool) -> None:
+    """The options that override settings (``OVERRIDABLE``), on the top level or a command.
+
+    Below the top level they default to SUPPRESS, so that a command does not undo an option
+    given before it (``porch -w 2 serve``); every default is None, so that PORCH_ARGS fills in
+    exactly the options the command line left out.
+    """
+    unset = None if top else argparse.SUPPRESS
+    parser.add_argument(
         "-b",
         "--bind",
         metavar="ADDR",
         action="append",
-        help="listen on ADDR (host:port, [v6]:port, unix:/path) instead of the configured listeners; repeatable",
+        default=unset,
+        help="listen on ADDR instead of the configured listeners; repeatable: HOST:PORT, [V6]:PORT, "
+        f"unix:PATH, PORT or :PORT ({LOOPBACK_HOST}), HOST (port {DEFAULT_PORT}, or --port under serve)",
     )
-    top.add_argument(
-        "-D",
-        "--daemon",
+    parser.add_argument(
+        "-w", "--workers", metavar="N", default=unset, help='worker processes (`workers`), or "auto" (CPU count)'
+    )
+    parser.add_argument("--threads", metavar="N", default=unset, help="threads per worker (`threads`)")
+    parser.add_argument(
+        "--access-logfile", metavar="FILE", default=unset, help='access log file, "-" for stdout (`log.access`)'
+    )
+    parser.add_argument(
+        "--error-logfile", metavar="FILE", default=unset, help='error log file, "-" for stderr (`log.error`)'
+    )
+    parser.add_argument(
+        "--log-level", metavar="LEVEL", default=unset, help="debug, info, warning or error (`log.level`)"
+    )
+    parser.add_argument(
+        "-p", "--pidfile", metavar="FILE", default=unset, help="the master's pidfile, locked while it runs (`pidfile`)"
+    )
+    parser.add_argument(
+        "--allow-root",
         action="store_true",
-        help="run in the background; exits 0 once the server serves (needs a pidfile and log files)",
+        default=unset,
+        help="let workers run as root on a non-loopback address, as in a container (`allow_root`)",
     )
-    top.add_argument(
-        "--pidfile", metavar="FILE", help="write the master's pid to FILE, locked while it runs (overrides `pidfile`)"
+    if serving:
+        parser.add_argument(
+            "-D",
+            "--daemon",
+            action="store_true",
+            default=unset,
+            help="run in the background; exits 0 once the server serves (needs a pidfile and log files)",
+        )
+        parser.add_argument(
+            "--check-config",
+            action="store_true",
+            default=unset,
+            help="validate and exit 0 (valid) or 1, as `porch check`, showing the effective values",
+        )
+
+
+def parser(prog: str = "porch") -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog=prog,
+        description="A pluggable HTTP/1.1 server: static files, CGI, WSGI and XML-RPC from one YAML file.",
+        epilog="Without -c, porch uses ./config/porch.yaml if present, else serves the current directory. "
+        "Options in the PORCH_ARGS environment variable apply unless the command line gives them too.",
     )
+    top.add_argument("--version", action="version", version=f"porch {__version__}")
+    top.add_argument("-c", "--config", metavar="FILE", help="the YAML config file")
+    add_settings(top, top=True, serving=True)
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve a directory (with listings) without a config file")
-    serve.add_argument("directory", nargs="?", default=".", help="the directory to serve (default: .)")
-    serve.add_argument("-p", "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument(
-        "-b",
-        "--bind",
-        metavar="ADDR",
-        default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; use 0.0.0.0 or :: for every interface)",
+    serve = commands.add_parser(
+        "serve",
+        help="serve a directory (with listings) without a config file",
+        description=f"Serve a directory with listings on {LOOPBACK_HOST}:{DEFAULT_PORT}, like python -m http.server.",
     )
+    serve.add_argument(
+        "targets",
+        nargs="*",
+        metavar="PORT|DIR",
+        type=port_or_directory,
+        help="a number is the port (as python -m http.server 8000), anything else the directory (default: .); "
+        "both may be given, in either order",
+    )
+    serve.add_argument("-d", "--directory", metavar="DIR", help="the directory to serve, even one named like a number")
+    serve.add_argument("--port", metavar="N", type=port_number, help=f"port (default {DEFAULT_PORT})")
+    add_settings(serve, top=False, serving=True)
     check = commands.add_parser("check", help="validate a config file and exit 0 (valid) or 1")
     check.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="the YAML config file")
-    for name, summary in CONTROL_HELP.items():
-        control = commands.add_parser(name, help=summary, description=summary)
+    add_settings(check, top=False, serving=False)
+    for name, summary_text in CONTROL_HELP.items():
+        control = commands.add_parser(name, help=summary_text, description=summary_text)
         control.add_argument(
             "-c",
             "--config",
@@ -99,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
             help="the config of the running server (for its pidfile)",
         )
         control.add_argument(
+            "-p",
             "--pidfile",
             metavar="FILE",
             default=argparse.SUPPRESS,
@@ -136,99 +234,213 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def directory_config(directory: str, listen: Sequence[str]) -> Config:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with the options of PORCH_ARGS it does not give itself.
+
+    PORCH_ARGS is parsed on its own, as gunicorn parses GUNICORN_CMD_ARGS, so that a command
+    line ``-b`` replaces its ``-b`` addresses instead of adding to them.
+    """
+    args = parse_or_hint(parser(), sys.argv[1:] if argv is None else argv)
+    env = os.environ.get("PORCH_ARGS", "")
+    if env.strip():
+        env_parser = parser("PORCH_ARGS")
+        try:
+            words = shlex.split(env)
+        except ValueError as error:
+            env_parser.error(str(error))
+        defaults = parse_or_hint(env_parser, words)
+        if defaults.command is not None:
+            env_parser.error(f"holds options only, not the command '{defaults.command}'")
+        for name, value in vars(defaults).items():
+            if value is not None and getattr(args, name, None) is None:
+                setattr(args, name, value)
+    if getattr(args, "pidfile", None) and args.pidfile.isdigit():
+        parser().error(
+            f"-p/--pidfile names the pidfile (as gunicorn's -p), not a port: for port {args.pidfile} "
+            f"write `porch serve {args.pidfile}`, `--port {args.pidfile}` or `-b :{args.pidfile}`"
+        )
+    return args
+
+
+def parse_or_hint(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(words)``; after a usage error, the porch way of any gunicorn option used."""
+    try:
+        return parser.parse_args(words)
+    except SystemExit as leaving:
+        if leaving.code == USAGE_ERROR:
+            flags = {word.split("=", 1)[0] for word in words if word.startswith("-")}
+            for flag, equivalent in GUNICORN_EQUIVALENTS.items():
+                if flag in flags:
+                    print(f"{parser.prog}: porch has no {flag} (gunicorn's); {equivalent}", file=sys.stderr)
+        raise
+
+
+def served_site(args: argparse.Namespace) -> tuple[str, int]:
+    """The directory and port of ``porch serve [PORT|DIR]... [-d DIR] [--port N]``; ValueError if one is given twice."""
+    directories = [target for target in args.targets if isinstance(target, str)]
+    ports = [target for target in args.targets if isinstance(target, int)]
+    if args.directory is not None:
+        directories.append(args.directory)
+    if args.port is not None:
+        ports.append(args.port)
+    for what, given in (("directory", directories), ("port", ports)):
+        if len(given) > 1:
+            raise ValueError(f"the {what} is given twice: {' and '.join(str(value) for value in given)}")
+    return (directories or ["."])[0], (ports or [DEFAULT_PORT])[0]
+
+
+def bind_address(text: str, port: int) -> str:
+    """A ``-b`` value as a listen address: ``PORT`` and ``:PORT`` on the loopback address, a bare
+    host on ``port``, a relative ``unix:`` path made absolute (a daemon reloads from "/")."""
+    text = text.strip()
+    if text.isdigit() or (text.startswith(":") and text[1:].isdigit()):
+        return f"{LOOPBACK_HOST}:{text.lstrip(':')}"
+    if text.startswith("unix:"):
+        return "unix:" + os.path.abspath(text[5:]) if text[5:] else text
+    if text.startswith("[") and text.endswith("]"):
+        return f"{text}:{port}"
+    try:
+        return f"[{ipaddress.IPv6Address(text)}]:{port}"
+    except ValueError:
+        return text if ":" in text or "/" in text else f"{text}:{port}"
+
+
+def command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the options replace, by ``OVERRIDABLE`` key; ``serve`` always sets ``listen``."""
+    port = args.port if args.command == "serve" else DEFAULT_PORT
+    given = {key: getattr(args, option[2:].replace("-", "_"), None) for key, option in OVERRIDABLE.items()}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if args.command == "serve" or "listen" in overrides:
+        overrides["listen"] = [bind_address(text, port) for text in overrides.get("listen", [str(port)])]
+    for key in PATH_SETTINGS:
+        if overrides.get(key, "-") != "-":
+            overrides[key] = os.path.abspath(overrides[key])
+    return overrides
+
+
+def directory_config(directory: str, overrides: dict[str, Any]) -> Config:
     """The config of ``porch serve DIR``: one static mount with listings."""
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise ConfigError([ConfigProblem(COMMAND_LINE, None, "DIR", f"'{directory}' is not a directory")])
     return config_from_mapping(
-        {"listen": list(listen), "mounts": [{"path": "/", "type": "static", "root": directory, "listing": True}]},
+        {"mounts": [{"path": "/", "type": "static", "root": directory, "listing": True}]},
         source="<command line>",
         base_dir=Path.cwd(),
+        overrides=overrides,
     )
 
 
 def config_path(args: argparse.Namespace) -> str | None:
-    """The config file to serve: ``-c FILE``, else ./config/porch.yaml if present, else none."""
+    """The config file: ``-c FILE``, else ./config/porch.yaml (if present, unless for ``check``); none for ``serve``."""
     if args.command == "serve":
         return None
+    if args.command == "check":
+        return getattr(args, "config", None) or str(DEFAULT_CONFIG)
     return args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
 
 
-def chosen_config(args: argparse.Namespace) -> Config:
+def chosen_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Config:
     """The config to serve: ``serve DIR``, ``-c FILE``, ./config/porch.yaml, or the current directory."""
     if args.command == "serve":
-        host = f"[{args.bind}]" if ":" in args.bind else args.bind
-        return directory_config(args.directory, [f"{host}:{args.port}"])
+        return directory_config(args.directory, overrides)
     path = config_path(args)
     if path is None:
-        return directory_config(".", args.bind or [f"127.0.0.1:{DEFAULT_PORT}"])
-    return load_config(path, listen=args.bind)
+        return directory_config(".", overrides)
+    return load_config(path, overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "check":
-        path = getattr(args, "config", None) or str(DEFAULT_CONFIG)
-        try:
-            print(check_config(path))
-        except ConfigError as error:
-            for problem in error.problems:
-                print(problem, file=sys.stderr)
-            return 1
-        return 0
+    args = parse(argv)
     if args.command in CONTROL_HELP:
         return control(args)
     if args.command == "top":
         return run_top(args.url, config_path(args), args.interval, args.once)
-    return serve(args)
+    if args.command == "serve":
+        try:
+            args.directory, args.port = served_site(args)
+        except ValueError as error:
+            parser().error(str(error))
+    overrides = command_line_overrides(args)
+    if args.command == "check" or args.check_config:
+        return check(args, overrides)
+    return serve(args, overrides)
+
+
+def report(error: ConfigError) -> int:
+    """Every problem on stderr; exit status 1."""
+    for problem in error.problems:
+        print(f"porch: {problem}", file=sys.stderr)
+    return 1
+
+
+# --- checking -------------------------------------------------------------------------------
+
+
+def check(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``porch check`` and ``--check-config``: the summary of the effective config, or every problem.
+
+    A config file's handlers are built in a child process (``check_config``); the summary
+    shows the values the options replaced.
+    """
+    path = config_path(args)
+    try:
+        config = chosen_config(args, overrides)
+        if path is not None:
+            check_config(path)
+    except ConfigError as error:
+        return report(error)
+    from_options = [
+        f"{key}: {effective_text(config, key)}" for key in OVERRIDABLE if key in overrides and key not in IN_SUMMARY
+    ]
+    line = summary(config, path or "<command line>")
+    if from_options:
+        line += f"; from the command line: {', '.join(from_options)}"
+    print("\n".join([line, *(warning_line(warning) for warning in config.warnings)]))
+    return 0
+
+
+def effective_text(config: Config, key: str) -> str:
+    """The value of the dotted setting ``key`` in ``config``, written as YAML would show it."""
+    value = functools.reduce(getattr, key.split("."), config)
+    return yaml_text(value)
 
 
 # --- serving --------------------------------------------------------------------------------
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """Check what can be checked while a terminal still shows the answer, then run the arbiter."""
-    if args.command != "serve" and args.bind:
-        # A reload re-reads --bind; in the daemon the working directory is "/" by then.
-        args.bind = [absolute_unix_address(address) for address in args.bind]
     try:
-        config = chosen_config(args)
+        config = chosen_config(args, overrides)
     except ConfigError as error:
-        for problem in error.problems:
-            print(f"porch: {problem}", file=sys.stderr)
-        return 1
-    pidfile = Path(os.path.abspath(args.pidfile)) if args.pidfile else config.pidfile
-    refusal = startup_problem(config, daemon=args.daemon, pidfile=pidfile)
+        return report(error)
+    daemon = bool(args.daemon)
+    refusal = startup_problem(config, daemon=daemon)
     if refusal is not None:
         print(f"porch: {refusal}", file=sys.stderr)
         return 1
     if config.umask is not None:  # before the arbiter creates logs, sockets and the pidfile
         os.umask(int(config.umask, 8))
     path = config_path(args)
-    reload_config = reloader(os.path.abspath(path), args.bind) if path else None
+    reload_config = reloader(os.path.abspath(path), overrides) if path else None
     from porch.master.arbiter import Arbiter
 
-    return Arbiter(config, reload_config, daemon=args.daemon, pidfile=pidfile).run()
+    return Arbiter(config, reload_config, daemon=daemon, pidfile=config.pidfile).run()
 
 
-def reloader(path: str, bind: list[str] | None) -> Callable[[], Config]:
-    """What a HUP re-reads: the same file (absolute: a daemon works from "/") and --bind."""
-    return lambda: load_config(path, listen=bind)
+def reloader(path: str, overrides: dict[str, Any]) -> Callable[[], Config]:
+    """What a HUP re-reads: the same file (absolute: a daemon works from "/") and the same options."""
+    return lambda: load_config(path, overrides=overrides)
 
 
-def absolute_unix_address(address: str) -> str:
-    """``unix:relative/path`` made absolute against the current directory; others unchanged."""
-    if address.startswith("unix:") and address[5:] and not address[5:].startswith("/"):
-        return "unix:" + os.path.abspath(address[5:])
-    return address
-
-
-def startup_problem(config: Config, *, daemon: bool, pidfile: Path | None) -> str | None:
+def startup_problem(config: Config, *, daemon: bool) -> str | None:
     """Why porch must not start with these settings, or None.
 
     A daemon's stdout and stderr are /dev/null, so a log going there would be lost without
     a word; and ``porch stop`` could not find a daemon without a pidfile.
     """
     if daemon:
-        if pidfile is None:
+        if config.pidfile is None:
             return "--daemon needs a pidfile: give --pidfile FILE or set `pidfile:` in the config"
         if config.log.error == "-":
             return '--daemon detaches from the terminal, so log.error cannot be "-" (stderr): set it to a file path'
@@ -237,7 +449,10 @@ def startup_problem(config: Config, *, daemon: bool, pidfile: Path | None) -> st
                 '--daemon detaches from the terminal, so log.access cannot be "-" (stdout): '
                 "set it to a file path, or to false for no access log"
             )
-    return check_privileges(config)
+    problem = check_privileges(config)
+    if problem is not None and problem == check_root(config):
+        problem += " (on the command line: --allow-root)"
+    return problem
 
 
 # --- stop, reload, status, reopen -----------------------------------------------------------

@@ -491,9 +491,9 @@ def test_listener_problems(here: Path) -> None:
 
 
 def test_command_line_listeners_replace_the_file_ones(here: Path) -> None:
-    config = load("listen: ['${PORCH_UNSET}']\n", listen=["127.0.0.1:9001", "unix:sock"])
+    config = load("listen: ['${PORCH_UNSET}']\n", overrides={"listen": ["127.0.0.1:9001", "unix:sock"]})
     assert config.listen == (Listener("127.0.0.1:9001"), Listener(f"unix:{Path.cwd()}/sock"))
-    assert problems("threads: 2\n", listen=["127.0.0.1:99999"]) == [
+    assert problems("threads: 2\n", overrides={"listen": ["127.0.0.1:99999"]}) == [
         "command line: --bind: '127.0.0.1:99999': port must be a number from 0 to 65535, got '99999'"
     ]
 
@@ -562,9 +562,9 @@ def test_mount_problems(here: Path) -> None:
         "got 'example.org:8080'",
         f"porch.yaml:5: mounts[3].frobnicate: unknown key 'frobnicate' ({ECHO} options: root, name, count, "
         "ratio, enabled, mode, code, label, script, index, search, env, sizes, networks, extra; "
-        "mount keys: path, type, host, access, limits, timeouts)",
+        "mount keys: path, type, host, access, limits, timeouts, auth, rate_limit)",
         "porch.yaml:6: mounts[4].x: unknown key 'x' (the config_handlers:PlainValueErrorHandler handler takes "
-        "no options; mount keys: path, type, host, access, limits, timeouts)",
+        "no options; mount keys: path, type, host, access, limits, timeouts, auth, rate_limit)",
         "porch.yaml:7: mounts[5]: expected a mapping with path, type and options, got 'just a string'",
     ]
 
@@ -619,7 +619,7 @@ def test_mount_limits_and_timeouts_are_checked(here: Path) -> None:
     """) == [
         "porch.yaml:5: mounts[0].limits.body: must be 0 or more, got -1",
         "porch.yaml:5: mounts[0].limits.lines: unknown key 'lines' (expected one of: request_line, "
-        "header_bytes, headers, body, buffered_body)",
+        "header_bytes, headers, body, connections_per_client, buffered_body)",
         "porch.yaml:6: mounts[0].timeouts.body: must be greater than 0, got 0.0",
     ]
 
@@ -882,3 +882,25 @@ def test_every_example_loads_and_its_handlers_build(example: Path) -> None:
     config = load_config(example)
     assert config.mounts and config.warnings == ()
     assert check_config(example).startswith(f"{example} OK: ")
+
+
+def test_limits_only_the_top_level_may_set_and_proxy_protocol_needs_trusted_proxies(here: Path) -> None:
+    assert problems(f"""
+mounts:
+  - path: /
+    type: {ECHO}
+    root: .
+    limits: {{connections_per_client: 3}}
+""") == [
+        "porch.yaml:5: mounts[0].limits.connections_per_client: connections are counted per client before any "
+        "mount is known: set it in the top-level limits"
+    ]
+    assert problems("listen: [{address: '127.0.0.1:0', proxy_protocol: true}]\n") == [
+        "porch.yaml:1: listen: a listener with proxy_protocol accepts PROXY headers from trusted_proxies only, "
+        "and none are listed: every connection would be refused"
+    ]
+    load("listen: [{address: '127.0.0.1:0', proxy_protocol: true}]\ntrusted_proxies: [127.0.0.1]\n")
+    (here / "a-file").write_text("")
+    assert problems("mounts: [{path: /, type: static, root: a-file}]\n") == [
+        f"porch.yaml:1: mounts[0].root: 'a-file' is not a directory (relative to {here})"
+    ]

@@ -121,6 +121,8 @@ def test_every_family_has_its_type_and_values(render: Callable[[dict[str, Any]],
         "porch_workers_respawned": "counter",
         "porch_workers_exited": "counter",
         "porch_reloads": "counter",
+        "porch_rate_limited": "counter",
+        "porch_connections_refused": "counter",
     }
     info = {"version": "1.2.3", "python": "3.12.1 (cpython)", "build": "pure", "concurrency": "threading"}
     assert values(found["porch_build_info"]) == {tuple(sorted(info.items())): 1.0}

@@ -453,7 +453,12 @@ class CGIHandler(Handler):
         if content_type is not None:  # 4.1.3
             env["CONTENT_TYPE"] = wire_text(content_type)
         authorization = request.headers.get("authorization")
-        if authorization:  # 4.1.1: the auth-scheme token only, never the credentials
+        if request.user is not None:  # 4.1.1, 4.1.11: the mount's auth checked the credentials
+            env["AUTH_TYPE"] = "Basic"
+            env["REMOTE_USER"] = request.user
+            if authorization:  # still there: the mount's auth.pass_credentials asks to pass it on
+                env["HTTP_AUTHORIZATION"] = wire_text(authorization)
+        elif authorization:  # 4.1.1: the auth-scheme token only, never the credentials
             env["AUTH_TYPE"] = authorization.split(None, 1)[0]
         if request.scheme == "https":
             env["HTTPS"] = "on"

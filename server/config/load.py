@@ -5,7 +5,8 @@ file into them:
 
     file --read_yaml--> Node tree (lines kept, ${VAR} expanded)         [porch.config.yaml_nodes]
          --Converter--> typed values, driven by the field annotations    [porch.config.convert]
-         --here-------> listeners checked, log paths made absolute, mounts split into their
+         --here-------> command-line overrides put in place of the file's values (``OVERRIDABLE``),
+                        listeners checked, log paths made absolute, mounts split into their
                         own keys and their handler's Options (``registry.resolve(type)``),
                         limits narrowed, duplicate and shadowing mounts found
          --> a frozen Config (with ``warnings``), or ConfigError listing every problem at once
@@ -29,12 +30,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from porch.config import htpasswd
 from porch.config.check import cause_tail, traceback_tail
 from porch.config.convert import INVALID, Converter, got, reference_table
 from porch.config.settings import (
     LOOPBACK,
     AccessRules,
+    AuthSettings,
     Config,
     ConfigError,
     ConfigProblem,
@@ -42,6 +46,7 @@ from porch.config.settings import (
     Listener,
     LogSettings,
     Mount,
+    RateLimit,
     Timeouts,
 )
 from porch.config.yaml_nodes import Node, join, node_from_python, read_yaml
@@ -52,17 +57,34 @@ log = logging.getLogger(__name__)
 
 # --- loading --------------------------------------------------------------------------------
 
-MOUNT_KEYS = ("path", "type", "host", "access", "limits", "timeouts")
+MOUNT_KEYS = ("path", "type", "host", "access", "limits", "timeouts", "auth", "rate_limit")
 HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
 )
 
 
-def load_config(path: str | Path, *, listen: Sequence[str] | None = None) -> Config:
-    """Read, expand, validate and convert ``path``; ``listen`` replaces the configured listeners.
+# The settings a command-line option can replace, and the option named in its messages.
+OVERRIDABLE = {
+    "listen": "--bind",
+    "workers": "--workers",
+    "threads": "--threads",
+    "log.access": "--access-logfile",
+    "log.error": "--error-logfile",
+    "log.level": "--log-level",
+    "pidfile": "--pidfile",
+    "allow_root": "--allow-root",
+}
+COMMAND_LINE = "command line"
 
-    Raises ConfigError listing every problem found, each with file (as given), line and key.
+
+def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read, expand, validate and convert ``path``; ``overrides`` replace settings of the file.
+
+    ``overrides`` maps keys of ``OVERRIDABLE`` to command-line values: "listen" to addresses,
+    the others to text converted and checked as a value written in the file would be.
+    Raises ConfigError listing every problem found, each with file (as given), line and key,
+    or the option for a value from the command line.
     """
     display = str(path)
     try:
@@ -72,17 +94,17 @@ def load_config(path: str | Path, *, listen: Sequence[str] | None = None) -> Con
         raise ConfigError([ConfigProblem(display, None, "", f"cannot read the config file: {reason}")]) from None
     node, problems = read_yaml(text, display)
     source = Path(path).resolve()
-    return _config(node, problems, display, source.parent, source, listen)
+    return _config(node, problems, display, source.parent, source, overrides or {})
 
 
 def config_from_mapping(
-    data: Mapping[str, Any], *, source: str, base_dir: Path, listen: Sequence[str] | None = None
+    data: Mapping[str, Any], *, source: str, base_dir: Path, overrides: Mapping[str, Any] | None = None
 ) -> Config:
     """``load_config`` for data built in memory (``porch serve DIR``): no lines, no ``${}`` expansion.
 
     ``source`` names the data in messages; relative paths resolve against ``base_dir``.
     """
-    return _config(node_from_python(data), [], source, Path(os.path.abspath(base_dir)), None, listen)
+    return _config(node_from_python(data), [], source, Path(os.path.abspath(base_dir)), None, overrides or {})
 
 
 def _config(
@@ -91,23 +113,23 @@ def _config(
     file: str,
     base_dir: Path,
     source: Path | None,
-    listen: Sequence[str] | None,
+    overrides: Mapping[str, Any],
 ) -> Config:
     """The one path from a Node tree to a Config, shared by both entry points."""
     conv = Converter(file, base_dir, custom={Listener: _listener, LogSettings: _log_settings})
-    conv.problems.extend(problems)
+    # What is wrong with a value the command line replaces does not matter.
+    conv.problems.extend(problem for problem in problems if _overriding(problem.key, overrides) is None)
     if node is None or node.is_null:  # an empty file (or "---" alone) means every default
-        if node is None and problems:
-            raise ConfigError(problems)
+        if node is None and conv.problems:
+            raise ConfigError(conv.problems)
         node = Node("mapping", {}, None)
     if node.kind != "mapping":
         conv.problem(node.line, "", f"expected a mapping of settings at the top level, got {got(node)}")
         raise ConfigError(conv.problems)
-    if listen is not None:  # --bind replaces the file's listeners: ignore what is wrong with those
-        conv.problems = [p for p in conv.problems if re.split(r"[.\[]", p.key, maxsplit=1)[0] != "listen"]
+    _apply_overrides(node, overrides)
     values = conv.fields(Config, node, "", skip=frozenset({"listen", "mounts"}))
-    if listen is not None:
-        values["listen"] = _command_line_listeners(listen, conv)
+    if "listen" in overrides:
+        values["listen"] = _command_line_listeners(overrides["listen"], conv)
     elif "listen" in node.value:
         values["listen"] = _listeners(conv, node.value["listen"])
     if not values.get("listen", True):
@@ -126,9 +148,58 @@ def _config(
     )
     if not values["mounts"] and "mounts" not in node.value:
         conv.warn(None, "mounts", "no mounts: every request will be answered 404 Not Found")
+    if not values.get("trusted_proxies") and any(listener.proxy_protocol for listener in values.get("listen", ())):
+        conv.problem(
+            node.key_lines.get("listen"),
+            "listen",
+            "a listener with proxy_protocol accepts PROXY headers from trusted_proxies only, and none are "
+            "listed: every connection would be refused",
+        )
     if conv.problems:
-        raise ConfigError(sorted(conv.problems, key=lambda p: p.line or 0))
+        named = [_from_command_line(problem, overrides) for problem in conv.problems]
+        raise ConfigError(sorted(named, key=lambda p: p.line or 0))
     return Config(**values, source=source, warnings=tuple(sorted(conv.warnings, key=lambda p: p.line or 0)))
+
+
+def _overriding(key: str, overrides: Mapping[str, Any]) -> str | None:
+    """The overridden setting that ``key`` (a problem's key path) is, or lies below; None if none."""
+    for name in overrides:
+        if key == name or key.startswith((f"{name}.", f"{name}[")):
+            return name
+    return None
+
+
+def _apply_overrides(node: Node, overrides: Mapping[str, Any]) -> None:
+    """Put each override (but ``listen``) into the top-level mapping ``node``, replacing the file's value.
+
+    Command-line text is marked as ``${VAR}`` text is, so that "4" converts to an integer where
+    one is expected.  A section of the file that is not a mapping keeps its own problem.
+    """
+    for key, value in overrides.items():
+        if key == "listen":
+            continue
+        *sections, name = key.split(".")
+        parent = node
+        for section in sections:
+            child = parent.value.get(section)
+            if child is None or child.is_null:
+                child = Node("mapping", {}, None)
+                parent.value[section] = child
+            parent = child
+        if parent.kind != "mapping":
+            continue
+        override = node_from_python(value)
+        override.expanded = isinstance(value, str)
+        parent.value[name] = override
+        parent.key_lines[name] = None
+
+
+def _from_command_line(problem: ConfigProblem, overrides: Mapping[str, Any]) -> ConfigProblem:
+    """A problem with an overridden setting, told as one with the option that gave its value."""
+    name = _overriding(problem.key, overrides)
+    if name is None or problem.file == COMMAND_LINE:
+        return problem
+    return ConfigProblem(COMMAND_LINE, None, OVERRIDABLE[name], problem.message)
 
 
 def parse_address(address: str, to_path: Callable[[str], Path]) -> str:
@@ -138,6 +209,10 @@ def parse_address(address: str, to_path: Callable[[str], Path]) -> str:
     relative PATH is made absolute with ``to_path``).  Ports are 0-65535; 0 picks a free one.
     """
     address = address.strip()
+    if "://" in address:  # a URL pasted where its address belongs
+        netloc = urlsplit(address).netloc
+        write = f": write '{netloc}'" if re.search(r":[0-9]+$", netloc) else " (write host:port)"
+        raise ValueError(f"expected an address like 127.0.0.1:8000, not a URL{write}")
     if address.startswith("unix:"):
         if not address[5:]:
             raise ValueError("expected a socket path after 'unix:'")
@@ -228,7 +303,7 @@ def _command_line_listeners(addresses: Sequence[str], conv: Converter) -> tuple[
         try:
             listeners.append(Listener(parse_address(address, lambda p: Path(os.path.abspath(cwd / p)))))
         except ValueError as exc:
-            conv.problems.append(ConfigProblem("command line", None, "--bind", f"{address!r}: {exc}"))
+            conv.problems.append(ConfigProblem(COMMAND_LINE, None, OVERRIDABLE["listen"], f"{address!r}: {exc}"))
     return tuple(listeners)
 
 
@@ -281,6 +356,15 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
     own_access = conv.fields(AccessRules, entries.get("access", null), join(key, "access"), partial=True)
     own_limits = conv.fields(Limits, entries.get("limits", null), join(key, "limits"), partial=True)
     own_timeouts = conv.fields(Timeouts, entries.get("timeouts", null), join(key, "timeouts"), partial=True)
+    auth = conv.convert(AuthSettings | None, entries.get("auth", null), join(key, "auth"))
+    if isinstance(auth, AuthSettings):  # the users must be readable now, not at the first request
+        try:
+            htpasswd.read(auth.htpasswd, allow_sha1=auth.allow_sha1)
+        except htpasswd.HtpasswdError as error:
+            conv.problem(
+                entries["auth"].key_lines.get("htpasswd"), join(key, "auth.htpasswd"), f"{auth.htpasswd}: {error}"
+            )
+    rate_limit = conv.convert(RateLimit | None, entries.get("rate_limit", null), join(key, "rate_limit"))
     options = INVALID
     handler_class: type[Handler] | None = None
     if type_name is not INVALID:
@@ -315,6 +399,12 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
                 join(key, f"limits.{name}"),
                 f"{value} is above the global limit {getattr(limits, name)}, which applies",
             )
+    if "connections_per_client" in own_limits:
+        return conv.problem(
+            entries["limits"].key_lines.get("connections_per_client"),
+            join(key, "limits.connections_per_client"),
+            "connections are counted per client before any mount is known: set it in the top-level limits",
+        )
     narrowed = replace(limits, **{name: min(value, getattr(limits, name)) for name, value in own_limits.items()})
     local = handler_class is not None and getattr(handler_class, "local_only", False)
     allow = own_access.get("allow", LOOPBACK if local else access.allow)
@@ -327,6 +417,8 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
         limits=narrowed,
         timeouts=replace(timeouts, **own_timeouts),
         access=AccessRules(allow=allow, deny=deny),
+        auth=auth,
+        rate_limit=rate_limit,
         location=f"{conv.file}:{node.line}" if node.line else conv.file,
         lines=tuple(node.key_paths().items()),
     )

@@ -43,6 +43,7 @@ class ConfigError(Exception):
 
 
 CIDR = ipaddress.IPv4Network | ipaddress.IPv6Network
+ProxyHeader = Literal["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]
 LOOPBACK: tuple[CIDR, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -81,6 +82,8 @@ def not_negative(value: float) -> None:
 
 def existing_directory(value: Path) -> None:
     """Check: the path must name an existing directory."""
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ValueError(f"'{value}' is not a directory")
     if not Path(value).is_dir():
         raise ValueError(f"directory '{value}' does not exist")
 
@@ -89,6 +92,12 @@ def existing_file(value: Path) -> None:
     """Check: the path must name an existing regular file."""
     if not Path(value).is_file():
         raise ValueError(f"file '{value}' does not exist")
+
+
+def printable_text(value: str) -> None:
+    """Check: text that goes into a response header: no control characters."""
+    if not value.isprintable():
+        raise ValueError(f"must not contain control characters, got {value!r}")
 
 
 def octal_umask(value: str) -> None:
@@ -105,6 +114,12 @@ class Limits:
     header_bytes: int = setting(65536, doc="largest header block in bytes (larger: 431)", check=positive)
     headers: int = setting(100, doc="most header fields in one request (more: 431)", check=positive)
     body: int = setting(10485760, doc="largest request body in bytes (larger: 413)", check=not_negative)
+    connections_per_client: int = setting(
+        0,
+        doc="global only: connections one client address may hold open at once, across the workers of "
+        "this instance; more are closed at once (and logged); 0 = no limit",
+        check=not_negative,
+    )
     buffered_body: int = setting(
         1048576,
         doc="request bodies up to this size (Content-Length, no Expect: 100-continue) are received whole "
@@ -132,6 +147,34 @@ class Timeouts:
     )
     graceful: float = setting(
         30.0, doc="seconds in-flight requests get to finish on stop or reload", check=not_negative
+    )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """HTTP Basic authentication of a mount against an Apache htpasswd file."""
+
+    realm: str = setting(
+        doc="the name browsers show in their login prompt (WWW-Authenticate realm)", check=printable_text
+    )
+    htpasswd: Path = setting(
+        doc="Apache htpasswd file: bcrypt ($2y$, needs the bcrypt extra), SHA-512 or SHA-256 crypt "
+        "($6$, $5$), or {SHA} with `allow_sha1`; re-read when it changes",
+        check=existing_file,
+    )
+    allow_sha1: bool = setting(False, doc="accept {SHA} entries (unsalted SHA-1: weak, for old files only)")
+    pass_credentials: bool = setting(
+        False, doc="pass the Authorization header on to the handler (HTTP_AUTHORIZATION for CGI and WSGI)"
+    )
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Requests a second per client address, a token bucket shared by every worker of the instance."""
+
+    rate: float = setting(doc="requests a second one client address may make on average", check=positive)
+    burst: int = setting(
+        0, doc="requests above the rate a client may make at once (the bucket holds 1 + burst)", check=not_negative
     )
 
 
@@ -247,6 +290,11 @@ class Listener:
         None, doc="unix: only: user (name or uid) that owns the socket file; needs root", check=known_user
     )
     group: str | None = setting(None, doc="unix: only: group (name or gid) of the socket file", check=known_group)
+    proxy_protocol: bool = setting(
+        False,
+        doc="every connection starts with a PROXY protocol header (v1 or v2, from HAProxy, nginx, a cloud "
+        "balancer), accepted from `trusted_proxies` only; it gives the client address",
+    )
 
     @property
     def unix_path(self) -> str | None:
@@ -280,6 +328,10 @@ class Mount:
     access: AccessRules = setting(
         default_factory=AccessRules,
         doc="access rules: `allow` replaces the global allow, `deny` adds to the global deny",
+    )
+    auth: AuthSettings | None = setting(None, doc="HTTP Basic authentication against an htpasswd file")
+    rate_limit: RateLimit | None = setting(
+        None, doc="requests a second per client address; more are answered 429 with Retry-After"
     )
     location: str = setting("", doc="where this mount was declared (file:line), for messages", internal=True)
     lines: tuple[tuple[str, int | None], ...] = setting(
@@ -326,7 +378,14 @@ class Config:
     log: LogSettings = setting(default_factory=LogSettings, doc="access and error logs")
     access: AccessRules = setting(default_factory=AccessRules, doc="who may connect, globally")
     trusted_proxies: tuple[CIDR, ...] = setting(
-        default_factory=tuple, doc="addresses whose X-Request-ID (and X-Forwarded-*) headers are believed"
+        default_factory=tuple,
+        doc="addresses of the proxies in front of porch: only from them are `proxy_headers`, X-Request-ID "
+        "and PROXY protocol headers believed",
+    )
+    proxy_headers: tuple[ProxyHeader, ...] = setting(
+        ("x-forwarded-for", "x-forwarded-proto"),
+        doc="which headers of a trusted proxy give the client's address, scheme, host and port: forwarded "
+        "(RFC 7239), x-forwarded-for, x-forwarded-proto, x-forwarded-host, x-forwarded-port",
     )
     server_header: str = setting("porch", doc="value of the Server response header; empty for none")
     request_id_header: bool = setting(

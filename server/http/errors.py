@@ -10,6 +10,7 @@ problem found in a config file, each with the file, line and key path it is abou
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Iterable
 from http import HTTPStatus
 
@@ -37,6 +38,15 @@ class HTTPError(Exception):
 
 class BadRequest(HTTPError):
     status = HTTPStatus.BAD_REQUEST
+
+
+class Unauthorized(HTTPError):
+    """401; RFC 9110 section 15.5.2 requires a ``WWW-Authenticate`` challenge saying how to log in."""
+
+    status = HTTPStatus.UNAUTHORIZED
+
+    def __init__(self, challenge: str, detail: str = "") -> None:
+        super().__init__(detail, headers=[("WWW-Authenticate", challenge)])
 
 
 class Forbidden(HTTPError):
@@ -86,6 +96,16 @@ class RangeNotSatisfiable(HTTPError):
 
     def __init__(self, size: int) -> None:
         super().__init__(headers=[("Content-Range", f"bytes */{size}")])
+
+
+class TooManyRequests(HTTPError):
+    """429 (RFC 6585 section 4): a rate limit; ``Retry-After`` says in whole seconds (at least 1)
+    when a request would be served again."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, retry_after: float, detail: str = "") -> None:
+        super().__init__(detail, headers=[("Retry-After", str(max(1, math.ceil(retry_after))))])
 
 
 class InternalServerError(HTTPError):

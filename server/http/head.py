@@ -201,7 +201,7 @@ def parse_head(data: bytes, limits: ParseLimits) -> RequestHead:
     if hosts:
         host = hosts[0]
         if host not in _VALID_HOSTS:
-            _check_authority(host, port_required=False, what="Host header")
+            check_authority(host, port_required=False, what="Host header")
             if len(_VALID_HOSTS) < MAX_REMEMBERED_NAMES:
                 _VALID_HOSTS.add(host)
     elif version == "HTTP/1.1":
@@ -251,7 +251,7 @@ def _parse_target(method: str, target: str) -> tuple[str, str, str, str, str | N
     if "#" in target:  # RFC 9112 3.2: no fragment in a request-target
         raise ProtocolError("fragment in request target")
     if method == "CONNECT":  # RFC 9112 3.2.3: authority-form, for CONNECT only
-        _check_authority(target, port_required=True, what="CONNECT target")
+        check_authority(target, port_required=True, what="CONNECT target")
         return target, "", "", "", None
     authority = None
     if target[0] == "/":  # RFC 9112 3.2.1: origin-form
@@ -267,14 +267,14 @@ def _parse_target(method: str, target: str) -> tuple[str, str, str, str, str | N
         authority, rest = match["authority"], match["rest"]
         if "@" in authority:  # RFC 9110 4.2.4: userinfo in an http(s) URI is an error
             raise ProtocolError("userinfo in request target")
-        _check_authority(authority, port_required=False, what="request target authority")
+        check_authority(authority, port_required=False, what="request target authority")
         path_and_query = rest if rest.startswith("/") else "/" + rest
     raw_path, _, query = path_and_query.partition("?")
     raw_path, path = _normalise_path(raw_path)
     return target, raw_path, path, query, authority
 
 
-def _check_authority(value: str, *, port_required: bool, what: str) -> None:
+def check_authority(value: str, *, port_required: bool, what: str) -> None:
     """uri-host [ ":" port ] (RFC 3986 3.2.2-3.2.3); the port is required for CONNECT."""
     match = _HOST.fullmatch(value)
     if match is None:

@@ -135,6 +135,7 @@ class Request:
     server: Address
     scheme: str = "http"
     request_id: str = ""
+    user: str | None = None  # who authenticated (Basic authentication of the mount), for REMOTE_USER
     start: float = field(default_factory=time.monotonic)
     # Whether the client has closed its side (FIN, reset), for handlers that wait a long time;
     # a quick poll of the connection, never a read.

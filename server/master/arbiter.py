@@ -64,6 +64,7 @@ from porch.metrics.aggregate import Aggregate, Busy, WorkerView
 from porch.metrics.board import Board
 from porch.metrics.counters import NO_METRICS, Counters, Layout
 from porch.net.listener import BoundListener, bind_all, dropped, rebind
+from porch.spine.clients import ClientTable
 from porch.spine.logs import Logs
 from porch.spine.pipeline import InFlight
 from porch.workers.runtime import Pulse, build_server
@@ -296,6 +297,7 @@ class Arbiter:
         self.exit_status = 0
         self.logs: Logs | None = None
         self.board = Board()  # before any fork: every worker of every generation reads it
+        self.clients = ClientTable()  # before any fork too: limits per client hold across workers and reloads
         self.aggregate = Aggregate()
         self.published = 0.0
         self.publish_failed = False  # said once in the error log, until a publication works again
@@ -554,7 +556,9 @@ class Arbiter:
                 max_requests += random.randint(0, config.max_requests_jitter)
             if config.concurrency == "forking":
                 counters.share_between_processes()
-            runtime = build_server(config, listeners, counters if config.metrics else NO_METRICS, self.board)
+            runtime = build_server(
+                config, listeners, counters if config.metrics else NO_METRICS, self.board, self.clients
+            )
         except ConfigError as error:
             for problem in error.problems:
                 log.error("%s", problem)
@@ -588,6 +592,7 @@ class Arbiter:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            self.clients.forget(pid)  # its connections are gone, even if SIGKILL left them counted
             code = os.waitstatus_to_exitcode(status)
             why = worker.heartbeat.read().text
             worker.heartbeat.close()

@@ -24,6 +24,8 @@ The snapshot (every number since the master started unless it says otherwise)::
     xmlrpc_faults:   [{mount, code, count}]
     worker_events:   {started, respawned, exited: {reason: count}}
     reloads:         {succeeded, refused}
+    limits:          {rate_limited (requests answered 429), connections_refused (closed at once:
+                       limits.connections_per_client)}
     workers:         [{pid, generation, state ("booting" | "serving" | "retiring"), started (unix
                        time), requests, rss_bytes, threads, children, connections: {open, idle,
                        active}, busy: [{thread, method, path, client, age_seconds, request_id}]}]

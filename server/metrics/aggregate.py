@@ -173,6 +173,10 @@ class Aggregate:
             ],
             "worker_events": {**self.events, "exited": dict(self.exits)},
             "reloads": dict(self.reloads),
+            "limits": {
+                "rate_limited": totals.get(("rate_limited",), 0),
+                "connections_refused": totals.get(("connections_refused",), 0),
+            },
             "workers": [self.worker(w) for w in workers],
             "mounts": [self.mount(totals, mount, mount_types.get(mount, "")) for mount in mounts if mount],
             "history": {

@@ -31,7 +31,16 @@ FAULT_SLOTS = 32
 OTHER_FAULT = "other"  # the code label of faults counted after the table filled up
 LOCK_SECONDS = 1.0
 MAX_PLACES = 4096  # remembered (mount, method, status) cell positions
-SCALARS = ("connections_accepted", "connections_closed", "cgi_started", "cgi_running", "cgi_timed_out", "cgi_killed")
+SCALARS = (
+    "connections_accepted",
+    "connections_closed",
+    "cgi_started",
+    "cgi_running",
+    "cgi_timed_out",
+    "cgi_killed",
+    "rate_limited",  # requests answered 429 by a mount's rate_limit
+    "connections_refused",  # connections closed at once: limits.connections_per_client
+)
 GAUGES = frozenset({"cgi_running"})  # cells that go down again: not added up over exited workers
 
 METHOD_INDEX = {method: index for index, method in enumerate(METHODS)}

@@ -210,6 +210,12 @@ FAMILIES: tuple[Family, ...] = (
         "configuration reloads, by result",
         per_key("result", "reloads", keys=("succeeded", "refused")),
     ),
+    counter("porch_rate_limited", "requests refused by a rate_limit (429)", single("limits", "rate_limited")),
+    counter(
+        "porch_connections_refused",
+        "connections closed at once: their client held limits.connections_per_client",
+        single("limits", "connections_refused"),
+    ),
 )
 
 

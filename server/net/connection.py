@@ -35,7 +35,10 @@ where every handler type's response is framed -- HEAD, Content-Length, chunked e
 written, file bodies with ``sendfile``.  Before the head goes out, a request body the handler
 left unread is settled (``will_drain``): read and discarded to keep the connection, or the
 response says ``Connection: close`` and the connection closes gently (``closing``).  A TLS
-handshake is ``porch.net.handshake``'s; the connection only drives it.
+handshake is ``porch.net.handshake``'s; the connection only drives it.  On a ``proxy_protocol``
+listener a PROXY header comes first, in clear, before TLS (``porch.net.proxy_protocol``): read
+from trusted proxies only, under the header timeout, it names the connection's client; without
+a valid one the connection closes without a response, with one error-log line saying why.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ from porch.http.messages import (
 )
 from porch.http.response import LAST_CHUNK, encode_chunk, frame_response, serialize_response_head
 from porch.net.handshake import Handshake
+from porch.net.listener import address_text
 from porch.net.pace import Pace
+from porch.net.proxy_protocol import PeerClosed, ProxyPreface, ProxyProtocolError
 from porch.spine.pipeline import Pipeline, error_response
 from porch.timing import SecondCache, milliseconds
 
@@ -153,12 +158,15 @@ class Connection:
         config: Config,
         draining: threading.Event,
         before_wait: Callable[[], None] = nothing,
+        on_close: Callable[[], None] = nothing,
+        preface: ProxyPreface | None = None,
     ) -> None:
         self.sock = sock
         sock.setblocking(False)  # always: waits are ours (``wait_io``), so none costs a poll first
         self.fd = sock.fileno()  # kept after close, to stop watching the right descriptor
         self.draining = draining  # set when the server stops: answer with Connection: close
         self.before_wait = before_wait  # told before any wait, so another pool thread may take work
+        self.on_close = on_close  # told once when the connection closes (per-client connection counts)
         self.client = client
         self.server = server
         self.scheme = scheme
@@ -173,6 +181,9 @@ class Connection:
         self.buffer = bytearray()
         self.head_started = time.monotonic()
         self.deadline = self.head_started + self.timeouts.keepalive  # for the first byte
+        self.preface = preface  # a PROXY header to read before anything else; None once read
+        if preface is not None:
+            self.deadline = self.head_started + self.timeouts.header
         self.head: RequestHead | None = None  # parsed, not served yet (its body may be on its way)
         self.keep_alive = True
         self.continue_due = False  # the request expects 100 Continue, not sent yet
@@ -204,10 +215,13 @@ class Connection:
         then the error's step), READ for more, CLOSE if the peer closed or failed.
 
         A head is read one ``recv`` per wake-up; a body read ahead as long as bytes are there.
-        On TLS the handshake comes first, one non-blocking step per call (``Handshake.step``);
-        the handshake and the first head must together arrive within the header timeout.
+        A PROXY header comes before everything (``read_preface``).  On TLS the handshake comes
+        first, one non-blocking step per call (``Handshake.step``); the handshake and the first
+        head must together arrive within the header timeout.
         ``SSLSocket.recv`` raises SSLWantReadError where a plain socket raises BlockingIOError.
         """
+        if self.preface is not None and (step := self.read_preface()) is not None:
+            return step
         handshake = self.handshake
         if handshake is not None and not handshake.done:
             if handshake.started is None:
@@ -231,6 +245,40 @@ class Connection:
             step = self.next_request()
             if step != READ or self.head is None:
                 return step
+
+    def read_preface(self) -> int | None:
+        """The PROXY header, from a trusted proxy only: None once read -- its source is the
+        client from here on, and a TLS socket is wrapped now -- else READ, or CLOSE (logged)."""
+        preface = self.preface
+        assert preface is not None
+        peer = address_text(self.client)
+        if self.pipeline.proxies is None or not self.pipeline.proxies.trusts(self.client):
+            log.warning("connection from %s closed: a PROXY header is accepted from trusted_proxies only", peer)
+            return CLOSE
+        try:
+            header = preface.step()
+        except PeerClosed as error:
+            log.log(logging.WARNING if preface.received else logging.DEBUG, "no PROXY header from %s: %s", peer, error)
+            return CLOSE
+        except ProxyProtocolError as error:
+            log.warning("connection from %s closed: invalid PROXY header: %s", peer, error)
+            return CLOSE
+        except OSError:
+            return CLOSE
+        if header is None:
+            return READ
+        self.preface = None
+        if header.source is not None:
+            self.client = header.source
+        log.debug("PROXY header from %s: the client is %s", peer, address_text(self.client))
+        if preface.tls is not None:
+            try:
+                self.sock = preface.tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                return CLOSE
+            self.handshake = Handshake(self.sock, self.client)
+        self.deadline = time.monotonic() + self.timeouts.keepalive  # for the first byte, as on any connection
+        return None
 
     def take_in(self, data: bytes) -> None:
         """Add received bytes to the buffer -- after dropping what is left of an unread body."""
@@ -304,6 +352,14 @@ class Connection:
         if self.head is not None:
             return self.wait_for_client(READ, now)
         if self.linger_until:
+            return CLOSE
+        if self.preface is not None:
+            if not self.draining.is_set():
+                log.warning(
+                    "connection from %s closed: no PROXY header within %gs (timeouts.header)",
+                    address_text(self.client),
+                    self.timeouts.header,
+                )
             return CLOSE
         if not self.buffer:
             return self.closing()
@@ -878,6 +934,7 @@ class Connection:
         if self.counted:
             self.counted = False
             self.pipeline.metrics.add("connections_closed")
+            self.on_close()
         if self.out is not None:
             self.out.close()
             self.out = None

@@ -7,28 +7,41 @@ without one serve every host.  No match is a 404.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from porch.config.settings import Mount
 from porch.handlers.base import Handler
 from porch.http.errors import NotFound
+from porch.http.messages import Request
+
+# A check a mount's requests pass after its access rules (a rate limit, authentication): it
+# raises the HTTPError that refuses the request, or returns the request to serve (the same one,
+# or one with what it learned, such as the authenticated user).
+Gate = Callable[[Request], Request]
+
+
+def no_gates(mount: Mount) -> tuple[Gate, ...]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     mount: Mount
     handler: Handler
+    gates: tuple[Gate, ...] = ()
 
 
 class Router:
     """Finds the route for a request; built once from the handlers of every mount."""
 
-    def __init__(self, routes: Sequence[tuple[Mount, Handler]]) -> None:
+    def __init__(
+        self, routes: Sequence[tuple[Mount, Handler]], gates_for: Callable[[Mount], tuple[Gate, ...]] = no_gates
+    ) -> None:
         by_host: dict[str | None, list[Route]] = {}
         for mount, handler in routes:
             host = mount.host.lower() if mount.host else None
-            by_host.setdefault(host, []).append(Route(mount, handler))
+            by_host.setdefault(host, []).append(Route(mount, handler, gates_for(mount)))
         # Longest prefix first, so the first match is the best one.
         self._by_host = {
             host: sorted(found, key=lambda r: len(r.mount.path), reverse=True) for host, found in by_host.items()

@@ -35,7 +35,8 @@ from porch.http.messages import Headers, Request, Response, client_host, escape,
 from porch.metrics.counters import NO_METRICS, UNMATCHED, Recorder
 from porch.spine.dispatch import Router
 from porch.spine.logs import Logs, current_request_id
-from porch.spine.validate import admitted, validate
+from porch.spine.proxies import TrustedProxies
+from porch.spine.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Pipeline:
         self.logs = logs
         self.metrics = metrics
         self.trusted_proxies = AccessRules(allow=config.trusted_proxies, deny=())
+        # None without trusted_proxies (the common case): then no request pays for reading proxy headers
+        self.proxies = TrustedProxies(self.trusted_proxies, config.proxy_headers) if config.trusted_proxies else None
         self.in_flight: dict[int, Request] = {}  # for the heartbeat: what each thread serves, by its ident
         self.changed = time.monotonic()  # when a request last entered or left ``in_flight``
         self.new_id_sequence()
@@ -100,13 +103,13 @@ class Pipeline:
         self.id_counter = itertools.count(secrets.randbelow(1 << 32))
 
     def request_id(self, headers: Headers, client: object) -> str:
-        """The incoming X-Request-ID when a trusted proxy sent it, else a fresh one."""
+        """The incoming X-Request-ID when a trusted proxy sent it (judged by the peer, before
+        ``proxy_headers`` name another client), else a fresh one."""
         incoming = headers.get("x-request-id")
         if (
             incoming
-            and self.config.trusted_proxies
-            and isinstance(client, tuple)
-            and admitted(self.trusted_proxies, client)
+            and self.proxies is not None
+            and self.proxies.trusts(client)
             and len(incoming) <= 200
             and incoming.isprintable()
         ):
@@ -115,6 +118,8 @@ class Pipeline:
 
     def run(self, request: Request, send: Send) -> bool:
         """Serve one parsed request completely; returns False if the response could not be sent."""
+        if self.proxies is not None:  # first: access rules, logs, metrics and handlers see the client
+            request = self.proxies.apply(request)
         token = current_request_id.set(request.request_id)
         response: Response | None = None
         mount = UNMATCHED
@@ -156,7 +161,7 @@ class Pipeline:
             for _ in range(MAX_INTERNAL_REDIRECTS + 1):
                 route = self.router.match(request.host, request.path)
                 mount = route.mount.path
-                validate(request, route, self.config)
+                request = validate(request, route, self.config)
                 try:
                     return route.handler.handle(request), mount
                 except InternalRedirect as redirect:

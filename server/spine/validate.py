@@ -38,8 +38,9 @@ def admitted(rules: AccessRules, client: object) -> bool:
     return any(address in network for network in rules.allow)
 
 
-def validate(request: Request, route: Route, config: Config) -> None:
-    """Raise the HTTPError that answers ``request`` if policy rejects it; return if it may go on."""
+def validate(request: Request, route: Route, config: Config) -> Request:
+    """Raise the HTTPError that answers ``request`` if policy rejects it; else the request to serve
+    (the mount's gates -- rate limit, authentication -- may add what they learned)."""
     if request.method not in SERVED_METHODS:
         if request.method in KNOWN_METHODS:
             raise MethodNotAllowed(sorted(SERVED_METHODS), f"{request.method} is disabled")
@@ -51,3 +52,6 @@ def validate(request: Request, route: Route, config: Config) -> None:
     if body.length is not None and body.length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     body.limit = limit if body.limit is None else min(limit, body.limit)
+    for gate in route.gates:
+        request = gate(request)
+    return request

@@ -22,11 +22,13 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from porch.config.settings import Config
+from porch.http.messages import nothing
 from porch.net.connection import DRAIN_IDLE_SECONDS, SERVE, Connection
 from porch.net.listener import BoundListener
+from porch.spine.clients import ClientTable
 from porch.spine.pipeline import Pipeline
 from porch.workers.selector import SelectorServer
 
@@ -44,10 +46,14 @@ class ForkingServer(SelectorServer):
         pipeline: Pipeline,
         config: Config,
         draining: threading.Event | None = None,
+        *,
+        clients: ClientTable | None = None,
     ) -> None:
-        super().__init__(listeners, pipeline, config, draining)
+        super().__init__(listeners, pipeline, config, draining, clients=clients)
         self.max_children = config.max_children
-        self.children: set[int] = set()
+        # Each child serving a connection, with what takes that connection off its client's count:
+        # called here when the child is gone, however it ended (SIGKILL too), never in the child.
+        self.children: dict[int, Callable[[], None]] = {}
         self.waiting: deque[Connection] = deque()  # ready to serve, no child free yet
 
     def process_request(self, request: Connection, client_address: object) -> None:  # type: ignore[override]
@@ -90,7 +96,7 @@ class ForkingServer(SelectorServer):
                 self.handle_error(conn.sock, conn.client)
             finally:
                 os._exit(status)
-        self.children.add(pid)
+        self.children[pid] = conn.on_close
         conn.counted = False  # the child counts its close
         self.parking.release(conn)  # our copy only: the child's stays open
 
@@ -108,6 +114,7 @@ class ForkingServer(SelectorServer):
         signal.signal(signal.SIGTERM, lambda signum, frame: conn.draining.set())
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+        conn.on_close = nothing  # the acceptor's, when it reaps this child
         for listener in self.listeners:
             listener.sock.close()
         for other in (*self.parking.parked.values(), *self.waiting):
@@ -137,7 +144,7 @@ class ForkingServer(SelectorServer):
             except ChildProcessError:
                 done = pid
             if done:
-                self.children.discard(pid)
+                self.children.pop(pid)()
 
     def signal_children(self, signum: int) -> None:
         for pid in list(self.children):

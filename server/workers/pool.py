@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from porch.config.settings import Config
 from porch.net.connection import DRAIN_IDLE_SECONDS, READ, SERVE, Connection
 from porch.net.listener import BoundListener
+from porch.spine.clients import ClientTable
 from porch.spine.pipeline import Pipeline
 from porch.workers.selector import Parking, SelectorServer
 from porch.workers.turns import Turns, turns_for
@@ -52,10 +53,12 @@ class ThreadPoolServer(SelectorServer):
         pipeline: Pipeline,
         config: Config,
         draining: threading.Event | None = None,
+        *,
+        clients: ClientTable | None = None,
     ) -> None:
         self.idle = select.epoll()  # listeners, parked connections (EPOLLONESHOT), the stop signal
         self.listening: dict[int, BoundListener] = {}
-        super().__init__(listeners, pipeline, config, draining)
+        super().__init__(listeners, pipeline, config, draining, clients=clients)
         self.parking = Parking(self.idle)  # connections waiting for their socket: whoever takes one owns it
         self.turns: Turns = turns_for(len(os.sched_getaffinity(0)))
         self.before_wait = self.turns.hand_over

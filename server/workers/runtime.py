@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from types import FrameType
 
 from porch import SOFTWARE
@@ -32,7 +33,9 @@ from porch.handlers.build import build_handlers, handler_context
 from porch.metrics.board import Board
 from porch.metrics.counters import NO_METRICS, Recorder
 from porch.net.listener import BoundListener
+from porch.spine.clients import ClientTable
 from porch.spine.dispatch import Router
+from porch.spine.gates import gates_for
 from porch.spine.logs import Logs
 from porch.spine.pipeline import InFlight, Pipeline
 from porch.workers.forking import ForkingServer
@@ -178,11 +181,14 @@ def build_server(
     listeners: list[BoundListener],
     metrics: Recorder = NO_METRICS,
     board: Board | None = None,
+    clients: ClientTable | None = None,
 ) -> Runtime:
     """Wire logs, handlers and the concurrency model for one worker on bound ``listeners``.
 
     ``metrics`` is where this worker counts; ``board`` is where the master publishes what all
     workers counted (and whether it is ready), for the status, metrics and probe handlers.
+    ``clients`` is the instance's table of client addresses (rate limits, connections per client),
+    which the master made before the fork; without one, the limits hold within this process.
     """
     logs = Logs(config.log)
     draining = threading.Event()  # the server's: set when it stops taking new connections
@@ -199,9 +205,10 @@ def build_server(
         readiness=readiness,
         metrics=metrics,
     )
-    router = Router(build_handlers(config, context))
+    clients = ClientTable() if clients is None else clients
+    router = Router(build_handlers(config, context), partial(gates_for, clients=clients, metrics=metrics))
     pipeline = Pipeline(config, router, logs, metrics)
-    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, draining)
+    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, draining, clients=clients)
     # Only the threading model serves requests in this process: forked children count their own.
     capacity = config.threads if isinstance(server, ThreadPoolServer) else 0
     return Runtime(config, logs, router, pipeline, server, listeners, capacity)

@@ -36,7 +36,10 @@ from porch.config.settings import Config
 from porch.http.messages import Address, nothing
 from porch.net.connection import CLOSE, READ, Connection
 from porch.net.listener import BoundListener
+from porch.net.proxy_protocol import ProxyPreface
+from porch.spine.clients import ClientTable, Tally
 from porch.spine.pipeline import Pipeline
+from porch.spine.validate import admitted
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ ACCEPT_BACKOFF_SECONDS = 0.5  # how long a listener rests after accept() ran out
 # accept() errors that retrying at once repeats: the process or the system is out of descriptors,
 # or the kernel out of memory.  Others (a connection reset before it was accepted) concern one client.
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+REFUSALS_LOG_SECONDS = 1.0  # connections refused per client: one error-log line at most this often
 
 
 class Parking:
@@ -129,11 +133,20 @@ class SelectorServer(socketserver.BaseServer):
         pipeline: Pipeline,
         config: Config,
         draining: threading.Event | None = None,
+        *,
+        clients: ClientTable | None = None,
     ) -> None:
         super().__init__(listeners[0].address if listeners else None, None)  # type: ignore[arg-type]
         self.listeners = list(listeners)
         self.pipeline = pipeline
         self.config = config
+        self.clients = clients  # the instance's table: connections per client (none: not limited)
+        self.refusals = Tally(
+            log,
+            REFUSALS_LOG_SECONDS,
+            "refused %d connections since the last line: their clients held limits.connections_per_client (%d); "
+            "the latest from %s",
+        )
         self.poller = select.epoll()
         self.watched: dict[int, object] = {}  # fd -> its listener, or None (the wake-up channel)
         self.draining = draining or threading.Event()  # set once: the server stops taking connections
@@ -268,10 +281,13 @@ class SelectorServer(socketserver.BaseServer):
                 self.shutdown_request(sock)
                 continue
             try:
-                yield self.connection_for(sock, address, listener)
+                conn = self.connection_for(sock, address, listener)
             except OSError as error:  # the client left before its connection was set up
                 log.debug("dropped a connection from %s on %s: %s", address, listener.name, error)
                 sock.close()
+                continue
+            if conn is not None:  # else refused: its client holds limits.connections_per_client
+                yield conn
 
     def rest(self, listener: BoundListener, error: OSError) -> None:
         """accept() ran out of descriptors or memory: stop watching ``listener`` for
@@ -299,13 +315,21 @@ class SelectorServer(socketserver.BaseServer):
                     wait = min(wait, until - now)
         return wait
 
-    def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection:
+    def connection_for(self, sock: socket.socket, address: Address, listener: BoundListener) -> Connection | None:
         """The Connection for an accepted socket; on a TLS listener the socket is wrapped, the
-        handshake left to the connection (never done here, on the acceptor's path)."""
+        handshake left to the connection (never done here, on the acceptor's path).  None when
+        its client holds ``limits.connections_per_client`` already: the socket is closed."""
         if sock.family == socket.AF_UNIX:  # TCP sockets come with TCP_NODELAY: see __init__
             address = ""
-        if listener.tls is not None:
+        # proxy_protocol: the PROXY header comes first, in clear; the connection reads it as its
+        # first bytes (parked while it trickles in) and wraps the socket in TLS only after it.
+        preface = ProxyPreface(sock, listener.tls) if listener.config.proxy_protocol else None
+        if listener.tls is not None and preface is None:
             sock = listener.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        on_close = self.count_connection(address)
+        if on_close is None:
+            sock.close()
+            return None
         self.pipeline.metrics.add("connections_accepted")
         return Connection(
             sock,
@@ -316,7 +340,25 @@ class SelectorServer(socketserver.BaseServer):
             self.config,
             self.draining,
             self.before_wait,
+            on_close,
+            preface=preface,
         )
+
+    def count_connection(self, address: Address) -> Callable[[], None] | None:
+        """Count a new connection against its client's ``limits.connections_per_client``, across
+        the workers: what takes it off again when it closes, or None (counted as refused, and
+        logged) when the client holds that many already.  Unix-socket clients and
+        ``trusted_proxies`` (whose connections carry many clients) are not limited."""
+        limit = self.config.limits.connections_per_client
+        if not (limit and self.clients is not None and isinstance(address, tuple)):
+            return nothing
+        if admitted(self.pipeline.trusted_proxies, address):
+            return nothing
+        on_close = self.clients.open_connection(address[0], limit)
+        if on_close is None:
+            self.pipeline.metrics.add("connections_refused")
+            self.refusals.note(limit, address[0])
+        return on_close
 
     def on_readable(self, fd: int, owner: object) -> None:
         """A watched descriptor other than a listener became readable (the wake-up channel)."""
