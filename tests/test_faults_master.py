@@ -328,3 +328,30 @@ def test_the_master_stops_when_no_worker_can_boot_for_respawn_timeout(porch, tmp
     os.kill(pid, signal.SIGKILL)
     assert srv.proc.wait(15) == 1
     assert "respawn_timeout" in srv.error_text()
+
+
+TERM_BEFORE_RUN = """
+import os, signal, sys
+from pathlib import Path
+from porch.config.load import config_from_mapping
+from porch.net.listener import bind_all
+from porch.workers.runtime import build_server
+
+config = config_from_mapping(
+    {"listen": ["127.0.0.1:0"], "threads": 2, "mounts": [{"path": "/", "type": "status"}], "log": {"access": False}},
+    source="<test>",
+    base_dir=Path("."),
+)
+runtime = build_server(config, bind_all(config.listen))  # its pool threads serve from here on
+os.kill(os.getpid(), signal.SIGTERM)  # before run(): the window a worker is in while it starts
+sys.exit(runtime.run())
+"""
+
+
+def test_a_term_while_the_worker_starts_drains_instead_of_killing(tmp_path: Path) -> None:
+    """The pool serves as soon as it exists, so the worker's signals are its own from then on."""
+    result = subprocess.run(
+        [sys.executable, "-c", TERM_BEFORE_RUN], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SIGTERM: stopping gracefully" in result.stderr

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import signal
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ from porch.config.load import config_from_mapping
 from porch.net.listener import bind_all
 from porch.spine.logs import ACCESS_LOGGER, ERROR_LOGGER, PACKAGE_LOGGERS
 from porch.workers.pool import ThreadPoolServer
-from porch.workers.runtime import build_server
+from porch.workers.runtime import HANDLED_SIGNALS, build_server
 
 TESTS_DIR = Path(__file__).parent
 ECHO = "core_handlers:EchoHandler"
@@ -485,7 +486,8 @@ def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path, logging_restore
         source="<test>",
         base_dir=tmp_path,
     )
-    runtime = build_server(config, bind_all(config.listen))
+    saved = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    runtime = build_server(config, bind_all(config.listen))  # it takes the worker's signals: given back below
     server = runtime.server
     assert isinstance(server, ThreadPoolServer)
     acceptor = threading.Thread(target=server.serve_forever, daemon=True)
@@ -498,3 +500,5 @@ def test_accepted_tcp_connections_have_nagle_off(tmp_path: Path, logging_restore
     finally:
         server.shutdown()
         runtime.close()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

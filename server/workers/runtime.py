@@ -1,11 +1,12 @@
 """The composition root of a worker: ``build_server(config, listeners)`` wires one, ``run()`` serves.
 
-Order matters: logs first (so everything after can report), then handlers (a handler that
-cannot be built is a config error, reported before the worker serves anything), then the
-pipeline and the concurrency model (``SERVER_CLASSES``, by the config's name) on the listeners
-the master bound.  ``run()`` has the arbiter's shape: the acceptor runs in a thread and the main
-thread only waits for signals, which the handlers merely queue (TERM/INT: drain then exit, QUIT:
-exit now, USR1: reopen logs), and heartbeats to the master meanwhile.
+Order matters: logs first (so everything after can report), then the signal handlers (the pool
+threads serve as soon as they exist, so a TERM from then on must drain, not kill), then handlers
+(a handler that cannot be built is a config error, reported before the worker serves anything),
+then the pipeline and the concurrency model (``SERVER_CLASSES``, by the config's name) on the
+listeners the master bound.  ``run()`` has the arbiter's shape: the acceptor runs in a thread and
+the main thread only waits for signals, which the handlers merely queue (TERM/INT: drain then
+exit, QUIT: exit now, USR1: reopen logs), and heartbeats to the master meanwhile.
 
 The heartbeat (a ``Pulse``) says whether the acceptor loop runs and whether the serving threads
 do: which requests are in flight, how many threads there are, and since when that set has not
@@ -80,6 +81,7 @@ class Runtime:
     server: SelectorServer
     listeners: list[BoundListener]
     capacity: int
+    signals: queue.SimpleQueue[int]  # what the signal handlers queued, since before the pool started
 
     def pulse(self) -> Pulse:
         """The heartbeat now: the acceptor's last loop and what the serving threads are doing."""
@@ -103,18 +105,13 @@ class Runtime:
         requests complete in the children, whose counts the worker never sees.)
         """
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-        signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-
-        def enqueue(signum: int, frame: FrameType | None) -> None:
-            signals.put(signum)
+        signals = self.signals
 
         def retire() -> None:
             log.info("served %d requests (max_requests): retiring", self.pipeline.served)
             self.server.begin_drain()
             signals.put(signal.SIGTERM)
 
-        for handled in HANDLED_SIGNALS:
-            signal.signal(handled, enqueue)
         if max_requests and self.capacity:
             self.pipeline.retire_after(max_requests, retire)
         acceptor = threading.Thread(target=self.server.serve_forever, name="porch-acceptor", daemon=True)
@@ -191,6 +188,7 @@ def build_server(
     which the master made before the fork; without one, the limits hold within this process.
     """
     logs = Logs(config.log)
+    signals = queue_signals()  # before any thread serves: a TERM from now on drains, never kills
     draining = threading.Event()  # the server's: set when it stops taking new connections
 
     def readiness() -> str | None:
@@ -211,4 +209,16 @@ def build_server(
     server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, draining, clients=clients)
     # Only the threading model serves requests in this process: forked children count their own.
     capacity = config.threads if isinstance(server, ThreadPoolServer) else 0
-    return Runtime(config, logs, router, pipeline, server, listeners, capacity)
+    return Runtime(config, logs, router, pipeline, server, listeners, capacity, signals)
+
+
+def queue_signals() -> queue.SimpleQueue[int]:
+    """Handle the worker's signals from now on by queueing them for ``Runtime.run``."""
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def enqueue(signum: int, frame: FrameType | None) -> None:
+        signals.put(signum)
+
+    for handled in HANDLED_SIGNALS:
+        signal.signal(handled, enqueue)
+    return signals
