@@ -204,3 +204,24 @@ class Responses(io.BufferedReader):
         response = http.client.HTTPResponse(self, method="GET")  # type: ignore[arg-type]
         response.begin()
         return response
+
+
+@pytest.mark.parametrize("concurrency", ["threading", "forking"])
+def test_a_body_over_the_mounts_limit_is_refused_before_it_is_received(porch, tmp_path: Path, concurrency: str) -> None:
+    """The mount's own body limit decides whether a body is received ahead, so a 500 kB upload
+    to a mount taking 1 kB is refused at its head, not after its bytes have all arrived."""
+    (tmp_path / "www").mkdir()
+    server = porch(
+        {
+            "concurrency": concurrency,
+            "timeouts": {"body": 30},
+            "mounts": [
+                {"path": "/", "type": "static", "root": str(tmp_path / "www")},
+                {"path": "/small", "type": "static", "root": str(tmp_path / "www"), "limits": {"body": 1000}},
+            ],
+        }
+    )
+    with socket.create_connection((server.host, server.port), timeout=5) as client:
+        client.sendall(b"POST /small/x HTTP/1.1\r\nHost: t\r\nContent-Length: 500000\r\n\r\n" + b"x" * 100)
+        answer = client.recv(4096)  # within the 5 s timeout: nobody waits for the other 499,900 bytes
+    assert answer.startswith(b"HTTP/1.1 413 ")

@@ -147,12 +147,18 @@ class Request:
     @property
     def host(self) -> str:
         """The Host header without port, lower-cased; the server address when absent."""
-        host = self.headers.get("host")
-        if not host:
-            return self.server[0] if isinstance(self.server, tuple) else "localhost"
-        if host.startswith("["):
-            return host[: host.find("]") + 1].lower()
-        return host.rsplit(":", 1)[0].lower() if ":" in host else host.lower()
+        return host_of(self.headers, self.server)
+
+
+def host_of(headers: Headers, server: Address) -> str:
+    """The host a request is for: its Host header without port, lower-cased; else the address
+    it came in on.  What virtual hosts are matched against."""
+    host = headers.get("host")
+    if not host:
+        return server[0] if isinstance(server, tuple) else "localhost"
+    if host.startswith("["):
+        return host[: host.find("]") + 1].lower()
+    return host.rsplit(":", 1)[0].lower() if ":" in host else host.lower()
 
 
 # A file this small costs more in system calls than in bytes.  So the connection reads a file

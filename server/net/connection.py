@@ -75,6 +75,7 @@ from porch.http.messages import (
     Request,
     Response,
     ResponseBody,
+    host_of,
     nothing,
 )
 from porch.http.response import LAST_CHUNK, encode_chunk, frame_response, serialize_response_head
@@ -320,7 +321,13 @@ class Connection:
                 return self.after_output()
             self.head = head
             length = head.content_length
-            if not length or length <= len(self.buffer) or length > self.read_ahead or head.expect_continue:
+            if (
+                not length
+                or length <= len(self.buffer)
+                or length > self.read_ahead
+                or head.expect_continue
+                or length > self.pipeline.body_limit(host_of(head.headers, self.server), head.path)
+            ):
                 return SERVE
             self.parked_at = self.progress_at = time.monotonic()
             if self.min_rate:

@@ -30,6 +30,7 @@ from porch.http.errors import (
     HTTPError,
     InternalRedirect,
     InternalServerError,
+    NotFound,
 )
 from porch.http.messages import Headers, Request, Response, client_host, escape, nothing
 from porch.metrics.counters import NO_METRICS, UNMATCHED, Recorder
@@ -191,6 +192,14 @@ class Pipeline:
             )
             for ident, r in serving
         ]
+
+    def body_limit(self, host: str, path: str) -> int:
+        """The body limit of the mount that will serve ``path`` on ``host`` (the global one when
+        none does), so a body is not received ahead only to be refused."""
+        try:
+            return self.router.match(host, path).mount.limits.body
+        except NotFound:
+            return self.config.limits.body
 
     def log_rejected(self, client: object, request_line_text: str, status: int, sent: int, start: float) -> None:
         """Count and access-log a request rejected before it could be parsed into a Request."""
