@@ -77,6 +77,10 @@ class Handler:
         """Answer one request.  Called concurrently; keep per-request state local."""
         raise TypeError(f"{type(self).__name__} does not implement handle()")
 
+    def warnings(self) -> list[str]:
+        """What will not work although the handler could be built (``porch check`` prints each)."""
+        return []
+
     def close(self) -> None:
         """Release what the handler holds (processes, files) when the server stops."""
 

@@ -7,7 +7,7 @@
     porch check [-c FILE] [SETTINGS]      validate a config without serving (exit 0 or 1);
                                           also ``porch --check-config``
     porch stop [--timeout S]              TERM the server in the pidfile, wait until it is gone
-    porch reload                          check the config, then HUP the server
+    porch reload [--timeout S]            check the config, HUP the server, wait for the outcome
     porch status                          exit 0 running, 1 stale pidfile, 3 not running, 4 unknown
     porch reopen                          USR1: the server reopens its log files
     porch top [--url URL] [--once]        the running server's status mount, redrawn (porch.top)
@@ -29,6 +29,7 @@ import argparse
 import functools
 import ipaddress
 import os
+import re
 import shlex
 import signal
 import sys
@@ -40,11 +41,11 @@ from typing import Any
 from porch import __version__
 from porch.config.check import summary, warning_line
 from porch.config.convert import yaml_text
+from porch.config.environment import environment_problems, locator
 from porch.config.load import COMMAND_LINE, OVERRIDABLE, config_from_mapping, load_config
 from porch.config.settings import Config, ConfigError, ConfigProblem
-from porch.config.yaml_nodes import read_yaml
 from porch.handlers.build import check_config
-from porch.master.daemon import check_privileges, check_root, process_gone, read_pid
+from porch.master.daemon import check_privileges, check_root, process_gone, read_pid, read_state
 from porch.top import DEFAULT_INTERVAL_SECONDS, interval_seconds, run_top
 
 DEFAULT_CONFIG = Path("config") / "porch.yaml"
@@ -55,6 +56,11 @@ IN_SUMMARY = ("listen", "workers")  # overrides the summary line of `porch check
 STOP_MARGIN_SECONDS = 10.0  # `porch stop` waits timeouts.graceful plus this for the exit
 STOP_TIMEOUT_SECONDS = 40.0  # ... or this when there is no config to read it from
 STOP_POLL_SECONDS = 0.05
+RELOAD_TIMEOUT_SECONDS = 75.0  # `porch reload` waits this long for the outcome: the master gives a generation 60 s
+# A top-level `pidfile:` line, read from a config that no longer parses as YAML.
+PIDFILE_LINE = re.compile(
+    r"""^pidfile:[ \t]*(?:"([^"]+)"|'([^']+)'|([^\s#'"][^#\r\n]*?))[ \t]*(?:#.*)?$""", re.MULTILINE
+)
 USAGE_ERROR = 2  # argparse's exit status for a command line it cannot parse
 # Exit statuses of `porch status`, as LSB init scripts define them (LSB Core 5.0, "Init Script
 # Actions"): running, dead but the pidfile exists, not running, unknown.
@@ -63,7 +69,7 @@ STATUS_RUNNING, STATUS_STALE, STATUS_NOT_RUNNING, STATUS_UNKNOWN = 0, 1, 3, 4
 
 CONTROL_HELP = {
     "stop": "stop the running server gracefully (TERM) and wait until it has exited",
-    "reload": "check the config, then make the running server reload it (HUP)",
+    "reload": "check the config, make the running server reload it (HUP) and wait until it serves or refused it",
     "status": "say whether the server runs: exit 0 running, 1 stale pidfile, 3 not running, 4 unknown",
     "reopen": "make the running server reopen its log files (USR1), after rotating them",
 }
@@ -209,6 +215,14 @@ def parser(prog: str = "porch") -> argparse.ArgumentParser:
                 type=float,
                 help="seconds to wait for the exit (default timeouts.graceful + "
                 f"{STOP_MARGIN_SECONDS:g}, or {STOP_TIMEOUT_SECONDS:g} without a config)",
+            )
+        if name == "reload":
+            control.add_argument(
+                "--timeout",
+                metavar="S",
+                type=float,
+                default=RELOAD_TIMEOUT_SECONDS,
+                help=f"seconds to wait for the new workers to serve (default {RELOAD_TIMEOUT_SECONDS:g})",
             )
     top_summary = "show the running server's status in the terminal, refreshed (its first `status` mount)"
     top_command = commands.add_parser("top", help=top_summary, description=top_summary)
@@ -384,18 +398,23 @@ def check(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """
     path = config_path(args)
     try:
-        config = chosen_config(args, overrides)
         if path is not None:
-            check_config(path)
+            pidfile = Path(overrides["pidfile"]) if "pidfile" in overrides else pidfile_setting(path)
+            running = read_pid(pidfile) if pidfile is not None else None
+            line, *warnings = check_config(path, overrides=overrides, running_pid=running).splitlines()
+            config = chosen_config(args, overrides)
+        else:
+            config = chosen_config(args, overrides)
+            line = summary(config, "<command line>")
+            warnings = [warning_line(warning) for warning in (*config.warnings, *machine_problems(config, None))]
     except ConfigError as error:
         return report(error)
     from_options = [
         f"{key}: {effective_text(config, key)}" for key in OVERRIDABLE if key in overrides and key not in IN_SUMMARY
     ]
-    line = summary(config, path or "<command line>")
     if from_options:
         line += f"; from the command line: {', '.join(from_options)}"
-    print("\n".join([line, *(warning_line(warning) for warning in config.warnings)]))
+    print("\n".join([line, *warnings]))
     return 0
 
 
@@ -410,8 +429,10 @@ def effective_text(config: Config, key: str) -> str:
 
 def serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """Check what can be checked while a terminal still shows the answer, then run the arbiter."""
+    path = config_path(args)
     try:
         config = chosen_config(args, overrides)
+        machine_problems(config, path, overrides)
     except ConfigError as error:
         return report(error)
     daemon = bool(args.daemon)
@@ -421,11 +442,23 @@ def serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 1
     if config.umask is not None:  # before the arbiter creates logs, sockets and the pidfile
         os.umask(int(config.umask, 8))
-    path = config_path(args)
     reload_config = reloader(os.path.abspath(path), overrides) if path else None
     from porch.master.arbiter import Arbiter
 
-    return Arbiter(config, reload_config, daemon=daemon, pidfile=config.pidfile).run()
+    return Arbiter(config, reload_config, daemon=daemon, pidfile=config.pidfile, name=path).run()
+
+
+def machine_problems(config: Config, path: str | None, overrides: dict[str, Any] | None = None) -> list[ConfigProblem]:
+    """What the machine lacks for ``config`` (``porch.config.environment``): ConfigError, or the warnings.
+
+    A port held by the porch of the same pidfile is only a warning: its start stops at the pidfile.
+    """
+    where = locator(path, path or "<command line>", frozenset(overrides or ()))
+    running = read_pid(config.pidfile) if config.pidfile is not None else None
+    problems, warnings = environment_problems(config, where, running_pid=running)
+    if problems:
+        raise ConfigError(problems)
+    return warnings
 
 
 def reloader(path: str, overrides: dict[str, Any]) -> Callable[[], Config]:
@@ -545,10 +578,38 @@ def reload(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
         return 1
     for warning in report.splitlines()[1:]:
         print(warning, file=sys.stderr)
+    before = reloads_done(pidfile, pid)
     if not deliver(pid, signal.SIGHUP):
         return 1
-    print(f"reload signalled (pid {pid})")
-    return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        state = read_state(pidfile)
+        if reloads_done(pidfile, pid, state) > before:
+            if state.get("result") == "ok":
+                print(f"reloaded (pid {pid}, generation {state.get('generation')})")
+                return 0
+            if state.get("result") == "failed":
+                for line in str(state.get("reason", "")).splitlines():
+                    print(f"porch: {line}", file=sys.stderr)
+                print(f"porch: reload failed; pid {pid} keeps its configuration", file=sys.stderr)
+                return 1
+            before = reloads_done(pidfile, pid, state)  # an earlier reload superseded: ours comes next
+        if process_gone(pid):
+            print(f"porch: pid {pid} exited during the reload", file=sys.stderr)
+            return 1
+        time.sleep(STOP_POLL_SECONDS)
+    print(
+        f"porch: reload signalled (pid {pid}), but no outcome within {args.timeout:g} s (see its error log)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def reloads_done(pidfile: Path, pid: int, state: dict[str, object] | None = None) -> int:
+    """How many reloads the master ``pid`` has recorded in the state file next to ``pidfile``."""
+    state = read_state(pidfile) if state is None else state
+    count = state.get("reloads")
+    return count if state.get("pid") == pid and isinstance(count, int) else 0
 
 
 def reopen(args: argparse.Namespace, pidfile: Path, config: Config | None, path: str | None) -> int:
@@ -588,14 +649,14 @@ def send(pid: int, signum: int) -> str | None:
 
 
 def pidfile_setting(path: str) -> Path | None:
-    """The ``pidfile`` key of a config that does not load, so that a server can still be
-    stopped after its config file was broken."""
+    """The ``pidfile`` key of a config that does not load -- not even as YAML -- read from its
+    top-level ``pidfile:`` line, so that a server can still be stopped after its config was broken."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    node, _ = read_yaml(text, path)
-    value = node.value.get("pidfile") if node is not None and node.kind == "mapping" else None
-    if value is None or value.kind != "scalar" or not isinstance(value.value, str) or not value.value:
+    match = PIDFILE_LINE.search(text)
+    value = next((group for group in match.groups() if group), None) if match else None
+    if value is None:
         return None
-    return Path(os.path.abspath(Path(path).resolve().parent / Path(value.value).expanduser()))
+    return Path(os.path.abspath(Path(path).resolve().parent / Path(value.strip()).expanduser()))

@@ -158,10 +158,12 @@ def target_from_config(config: Config, source: str) -> Target:
         raise TopError(f"{source} has no listener to reach the status mount on: give --url URL")
     listener = config.listen[0]
     tls = listener.tls is not None
+    # Any name of the mount reaches it; one under a wildcard does too.
+    host_header = mount.host[0].replace("*", "status", 1) if mount.host else None
     if listener.unix_path is not None:
-        return Target("localhost", 0, mount.path, tls=tls, unix_path=listener.unix_path, host_header=mount.host)
+        return Target("localhost", 0, mount.path, tls=tls, unix_path=listener.unix_path, host_header=host_header)
     host, port = listener.host_port
-    return Target(WILDCARD_TO_LOOPBACK.get(host, host), port, mount.path, tls=tls, host_header=mount.host)
+    return Target(WILDCARD_TO_LOOPBACK.get(host, host), port, mount.path, tls=tls, host_header=host_header)
 
 
 def find_target(url: str | None, config_path: str | None) -> Target:

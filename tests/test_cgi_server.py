@@ -161,9 +161,14 @@ def descendants(pid: int) -> list[int]:
 
 
 def server_processes(server: PorchServer) -> list[int]:
-    """The server's own processes: the master, its workers and (forking) connection children."""
+    """The server's own processes: the master, its workers and (forking) connection children --
+    named like the master, or ``porch: worker ...`` where setproctitle renames them."""
     own = cmdline(server.proc.pid)
-    return [server.proc.pid] + [pid for pid in descendants(server.proc.pid) if cmdline(pid) == own]
+    return [server.proc.pid] + [
+        pid
+        for pid in descendants(server.proc.pid)
+        if cmdline(pid) == own or cmdline(pid).startswith(b"porch: worker ")
+    ]
 
 
 def scripts_of(server: PorchServer) -> list[int]:

@@ -155,8 +155,9 @@ def test_a_stale_pidfile_never_gets_an_unrelated_process_signalled(tmp_path: Pat
 def test_reload_checks_the_config_before_signalling(tmp_path: Path, holder: Callable[..., Holder]) -> None:
     config_file = write_config(tmp_path)
     running = holder()
-    result = porch("reload", "-c", str(config_file))
-    assert (result.returncode, result.stdout) == (0, f"reload signalled (pid {running.proc.pid})\n"), result.stderr
+    result = porch("reload", "-c", str(config_file), "--timeout", "0.3")
+    assert result.returncode == 1, "the holder never reports a reload's outcome, as porch does in its state file"
+    assert f"reload signalled (pid {running.proc.pid}), but no outcome within 0.3 s" in result.stderr
     assert running.wait_signals(1) == ["SIGHUP"]
     text = config_file.read_text()
     config_file.write_text(text + "threads: many\n")

@@ -145,7 +145,7 @@ def test_daemon_start_status_serve_reopen_reload_stop(site: Site) -> None:
     site.settings["mounts"].append({"path": "/status", "type": "status"})
     site.write()
     reloaded = porch("reload", "-c", str(site.config))
-    assert (reloaded.returncode, reloaded.stdout) == (0, f"reload signalled (pid {pid})\n"), reloaded.stderr
+    assert (reloaded.returncode, reloaded.stdout) == (0, f"reloaded (pid {pid}, generation 1)\n"), reloaded.stderr
     wait_for(lambda: requests.get(url + "/status", timeout=5).status_code == 200, "the reloaded config")
 
     stopped = porch("stop", "-c", str(site.config))

@@ -247,7 +247,7 @@ def test_without_reuse_port_the_second_server_fails(porch: Any, tmp_path: Path) 
     assert requests.get(f"http://{first.address}/", timeout=5).status_code == 200
     result = porch_run("-c", str(write_config(tmp_path, echo([first.address]))), cwd=tmp_path)
     assert result.returncode == 1
-    assert f"cannot listen on {first.address}: Address already in use" in result.stderr
+    assert f"listen[0]: {first.address} is in use by another process" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) shows the backlog of a listening socket")

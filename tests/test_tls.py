@@ -300,7 +300,7 @@ def test_a_key_that_does_not_match_is_a_startup_error_naming_the_listener(pki: P
     started = porch("-c", str(config), cwd=tmp_path)
     assert started.returncode == 1
     assert (
-        f"cannot listen on 127.0.0.1:0: the key {pki.other_key} does not belong to the certificate {pki.server_cert}"
+        f"porch.yaml:1: listen[0].tls: the key {pki.other_key} does not belong to the certificate {pki.server_cert}"
     ) in started.stderr
 
 

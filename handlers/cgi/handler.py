@@ -112,6 +112,10 @@ META_VARIABLES = frozenset(
 # 4.1.18), ``Proxy`` (httpoxy: HTTP_PROXY is read as a proxy setting by many libraries), and
 # Transfer-Encoding (the script always receives the decoded body, RFC 3875 4.2).
 UNPASSED_FIELDS = frozenset({"content-length", "content-type", "proxy", "transfer-encoding"})
+# Why a script answers 403, and what fixes it: for `porch check` and the error log.
+NOT_EXECUTABLE_FIX = (
+    "not executable, so requests for it get 403: run `chmod +x` on it (or set an interpreter for its extension)"
+)
 CREDENTIAL_FIELDS = frozenset({"authorization", "proxy-authorization"})  # only with pass_auth
 VARIABLE_SAFE_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
@@ -294,6 +298,26 @@ class CGIHandler(Handler):
         options = StaticHandler.Options(root=Path(self.root.directory), follow_symlinks=self.options.follow_symlinks)
         return StaticHandler(dataclasses.replace(self.mount, options=options), self.context)
 
+    def warnings(self) -> list[str]:
+        """Every script under ``root`` that would answer 403 because it cannot be executed."""
+        if self.root is None:
+            return []
+        found = []
+        for directory, subdirectories, files in os.walk(self.root.directory):
+            subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+            for name in sorted(files):
+                path = Path(directory) / name
+                if (
+                    name.startswith(".")
+                    or (self.cgi_extensions and not self.is_script_name(name))
+                    or self._interpreter_for(name) is not None
+                    or not path.is_file()
+                    or os.access(path, os.X_OK)
+                ):
+                    continue
+                found.append(f"{path}: {NOT_EXECUTABLE_FIX}")
+        return found
+
     def close(self) -> None:
         """Stop every script still running (server shutdown) and close the slot files."""
         with self._runs_lock:
@@ -375,6 +399,7 @@ class CGIHandler(Handler):
         if interpreter is not None:
             return [*interpreter, str(script)]
         if not os.access(script, os.X_OK):
+            log.error("%s: %s", script, NOT_EXECUTABLE_FIX)
             raise Forbidden("this script is not executable")
         return [str(script)]
 

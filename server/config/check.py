@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 
 from porch.config.settings import Config, ConfigProblem
 
-Builder = Callable[[str], list[ConfigProblem]]
+Builder = Callable[[str], tuple[list[ConfigProblem], list[ConfigProblem]]]  # path -> (problems, warnings)
 
 TRACEBACK_FRAMES = 3  # innermost frames of a failed import shown in a problem
 STDERR_LINES = 10  # lines of a crashed child's stderr shown in the problem
@@ -39,9 +40,24 @@ _CHILD_SOURCE = (
 )
 
 
+def _own_directories() -> tuple[str, ...]:
+    """Where porch's own modules are (``porch`` and ``porch.handlers`` may be apart in an editable install)."""
+    spec = importlib.util.find_spec("porch.handlers")
+    found = {str(Path(__file__).resolve().parents[1])}
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    found.update(str(Path(location).resolve()) for location in locations)
+    return tuple(directory + os.sep for directory in found)
+
+
 def traceback_tail(exc: BaseException) -> str:
-    """The innermost frames of ``exc``'s traceback (import machinery left out), indented."""
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<frozen")]
+    """The innermost frames of ``exc``'s traceback, indented: the application's, not porch's.
+
+    Import machinery and porch's own frames tell the user nothing about their code; they are
+    kept only when nothing else is left (an error inside porch).
+    """
+    every = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<frozen")]
+    own = _own_directories()
+    frames = [frame for frame in every if not os.path.realpath(frame.filename).startswith(own)] or every
     text = "".join(traceback.format_list(frames[-TRACEBACK_FRAMES:]))
     text += "".join(traceback.format_exception_only(type(exc), exc))
     return "\n".join("    " + line for line in text.rstrip().splitlines())
@@ -58,16 +74,18 @@ def child_main(request: dict[str, Any]) -> None:
     builder: Builder = getattr(importlib.import_module(module), name)
     report = os.dup(1)
     os.dup2(2, 1)
-    problems = builder(request["path"])
+    problems, warnings = builder(request["path"])
     with os.fdopen(report, "w", encoding="utf-8") as out:
-        json.dump([dataclasses.asdict(problem) for problem in problems], out)
+        json.dump([[dataclasses.asdict(each) for each in found] for found in (problems, warnings)], out)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
 
 
-def problems_in_child(path: str | Path, timeout: float, builder: Builder) -> list[ConfigProblem]:
-    """``builder(path)`` run in a fresh interpreter; killed after ``timeout``.
+def problems_in_child(
+    path: str | Path, timeout: float, builder: Builder
+) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
+    """``builder(path)`` run in a fresh interpreter, (problems, warnings); killed after ``timeout``.
 
     ``builder`` must be a module-level function: the child imports it by its name.
     """
@@ -86,17 +104,14 @@ def problems_in_child(path: str | Path, timeout: float, builder: Builder) -> lis
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)  # its own session: whatever it started goes too
         child.communicate()
-        return [
-            ConfigProblem(
-                display,
-                None,
-                "",
-                f"building the handlers took longer than {timeout:g} seconds "
-                "(does an application wait for something while being imported?)",
-            )
-        ]
+        message = (
+            f"building the handlers took longer than {timeout:g} seconds "
+            "(does an application wait for something while being imported?)"
+        )
+        return [ConfigProblem(display, None, "", message)], []
     try:
-        return [ConfigProblem(**item) for item in json.loads(out)]
+        problems, warnings = ([ConfigProblem(**item) for item in found] for found in json.loads(out))
+        return problems, warnings
     except (ValueError, TypeError):
         code = child.returncode
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
@@ -104,7 +119,7 @@ def problems_in_child(path: str | Path, timeout: float, builder: Builder) -> lis
         tail = "".join("\n    " + line for line in lines)
         return [
             ConfigProblem(display, None, "", f"the process building the handlers {how}" + (":" + tail if tail else ""))
-        ]
+        ], []
 
 
 def _count(number: int, noun: str) -> str:
@@ -114,7 +129,7 @@ def _count(number: int, noun: str) -> str:
 def summary(config: Config, display: str) -> str:
     """``FILE OK: 1 listener (127.0.0.1:8000), threading x1 worker, 2 mounts (/ static, /app wsgi)``."""
     listeners = ", ".join(listener.address + (" tls" if listener.tls else "") for listener in config.listen)
-    mounts = ", ".join(f"{mount.host or ''}{mount.path} {mount.type}" for mount in config.mounts)
+    mounts = ", ".join(f"{','.join(mount.host)}{mount.path} {mount.type}" for mount in config.mounts)
     return (
         f"{display} OK: {_count(len(config.listen), 'listener')}"
         + (f" ({listeners})" if listeners else "")

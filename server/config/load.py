@@ -48,6 +48,7 @@ from porch.config.settings import (
     Mount,
     RateLimit,
     Timeouts,
+    TLSSettings,
 )
 from porch.config.yaml_nodes import Node, join, node_from_python, read_yaml
 from porch.handlers import registry
@@ -116,7 +117,7 @@ def _config(
     overrides: Mapping[str, Any],
 ) -> Config:
     """The one path from a Node tree to a Config, shared by both entry points."""
-    conv = Converter(file, base_dir, custom={Listener: _listener, LogSettings: _log_settings})
+    conv = Converter(file, base_dir, custom={Listener: _listener, LogSettings: _log_settings, TLSSettings: _tls})
     # What is wrong with a value the command line replaces does not matter.
     conv.problems.extend(problem for problem in problems if _overriding(problem.key, overrides) is None)
     if node is None or node.is_null:  # an empty file (or "---" alone) means every default
@@ -266,14 +267,48 @@ def _listener(conv: Converter, node: Node, key: str) -> Any:
     for name in (name for name in written if kind not in applies.get(name, kind)):
         where = {"unix": "unix: listeners", "v6": "[v6] addresses", "v4 v6": "TCP listeners"}[applies[name]]
         conv.problem(node.key_lines.get(name), join(key, name), f"applies only to {where}")
-    tls = written.get("tls")
-    if tls is not None and tls.kind == "mapping" and "verify_client" in tls.value and "ca" not in tls.value:
+    return INVALID if len(conv.problems) > mark else Listener(**values)
+
+
+def _tls(conv: Converter, node: Node, key: str) -> Any:
+    """TLSSettings: one certificate (cert, key) or several (certificates), never both.
+
+    With several, ``cert`` and ``key`` are set to the first, and each certificate learns its line:
+    they are loaded at start-up, and an error there names it.
+    """
+    mark = len(conv.problems)
+    values = conv.fields(TLSSettings, node, key, partial=True)
+    written: dict[str, Node] = node.value if node.kind == "mapping" else {}
+    listed = written.get("certificates")
+    if listed is None:
+        for name in ("cert", "key") if node.kind == "mapping" else ():
+            if name not in written:
+                conv.problem(node.line, join(key, name), "required key missing (or give 'certificates')")
+    elif "cert" in written or "key" in written:
         conv.problem(
-            tls.key_lines.get("verify_client"),
-            join(key, "tls.verify_client"),
+            node.key_lines.get("certificates"),
+            join(key, "certificates"),
+            "give 'cert' and 'key' or 'certificates', not both",
+        )
+    elif listed.is_null or (listed.kind == "list" and not listed.value):
+        conv.problem(listed.line, join(key, "certificates"), "expected one certificate at least, {cert, key}")
+    if "verify_client" in written and "ca" not in written:
+        conv.problem(
+            node.key_lines.get("verify_client"),
+            join(key, "verify_client"),
             "needs 'ca', the CA certificates that client certificates are checked against",
         )
-    return INVALID if len(conv.problems) > mark else Listener(**values)
+    if len(conv.problems) > mark:
+        return INVALID
+    if listed is not None:
+        items = listed.value if listed.kind == "list" else [listed]
+        located = []
+        for index, (certificate, item) in enumerate(zip(values["certificates"], items, strict=True)):
+            item_key = join(key, f"certificates[{index}]" if listed.kind == "list" else "certificates")
+            where = f"{conv.file}:{item.line}" if item.line else conv.file
+            located.append(replace(certificate, location=f"{where}: {item_key}"))
+        values.update(cert=located[0].cert, key=located[0].key, certificates=tuple(located))
+    return TLSSettings(**values)
 
 
 def _listeners(conv: Converter, node: Node) -> tuple[Listener, ...]:
@@ -446,22 +481,41 @@ def _mount_path(conv: Converter, node: Node | None, key: str) -> Any:
 
 
 def _mount_host(conv: Converter, node: Node | None, key: str) -> Any:
-    """A virtual host name as the Host header carries it, lower-cased, without port."""
-    if node is None:
-        return None
-    host = conv.convert(str | None, node, key)
-    if host is None or host is INVALID:
-        return host
-    host = host.strip().lower().rstrip(".")
-    if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "not an address")
-            return host
-        except ValueError:
-            return conv.problem(node.line, key, f"expected '[ipv6-address]', got '{host}'")
-    if not HOSTNAME.fullmatch(host):
-        return conv.problem(node.line, key, f"expected a host name without port (like www.example.org), got '{host}'")
-    return host
+    """The virtual host names of a mount (one or a list) as the Host header carries them: lower-cased,
+    without port or trailing dot; ``*.example.org`` stands for one or more labels before
+    ``example.org`` (not for ``example.org`` itself).  No names: every host."""
+    if node is None or node.is_null:
+        return ()
+    items = node.value if node.kind == "list" else [node]
+    names: list[str] = []
+    for index, item in enumerate(items):
+        item_key = f"{key}[{index}]" if node.kind == "list" else key
+        text = conv.convert(str, item, item_key)
+        if text is INVALID:
+            continue
+        name = text.strip().lower().removesuffix(".")
+        if name.startswith("["):
+            try:
+                ipaddress.IPv6Address(name[1:-1] if name.endswith("]") else "not an address")
+            except ValueError:
+                conv.problem(item.line, item_key, f"expected '[ipv6-address]', got '{name}'")
+                continue
+        elif "*" in name:
+            if not name.startswith("*.") or not _host_name(name[2:]) or len(name) > 253:
+                conv.problem(
+                    item.line, item_key, f"expected a wildcard '*.' and a host name (like *.example.org), got '{name}'"
+                )
+                continue
+        elif not _host_name(name):
+            conv.problem(item.line, item_key, f"expected a host name without port (like www.example.org), got '{name}'")
+            continue
+        names.append(name)
+    return INVALID if len(names) < len(items) else tuple(dict.fromkeys(names))
+
+
+def _host_name(name: str) -> bool:
+    """A DNS name (an IPv4 address too): labels of letters, digits, '-' and '_', none empty."""
+    return bool(HOSTNAME.fullmatch(name)) and not name.endswith(".")
 
 
 def _handler_class(conv: Converter, type_name: str, node: Node, key: str) -> type[Handler] | None:
@@ -494,18 +548,33 @@ def _unknown_option(type_name: str, options: type) -> Callable[[str], str]:
 
 
 def _check_shadowing(conv: Converter, mounts: list[tuple[int, int | None, Mount]]) -> None:
-    """The same (host, path) twice is an error; a mount hiding a file is a warning.
+    """The same path twice for the same hosts is an error; for overlapping hosts, or hiding a file, a warning.
 
-    "Hiding": a mount nested below another whose handler serves a ``root`` directory (static
-    files, CGI scripts), where that root holds a file or directory of the same name -- the
-    longest prefix wins, so that file can no longer be reached.
+    The same hosts: both mounts answer every host, or share a name or an equal wildcard -- the
+    second would never be served there.  Overlapping: a name of one is covered by a wildcard of
+    the other; the exact name takes that host and the wildcard keeps the rest, which is often the
+    point, but worth saying.  "Hiding": a mount nested below another whose handler serves a
+    ``root`` directory (static files, CGI scripts) for hosts in common, where that root holds a
+    file or directory of the same name -- the longest prefix wins, so that file can no longer be
+    reached.
     """
-    seen: dict[tuple[str | None, str], int] = {}
-    for index, line, mount in mounts:
-        first = seen.setdefault((mount.host, mount.path), index)
-        if first != index:
-            on = f" for host '{mount.host}'" if mount.host else ""
-            conv.problem(line, f"mounts[{index}].path", f"'{mount.path}'{on} is already mounted by mounts[{first}]")
+    for position, (index, line, mount) in enumerate(mounts):
+        for first, _, other in mounts[:position]:
+            if other.path != mount.path or bool(other.host) != bool(mount.host):
+                continue
+            overlap = _overlap(other.host, mount.host) if mount.host else ("", True)
+            if overlap is None:
+                continue
+            on = f" for host {overlap[0]}" if overlap[0] else ""
+            if overlap[1]:
+                conv.problem(line, f"mounts[{index}].path", f"'{mount.path}'{on} is already mounted by mounts[{first}]")
+            else:
+                conv.warn(
+                    line,
+                    f"mounts[{index}].path",
+                    f"'{mount.path}'{on} is also mounted by mounts[{first}]; the exact name is served there",
+                )
+            break
     for index, line, mount in mounts:
         for outer_index, _, outer in mounts:
             root = getattr(outer.options, "root", None)
@@ -514,7 +583,7 @@ def _check_shadowing(conv: Converter, mounts: list[tuple[int, int | None, Mount]
                 not isinstance(root, Path)
                 or mount.path == outer.path
                 or not inside
-                or outer.host not in (None, mount.host)
+                or (outer.host and _overlap(outer.host, mount.host) is None)
             ):
                 continue
             hidden = root / mount.path[len(outer.path) :].lstrip("/")
@@ -525,6 +594,26 @@ def _check_shadowing(conv: Converter, mounts: list[tuple[int, int | None, Mount]
                     f"'{mount.path}' hides '{hidden}', which mounts[{outer_index}] ('{outer.path}' "
                     f"{outer.type}) would otherwise serve",
                 )
+
+
+def _overlap(earlier: tuple[str, ...], later: tuple[str, ...]) -> tuple[str, bool] | None:
+    """A host of ``later`` that ``earlier`` answers too, as messages show it, and whether both name
+    it the same way (``later`` then never serves it); None when they have no host in common."""
+    same = next((name for name in later if name in earlier), None)
+    if same is not None:
+        return f"'{same}'", True
+    for one in earlier:
+        for other in later:
+            if _covers(one, other):
+                return f"'{other}' (by '{one}')", False
+            if _covers(other, one):
+                return f"'{other}' (covering '{one}')", False
+    return None
+
+
+def _covers(wildcard: str, name: str) -> bool:
+    """Whether ``*.example.org`` stands for ``name`` (one or more labels before example.org)."""
+    return wildcard.startswith("*.") and not name.startswith("*.") and name.endswith(wildcard[1:])
 
 
 # --- the README reference -------------------------------------------------------------------

@@ -248,11 +248,37 @@ def known_group(value: str) -> None:
 
 
 @dataclass(frozen=True)
-class TLSSettings:
-    """Certificate, key and protocol choices for an HTTPS listener."""
+class Certificate:
+    """One certificate of an HTTPS listener that serves several, chosen by the name the client asks for (SNI)."""
 
     cert: Path = setting(doc="PEM certificate chain file (the server's certificate first)", check=existing_file)
     key: Path = setting(doc="PEM private key file (without passphrase)", check=existing_file)
+    # Where the loader read it ("porch.yaml:7: listen[0].tls.certificates[1]"), so that an error
+    # found when the certificate is loaded at start-up names its line.
+    location: str = setting("", doc="where the certificate is configured", internal=True)
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Certificates, key and protocol choices for an HTTPS listener.
+
+    A file gives one certificate (``cert`` and ``key``) or several (``certificates``), never both.
+    ``cert`` and ``key`` are always the default certificate -- with several, the loader sets them to
+    the first -- so code that knows of one certificate only still sees the one most clients get.
+    """
+
+    cert: Path = setting(
+        doc="PEM certificate chain file (the server's certificate first); required unless `certificates` is given",
+        check=existing_file,
+    )
+    key: Path = setting(
+        doc="PEM private key file (without passphrase); required unless `certificates` is given", check=existing_file
+    )
+    certificates: tuple[Certificate, ...] = setting(
+        (),
+        doc="instead of `cert` and `key`: several certificates, each sent to the clients asking (SNI) for a DNS "
+        "name in its subjectAltName (`*.example.org` covers one label); the first one to every other client",
+    )
     ca: Path | None = setting(
         None,
         doc="PEM file of the CAs that sign client certificates; when set, clients are asked for a certificate",
@@ -264,6 +290,11 @@ class TLSSettings:
         "(a certificate sent must be valid)",
     )
     min_version: Literal["TLSv1.2", "TLSv1.3"] = setting("TLSv1.2", doc="oldest TLS version accepted")
+
+    @property
+    def pairs(self) -> tuple[Certificate, ...]:
+        """Every certificate, the default one first, whichever form the file used."""
+        return self.certificates or (Certificate(self.cert, self.key),)
 
 
 @dataclass(frozen=True)
@@ -318,7 +349,11 @@ class Mount:
 
     path: str = setting(doc='URL prefix, e.g. "/" or "/app"; the longest matching prefix wins')
     type: str = setting(doc='handler type: static, cgi, wsgi, xmlrpc, status, or "package.module:Class"')
-    host: str | None = setting(None, doc="virtual host name this mount answers for; any host when absent")
+    host: tuple[str, ...] = setting(
+        (),
+        doc="virtual host names this mount answers for (one or a list): exact names and `*.example.org` "
+        "wildcards (one or more labels); every host when absent",
+    )
     options: Any = setting(None, doc="the handler's own options (every other key of the mount)", internal=True)
     limits: Limits = setting(default_factory=Limits, doc="limits narrowing the global ones (the smaller value wins)")
     timeouts: Timeouts = setting(

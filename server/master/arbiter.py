@@ -33,6 +33,7 @@ delay, and the master gives up (exit 1) only when no worker has been up for ``re
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 import mmap
@@ -58,6 +59,7 @@ from porch.master.daemon import (
     daemonize,
     drop_privileges,
     root_warning,
+    write_state,
 )
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
 from porch.metrics.aggregate import Aggregate, Busy, WorkerView
@@ -251,15 +253,16 @@ class Reload:
     listeners: list[BoundListener]
     generation: int
     workers: list[Worker] = field(default_factory=list)
+    why: str = ""  # why a worker of it could not boot
 
 
 def set_title(title: str) -> None:
-    """Show the role in ps/top when setproctitle is installed; nothing otherwise."""
+    """Show the role in ps/top when setproctitle (the ``proctitle`` extra) is installed; nothing otherwise."""
     try:
-        import setproctitle  # type: ignore[import-not-found]
+        module = importlib.import_module("setproctitle")
     except ImportError:
         return
-    setproctitle.setproctitle(title)
+    module.setproctitle(title)
 
 
 class Arbiter:
@@ -272,8 +275,10 @@ class Arbiter:
         *,
         daemon: bool = False,
         pidfile: Path | None = None,
+        name: str | None = None,
     ) -> None:
         self.config = config
+        self.name = name  # the config file as the command line gave it, for the first line
         self.reload_config = reload_config
         self.daemon = daemon
         self.pidfile = Pidfile(pidfile) if pidfile else None
@@ -283,6 +288,7 @@ class Arbiter:
         self.generation = 0
         self.generations = itertools.count(1)  # every reload attempt gets a number of its own
         self.pending: Reload | None = None
+        self.reloads = 0  # reloads whose outcome is recorded in the state file
         self.target = config.workers
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.crashes: list[float] = []
@@ -316,7 +322,7 @@ class Arbiter:
             self.listeners = bind_all(self.config.listen)
         except (OSError, DaemonError) as error:
             log.error("%s", error)
-            print(f"porch: {getattr(error, 'strerror', None) or error}", file=sys.stderr)  # noqa: T201 (the terminal)
+            self.tell(str(getattr(error, "strerror", None) or error))
             if self.pidfile is not None:
                 self.pidfile.release()
             return 1
@@ -628,14 +634,38 @@ class Arbiter:
         current = self.current_workers()
         if not self.started_up and len(current) >= self.target and all(worker.booted for worker in current):
             notify_ready([listener.name for listener in self.listeners])
-            self.startup.ready()
+            line = self.serving_line()
+            if not self.daemon:
+                print(line, file=sys.stderr)  # noqa: T201 (the terminal)
+            self.startup.ready(line)
             self.started_up = True
+
+    def serving_line(self) -> str:
+        """Where to go: ``porch: serving http://127.0.0.1:8000/ (config/porch.yaml, 2 workers × 8 threads)``."""
+        urls = []
+        for listener in self.listeners:
+            if listener.name.startswith("unix:"):
+                urls.append(listener.name)
+            else:
+                urls.append(f"{listener.scheme}://{listener.name}/")
+        config = self.config
+        each = f"{config.threads} threads" if config.concurrency == "threading" else f"{config.max_children} children"
+        workers = f"{self.target} worker{'' if self.target == 1 else 's'} × {each}"
+        return f"porch: serving {' '.join(urls)} ({self.name or self.describe()}, {workers})"
+
+    def tell(self, message: str) -> None:
+        """A start-up failure on the terminal, unless the error log already put it there (stderr)."""
+        if self.config.log.error != "-":
+            for line in message.splitlines():
+                print(f"porch: {line}", file=sys.stderr)  # noqa: T201 (the terminal)
 
     def boot_failed(self, worker: Worker, why: str) -> None:
         """A worker could not boot: at start-up the master will stop, later it retries."""
         if worker.generation != self.generation or not self.started_up:
             # A reload's worker (``advance_reload`` abandons the reload), or one at start-up.
             log.error("worker %d could not boot (generation %d)", worker.pid, worker.generation)
+            if self.pending is not None and worker.generation == self.pending.generation:
+                self.pending.why = self.pending.why or why
             if worker.generation == self.generation:
                 self.boot_errors.append(why)
             return
@@ -651,8 +681,7 @@ class Arbiter:
         """At start-up, a worker that cannot boot will never boot: stop instead of looping."""
         log.error("workers cannot boot with this configuration; stopping")
         self.startup.failed(self.boot_errors[0])
-        for line in self.boot_errors[0].splitlines():
-            print(f"porch: {line}", file=sys.stderr)  # noqa: T201 (the terminal)
+        self.tell(self.boot_errors[0])
         self.exit_status = 1
         self.stop(graceful=False)
 
@@ -766,6 +795,7 @@ class Arbiter:
         self.board.set_state("reloading")
         if self.pending is not None:
             log.warning("abandoning the reload still starting (generation %d) for this one", self.pending.generation)
+            self.record_reload(self.pending.generation, "superseded by a newer reload (HUP)", result="superseded")
             self.kill_reload()
         try:
             config = self.reload_config()
@@ -773,21 +803,18 @@ class Arbiter:
             for problem in error.problems:
                 log.error("%s", problem)
             log.error("reload failed: keeping the running configuration")
-            self.aggregate.reloaded(succeeded=False)
-            notify("READY=1")
+            self.refuse_reload(str(error))
             return
         refusal = check_privileges(config)
         if refusal is not None:
             log.error("reload failed: %s; keeping the running configuration", refusal)
-            self.aggregate.reloaded(succeeded=False)
-            notify("READY=1")
+            self.refuse_reload(refusal)
             return
         try:
             listeners = rebind(self.listeners, config.listen)
         except OSError as error:
             log.error("reload failed: %s; keeping the running configuration", error)
-            self.aggregate.reloaded(succeeded=False)
-            notify("READY=1")
+            self.refuse_reload(str(error))
             return
         for listener in listeners:
             if listener.sock not in {old.sock for old in self.listeners}:
@@ -810,11 +837,40 @@ class Arbiter:
         elif all(worker.booted for worker in pending.workers):
             self.adopt_reload(pending)
 
+    def refuse_reload(self, why: str) -> None:
+        """A reload that started no generation: say so to systemd and to ``porch reload``."""
+        self.aggregate.reloaded(succeeded=False)
+        self.record_reload(None, why)
+        notify("READY=1")
+
     def abandon_reload(self, why: str) -> None:
+        assert self.pending is not None
+        why = self.pending.why or why
         log.error("reload failed: %s; keeping the running configuration", why)
         self.aggregate.reloaded(succeeded=False)
+        self.record_reload(self.pending.generation, why)
         self.kill_reload()
         notify("READY=1")
+
+    def record_reload(self, generation: int | None, failure: str | None, result: str = "failed") -> None:
+        """The outcome of a reload in ``<pidfile>.state``, where ``porch reload`` waits for it.
+
+        "superseded" (a HUP came while it booted) is not an outcome anyone waits for: the
+        newer reload's is.
+        """
+        self.reloads += 1
+        if self.pidfile is None:
+            return
+        state = {
+            "pid": os.getpid(),
+            "reloads": self.reloads,
+            "generation": self.generation,
+            "attempted_generation": generation,
+            "result": result if failure else "ok",
+            "reason": failure or "",
+            "time": time.time(),
+        }
+        write_state(self.pidfile.path, state)
 
     def kill_reload(self) -> None:
         """Kill the pending generation's workers and forget it."""
@@ -853,5 +909,6 @@ class Arbiter:
             self.logs = logs
         chown_logs(self.config)
         self.aggregate.reloaded(succeeded=True)
+        self.record_reload(pending.generation, None)
         log.info("reloaded: generation %d serving, %d old workers retiring", pending.generation, len(old_workers))
         notify_ready([listener.name for listener in self.listeners])

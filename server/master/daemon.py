@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import select
@@ -36,6 +37,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -86,9 +88,9 @@ class Startup:
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
 
-    def ready(self) -> None:
-        """Serving: let the command exit 0 (it prints our pid)."""
-        self._send(READY + str(os.getpid()).encode())
+    def ready(self, line: str = "") -> None:
+        """Serving: let the command exit 0; it prints our pid, then ``line`` (where to go) on stderr."""
+        self._send(READY + f"{os.getpid()}\n{line}".encode())
 
     def failed(self, message: str) -> None:
         """Start-up failed: the command prints ``message`` and exits 1."""
@@ -206,13 +208,43 @@ def _outcome(report: bytes | None) -> tuple[int, str]:
             "still be starting (see its error log)\n"
         )
     if report.startswith(READY):
-        return 0, f"started (pid {report[1:].decode(errors='replace')})\n"
+        pid, _, line = report[1:].decode(errors="replace").partition("\n")
+        if line:
+            os.write(2, f"{line}\n".encode())
+        return 0, f"started (pid {pid})\n"
     if report.startswith(FAILED):
         return 1, f"porch: {report[1:].decode(errors='replace')}\n"
     return 1, "porch: the server exited during start-up (its error log says why)\n"
 
 
-# --- the pidfile ----------------------------------------------------------------------------
+# --- the pidfile and the state file next to it ----------------------------------------------
+
+
+def state_path(pidfile: str | os.PathLike[str]) -> Path:
+    """``<pidfile>.state``: the outcome of the master's last reload, for ``porch reload`` to wait on."""
+    path = Path(os.path.abspath(pidfile))
+    return path.with_name(path.name + ".state")
+
+
+def write_state(pidfile: str | os.PathLike[str], state: Mapping[str, object]) -> None:
+    """Replace the state file atomically (write, then rename), so a reader never sees half of it."""
+    path = state_path(pidfile)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(state) + "\n", encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as error:
+        log.warning("cannot write the state file %s: %s", path, error.strerror or error)
+        temp.unlink(missing_ok=True)
+
+
+def read_state(pidfile: str | os.PathLike[str]) -> dict[str, object]:
+    """The state file's content; empty when there is none (no reload yet, or an older porch)."""
+    try:
+        state = json.loads(state_path(pidfile).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 class Pidfile:

@@ -9,21 +9,37 @@ client resumes its session whichever worker it reaches.
 Accepted connections are wrapped with ``do_handshake_on_connect=False``: the handshake is never
 done by the acceptor in one blocking call.  ``porch.net.connection.Connection`` drives it step
 by step on a non-blocking socket, as data arrives (``Connection.fill``), under the header timeout.
+
+A listener with several certificates gets one context per certificate, all built alike; the
+first is the listener's, and its ``sni_callback`` moves each connection to the context whose
+certificate names the host the client asked for (SNI), before the certificate is sent.  The names
+are the DNS entries of each certificate's subjectAltName, read from the certificate itself (a
+few lines of DER below: the ``ssl`` module has no public way to decode a certificate it did not
+receive from a peer); an exact name beats a wildcard, ``*.example.org`` covers one label (RFC
+6125), and a client that sends no name or one no certificate has gets the first certificate.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
+import re
 import ssl
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from porch.config.environment import CertificateProblem, load_certificate
+
 if TYPE_CHECKING:
-    from porch.config.settings import TLSSettings
+    from porch.config.settings import Certificate, TLSSettings
 
 ALPN_PROTOCOLS = ["http/1.1"]  # RFC 7301: the only protocol porch speaks
 MIN_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 VERIFY_MODES = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL}
+PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
+SUBJECT_ALT_NAME = b"\x55\x1d\x11"  # the OID 2.5.29.17, as DER writes it
+EXTENSIONS, DNS_NAME = 0xA3, 0x82  # tbsCertificate's [3] extensions; GeneralName's [2] dNSName
 
 
 class TLSSetupError(ValueError):
@@ -31,7 +47,48 @@ class TLSSetupError(ValueError):
 
 
 def server_context(settings: TLSSettings) -> ssl.SSLContext:
-    """A server context for ``settings``; TLSSetupError names the file that is wrong."""
+    """A server context for ``settings``; TLSSetupError names the file that is wrong.
+
+    With several certificates, the first one's context, choosing among all of them by SNI.
+    """
+    contexts = [_certificate_context(settings, certificate) for certificate in settings.pairs]
+    if len(contexts) > 1:
+        exact: dict[str, ssl.SSLContext] = {}
+        wildcard: dict[str, ssl.SSLContext] = {}  # by the name after "*."
+        for index, (certificate, context) in enumerate(zip(settings.pairs, contexts, strict=True)):
+            names = _names(certificate)
+            if not names and index:
+                message = (
+                    f"{certificate.cert} names no DNS host in its subjectAltName, so no client would be sent it "
+                    "(only the first certificate serves clients asking for a name no certificate has)"
+                )
+                raise TLSSetupError(_located(certificate, message))
+            for name in names:  # a name in two certificates is the first one's
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], context)
+                else:
+                    exact.setdefault(name, context)
+        contexts[0].sni_callback = _chooser(exact, wildcard)
+    return contexts[0]
+
+
+def _chooser(
+    exact: dict[str, ssl.SSLContext], wildcard: dict[str, ssl.SSLContext]
+) -> Callable[[ssl.SSLObject, str | None, ssl.SSLContext], None]:
+    """The SNI callback: the context of the certificate naming ``server_name``; no change (the default) otherwise."""
+
+    def choose(connection: ssl.SSLObject, server_name: str | None, default: ssl.SSLContext) -> None:
+        if server_name:
+            name = server_name.lower().removesuffix(".")
+            chosen = exact.get(name) or wildcard.get(name.partition(".")[2])
+            if chosen is not None and chosen is not default:
+                connection.context = chosen
+
+    return choose
+
+
+def _certificate_context(settings: TLSSettings, certificate: Certificate) -> ssl.SSLContext:
+    """A context serving one certificate, with the listener's protocol and client-certificate choices."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MIN_VERSIONS[settings.min_version]
     # Client-initiated renegotiation costs the server a handshake for every request the client
@@ -39,15 +96,9 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     try:
-        texts = [Path(path).read_bytes() for path in (settings.cert, settings.key)]
-    except OSError as error:
-        raise TLSSetupError(f"cannot read {error.filename}: {error.strerror}") from error
-    try:
-        context.load_cert_chain(settings.cert, settings.key, password=_no_passphrase)
-    except _Passphrase:
-        raise TLSSetupError(f"the key {settings.key} is encrypted; porch needs it without a passphrase") from None
-    except ssl.SSLError as error:
-        raise TLSSetupError(_chain_problem(settings, error, *texts)) from error
+        load_certificate(context, certificate)
+    except CertificateProblem as problem:
+        raise TLSSetupError(_located(certificate, str(problem))) from problem
     if settings.ca is not None:
         try:
             context.load_verify_locations(cafile=settings.ca)
@@ -58,6 +109,11 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
     return context
 
 
+def _located(certificate: Certificate, message: str) -> str:
+    """``message`` preceded by where the certificate is configured, when the loader said."""
+    return f"{certificate.location}: {message}" if certificate.location else message
+
+
 def failure_reason(error: OSError) -> str:
     """A short reason for a failed handshake, for the error log."""
     if isinstance(error, ssl.SSLError) and error.reason:
@@ -65,21 +121,56 @@ def failure_reason(error: OSError) -> str:
     return error.strerror or errno.errorcode.get(error.errno or 0, "") or str(error) or type(error).__name__
 
 
-class _Passphrase(Exception):
-    """Raised by the password callback: the key is encrypted."""
+def _names(certificate: Certificate) -> tuple[str, ...]:
+    """The DNS names (lower-case) of the certificate's subjectAltName; called after OpenSSL loaded it."""
+    found = PEM_CERTIFICATE.search(Path(certificate.cert).read_bytes())
+    if found is None:  # load_cert_chain accepted the file, so it holds one
+        raise TLSSetupError(_located(certificate, f"{certificate.cert} holds no PEM certificate"))
+    try:
+        return dns_names(base64.b64decode(found.group(1)))
+    except (IndexError, ValueError) as error:
+        raise TLSSetupError(_located(certificate, f"cannot read the names of {certificate.cert}: {error}")) from error
 
 
-def _no_passphrase() -> str:
-    """Without a callback OpenSSL would ask for the passphrase on the terminal and hang a daemon."""
-    raise _Passphrase()
+def dns_names(der: bytes) -> tuple[str, ...]:
+    """The subjectAltName DNS names of a DER certificate (RFC 5280 section 4.2.1.6), lower-case.
+
+    Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { ... [3] SEQUENCE OF Extension } ... };
+    Extension ::= SEQUENCE { OID, critical BOOLEAN optional, OCTET STRING holding the value }.
+    """
+    _, start, end = _element(der, 0)
+    _, start, end = _element(der, start)  # tbsCertificate
+    for extensions in (field for field in _elements(der, start, end) if field[0] == EXTENSIONS):
+        _, start, end = _element(der, extensions[1])  # the SEQUENCE OF Extension
+        for _, ext_start, ext_end in _elements(der, start, end):
+            parts = list(_elements(der, ext_start, ext_end))
+            if der[parts[0][1] : parts[0][2]] != SUBJECT_ALT_NAME:
+                continue
+            _, start, end = _element(der, parts[-1][1])  # GeneralNames ::= SEQUENCE OF GeneralName
+            return tuple(
+                der[name_start:name_end].decode("ascii").lower()
+                for tag, name_start, name_end in _elements(der, start, end)
+                if tag == DNS_NAME
+            )
+    return ()
 
 
-def _chain_problem(settings: TLSSettings, error: ssl.SSLError, cert: bytes, key: bytes) -> str:
-    """Which of the two files is wrong: OpenSSL's reason alone ("PEM lib") does not say."""
-    if b"-----BEGIN CERTIFICATE-----" not in cert:
-        return f"{settings.cert} holds no PEM certificate"
-    if b"PRIVATE KEY-----" not in key:
-        return f"{settings.key} holds no PEM private key"
-    if "KEY_VALUES_MISMATCH" in (error.reason or ""):
-        return f"the key {settings.key} does not belong to the certificate {settings.cert}"
-    return f"cannot use {settings.cert} with {settings.key}: {error.reason or error}"
+def _element(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the DER element at ``at``: its content is ``der[start:end]``."""
+    tag, length = der[at], der[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(der[at : at + count], "big")
+        at += count
+    if at + length > len(der):
+        raise ValueError("a DER element runs past the end")
+    return tag, at, at + length
+
+
+def _elements(der: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The elements one after another in ``der[start:end]``."""
+    while start < end:
+        element = _element(der, start)
+        yield element
+        start = element[2]

@@ -22,7 +22,7 @@ from porch.spine.dispatch import Gate
 
 def mount_number(mount: Mount) -> int:
     """The mount's scope in the client table: stable across reloads, never a reserved scope."""
-    return CONNECTIONS + 1 + zlib.crc32(f"{mount.host or ''}\0{mount.path}".encode()) % (2**32 - CONNECTIONS - 1)
+    return CONNECTIONS + 1 + zlib.crc32(f"{','.join(mount.host)}\0{mount.path}".encode()) % (2**32 - CONNECTIONS - 1)
 
 
 def rate_limit_gate(mount: Mount, limit: RateLimit, clients: ClientTable, metrics: Recorder) -> Gate:
