@@ -165,9 +165,7 @@ def server_processes(server: PorchServer) -> list[int]:
     named like the master, or ``porch: worker ...`` where setproctitle renames them."""
     own = cmdline(server.proc.pid)
     return [server.proc.pid] + [
-        pid
-        for pid in descendants(server.proc.pid)
-        if cmdline(pid) == own or cmdline(pid).startswith(b"porch: worker ")
+        pid for pid in descendants(server.proc.pid) if cmdline(pid) == own or cmdline(pid).startswith(b"porch: worker ")
     ]
 
 
