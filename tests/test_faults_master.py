@@ -129,7 +129,8 @@ def test_a_reload_after_a_failed_one_applies_the_fixed_config(porch, tmp_path: P
     rewrite(srv, with_app(site(tmp_path, "after"), apps, "imports_fine"))
     srv.signal(signal.SIGHUP)
     wait_until(lambda: "generation 2 serving" in srv.error_text(), what="the fixed reload", timeout=15)
-    assert requests.get(srv.url + "/", timeout=5).text == "after"
+    # the retiring workers may take a last connection while they close their listeners
+    wait_until(lambda: requests.get(srv.url + "/", timeout=5).text == "after", what="the new generation serving")
     assert requests.get(srv.url + "/app", timeout=5).text == "app ok"
     assert srv.error_text().count("reload failed") == 1
 
