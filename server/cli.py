@@ -155,6 +155,13 @@ def add_settings(parser: argparse.ArgumentParser, *, top: bool, serving: bool) -
             help="run in the background; exits 0 once the server serves (needs a pidfile and log files)",
         )
         parser.add_argument(
+            "--reload",
+            action="store_true",
+            default=unset,
+            help="development: restart the workers when the config file or a Python file under a mount's "
+            "pythonpath changes",
+        )
+        parser.add_argument(
             "--check-config",
             action="store_true",
             default=unset,
@@ -445,7 +452,8 @@ def serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     reload_config = reloader(os.path.abspath(path), overrides) if path else None
     from porch.master.arbiter import Arbiter
 
-    return Arbiter(config, reload_config, daemon=daemon, pidfile=config.pidfile, name=path).run()
+    watch = bool(getattr(args, "reload", None))
+    return Arbiter(config, reload_config, daemon=daemon, pidfile=config.pidfile, name=path, watch=watch).run()
 
 
 def machine_problems(config: Config, path: str | None, overrides: dict[str, Any] | None = None) -> list[ConfigProblem]:

@@ -62,6 +62,7 @@ from porch.master.daemon import (
     write_state,
 )
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
+from porch.master.watch import CodeWatcher
 from porch.metrics.aggregate import Aggregate, Busy, WorkerView
 from porch.metrics.board import Board
 from porch.metrics.counters import NO_METRICS, Counters, Layout
@@ -276,8 +277,11 @@ class Arbiter:
         daemon: bool = False,
         pidfile: Path | None = None,
         name: str | None = None,
+        watch: bool = False,
     ) -> None:
         self.config = config
+        # --reload: restart the workers when their code changes (development)
+        self.watcher = CodeWatcher(config) if watch and reload_config is not None else None
         self.name = name  # the config file as the command line gave it, for the first line
         self.reload_config = reload_config
         self.daemon = daemon
@@ -412,6 +416,10 @@ class Arbiter:
         self.check_heartbeats(now)
         self.advance_reload()
         self.spawn_missing()
+        if self.watcher is not None and self.pending is None and (changed := self.watcher.changed()):
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            log.info("changed: %s%s; reloading", ", ".join(str(path) for path in changed[:3]), more)
+            self.reload()
 
     def publish(self) -> None:
         """Sum what the workers counted and write it to the board for the status handlers; a
@@ -898,6 +906,8 @@ class Arbiter:
             listener.close()  # only the master's copy: retiring workers drain theirs
         self.config, self.listeners, self.generation = pending.config, pending.listeners, pending.generation
         self.target = pending.config.workers
+        if self.watcher is not None:
+            self.watcher.follow(pending.config)
         self.boot_retries, self.down_since = 0, None
         try:
             logs = Logs(self.config.log)
