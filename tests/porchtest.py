@@ -26,6 +26,14 @@ LISTENING = re.compile(r"listening on ([^\s\"]+)")  # in a text or a json error 
 START_TIMEOUT_SECONDS = 15.0
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for programs that need a port number up front)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def wait_until(condition: Callable[[], Any], what: str = "condition", timeout: float = 10.0) -> Any:
     """Poll ``condition`` until it returns something true (returned), or fail naming ``what``."""
     deadline = time.monotonic() + timeout

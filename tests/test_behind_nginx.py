@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_program
-from porchtest import PorchServer
+from porchtest import PorchServer, free_port
 
 APP = """
 import json
@@ -50,13 +50,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -22,20 +22,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from porchtest import wait_until
+from porchtest import free_port, wait_until
 
 PORCH = [sys.executable, "-m", "porch"]
 LISTENING = re.compile(r"listening on (\S+)")
 STATUS_CONFIG = "threads: 8\nmounts:\n  - {path: /status, type: status}\n  - {path: /, type: static, root: www}\n"
 START_TIMEOUT_SECONDS = 10.0  # for a line porch writes within a second
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the root policy applies to root only")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (bound to port 0, then closed)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def environment(porch_args: str | None = None) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from porchtest import wait_until
+from porchtest import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -46,13 +45,6 @@ def test_the_dockerfile_runs_porch_unprivileged_on_the_container_config() -> Non
     assert (REPO / CONTAINER_CONFIG).is_file()
     assert "8000" in found["EXPOSE"][0]
     assert "/healthz" in found["HEALTHCHECK"][0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_the_container_config_serves_the_bundled_site(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import requests
 import yaml
 from certs import make_pki
 from conftest import CONCURRENCY_MODELS, need_program
-from porchtest import PorchServer
+from porchtest import PorchServer, free_port
 
 from porch.config.settings import Listener, TLSSettings
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
@@ -80,12 +80,6 @@ def curl_unix(path: Path, target: str = "/") -> dict[str, Any]:
         check=True,
     )
     return json.loads(result.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ipv6_loopback() -> bool:

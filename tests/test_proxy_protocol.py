@@ -17,7 +17,7 @@ from typing import BinaryIO
 import pytest
 from certs import make_pki
 from conftest import CONCURRENCY_MODELS, need_program
-from porchtest import PorchServer, wait_until
+from porchtest import PorchServer, free_port, wait_until
 
 from porch.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse
 
@@ -285,12 +285,6 @@ def test_tls_after_the_header(porch, tmp_path: Path, concurrency: str) -> None:
 
 
 # --- HAProxy in front ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("options", ["", " proxy-v2-options crc32c,unique-id"])

@@ -217,12 +217,10 @@ def port_problem(listener: Listener) -> str | None:
     """
     if listener.address.startswith("unix:"):
         return None
-    host, _, port_text = listener.address.rpartition(":")
-    port = int(port_text)
+    host, port = listener.host_port
     if port == 0:
         return None
-    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
-    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

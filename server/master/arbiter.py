@@ -226,11 +226,9 @@ class Worker:
         beat = self.heartbeat.read()
         busy = []
         for request in beat.requests():
-            method, _, rest = request.request_line.partition(" ")
-            target = rest.rpartition(" ")[0] or rest
-            path = target.partition("?")[0]  # another user's query string is not for the page
+            path = request.target.partition("?")[0]  # another user's query string is not for the page
             age = round(max(0.0, now - request.start), 3)
-            busy.append(Busy(request.thread, method, path, request.client, age, request.request_id))
+            busy.append(Busy(request.thread, request.method, path, request.client, age, request.request_id))
         state = "retiring" if self.retiring else "serving" if self.booted else "booting"
         return WorkerView(
             self.pid,
@@ -750,13 +748,11 @@ class Arbiter:
         )
         requests = beat.requests()
         for request in requests:
-            method, _, rest = request.request_line.partition(" ")
-            target = rest.rpartition(" ")[0] or rest
             log.error(
                 "worker %d stuck on %s %s for %.1fs (request %s)",
                 worker.pid,
-                method,
-                target,
+                request.method,
+                request.target,
                 now - request.start,
                 request.request_id,
             )

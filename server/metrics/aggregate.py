@@ -50,6 +50,11 @@ class WorkerView:
     idle: int = 0
     busy: list[Busy] = field(default_factory=list)
 
+    @property
+    def open_connections(self) -> float:
+        """Accepted and not yet closed: the worker's connections now."""
+        return self.totals.get(("connections_accepted",), 0.0) - self.totals.get(("connections_closed",), 0.0)
+
 
 def quantile(q: float, counts: Sequence[float]) -> float | None:
     """The q-quantile of a histogram of per-bucket counts, interpolated linearly in its bucket."""
@@ -131,9 +136,7 @@ class Aggregate:
         now = time.time() if now is None else now
         totals = self.totals(workers)
         accepted = totals.get(("connections_accepted",), 0.0)
-        live_open = sum(
-            w.totals.get(("connections_accepted",), 0.0) - w.totals.get(("connections_closed",), 0.0) for w in workers
-        )
+        live_open = sum(w.open_connections for w in workers)
         idle = sum(w.idle for w in workers)
         in_flight = sum(len(w.busy) + w.children for w in workers)
         connections = {"accepted": accepted, "open": live_open, "idle": idle, "active": max(0.0, live_open - idle)}
@@ -202,8 +205,7 @@ class Aggregate:
 
     @staticmethod
     def worker(worker: WorkerView) -> dict[str, Any]:
-        accepted = worker.totals.get(("connections_accepted",), 0.0)
-        open_ = accepted - worker.totals.get(("connections_closed",), 0.0)
+        open_ = worker.open_connections
         return {
             "pid": worker.pid,
             "generation": worker.generation,

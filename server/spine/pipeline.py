@@ -56,6 +56,16 @@ class InFlight:
     thread: str  # the name of the thread serving it
     client: str
 
+    @property
+    def method(self) -> str:
+        return self.request_line.partition(" ")[0]
+
+    @property
+    def target(self) -> str:
+        """The request-target: the request line without method and version."""
+        rest = self.request_line.partition(" ")[2]
+        return rest.rpartition(" ")[0] or rest
+
 
 def error_response(error: HTTPError) -> Response:
     """The response that answers ``error``; asks the connection to close when the error says so."""
