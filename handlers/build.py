@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from porch import SOFTWARE
-from porch.config.check import cause_tail, problems_in_child, summary, traceback_tail, warning_line
+from porch.config.check import CheckFailed, cause_tail, problems_in_child, summary, traceback_tail, warning_line
 from porch.config.environment import environment_problems, locator
 from porch.config.load import COMMAND_LINE, OVERRIDABLE, config_from_mapping, load_config
 from porch.config.settings import Config, ConfigError, ConfigProblem, Mount
@@ -243,7 +243,7 @@ def check_config(
     running_pid: int | None = None,
     timeout: float = CHECK_TIMEOUT_SECONDS,
 ) -> str:
-    """What ``porch check -c FILE`` does: the one-line summary (and warnings), or ConfigError with every problem.
+    """What ``porch check -c FILE`` does: the one-line summary (and warnings), or CheckFailed with every problem.
 
     The file is loaded here; the handlers are built in a child process, so an application
     that crashes, exits or hangs while being imported is reported instead of hurting the checker.
@@ -252,7 +252,7 @@ def check_config(
     checked = load_leniently(path, overrides)
     built_problems, built_warnings = problems_in_child(path, timeout, handler_problems)
     problems = checked.problems + built_problems
-    warnings = [*(checked.config.warnings if checked.config and not problems else ()), *built_warnings]
+    warnings = [*(checked.config.warnings if checked.config and not checked.problems else ()), *built_warnings]
     if checked.config is not None:
         where = locator(str(path), str(path), frozenset(overrides or ()))
         found, cautions = environment_problems(
@@ -261,6 +261,6 @@ def check_config(
         problems += found
         warnings += cautions
     if problems:
-        raise ConfigError(problems)
+        raise CheckFailed(problems, warnings)
     assert checked.config is not None
     return "\n".join([summary(checked.config, str(path)), *(warning_line(w) for w in warnings)])

@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from porch import __version__
-from porch.config.check import summary, warning_line
+from porch.config.check import CheckFailed, summary, warning_line
 from porch.config.convert import yaml_text
 from porch.config.environment import environment_problems, locator
 from porch.config.load import COMMAND_LINE, OVERRIDABLE, config_from_mapping, load_config
 from porch.config.settings import Config, ConfigError, ConfigProblem
 from porch.handlers.build import check_config
 from porch.master.daemon import check_privileges, check_root, process_gone, read_pid, read_state
+from porch.master.upgrade import upgrade_startup
 from porch.top import DEFAULT_INTERVAL_SECONDS, interval_seconds, run_top
 
 DEFAULT_CONFIG = Path("config") / "porch.yaml"
@@ -72,6 +73,8 @@ CONTROL_HELP = {
     "reload": "check the config, make the running server reload it (HUP) and wait until it serves or refused it",
     "status": "say whether the server runs: exit 0 running, 1 stale pidfile, 3 not running, 4 unknown",
     "reopen": "make the running server reopen its log files (USR1), after rotating them",
+    "upgrade": "replace the running master by the installed porch on the same sockets (USR2), without refusing "
+    "a connection, and wait until the new master serves or failed",
 }
 
 # gunicorn options porch has no option for, and what does the same in porch (told after a usage error).
@@ -223,7 +226,7 @@ def parser(prog: str = "porch") -> argparse.ArgumentParser:
                 help="seconds to wait for the exit (default timeouts.graceful + "
                 f"{STOP_MARGIN_SECONDS:g}, or {STOP_TIMEOUT_SECONDS:g} without a config)",
             )
-        if name == "reload":
+        if name in ("reload", "upgrade"):
             control.add_argument(
                 "--timeout",
                 metavar="S",
@@ -398,7 +401,8 @@ def report(error: ConfigError) -> int:
 
 
 def check(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """``porch check`` and ``--check-config``: the summary of the effective config, or every problem.
+    """``porch check`` and ``--check-config``: the summary of the effective config, or every problem;
+    the warnings either way (after the problems, which are what stops the start).
 
     A config file's handlers are built in a child process (``check_config``); the summary
     shows the values the options replaced.
@@ -414,6 +418,11 @@ def check(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             config = chosen_config(args, overrides)
             line = summary(config, "<command line>")
             warnings = [warning_line(warning) for warning in (*config.warnings, *machine_problems(config, None))]
+    except CheckFailed as failed:
+        status = report(failed)
+        for warning in failed.warnings:
+            print(f"porch: {warning_line(warning)}", file=sys.stderr)
+        return status
     except ConfigError as error:
         return report(error)
     from_options = [
@@ -435,16 +444,25 @@ def effective_text(config: Config, key: str) -> str:
 
 
 def serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """Check what can be checked while a terminal still shows the answer, then run the arbiter."""
+    """Check what can be checked while a terminal still shows the answer, then run the arbiter.
+
+    Started by a master's USR2 (``porch.master.upgrade``), every refusal also goes to that
+    master, which logs it and keeps serving.
+    """
     path = config_path(args)
+    upgrade = upgrade_startup()
     try:
         config = chosen_config(args, overrides)
         machine_problems(config, path, overrides)
     except ConfigError as error:
+        if upgrade is not None:
+            upgrade[1].failed("; ".join(str(problem) for problem in error.problems))
         return report(error)
     daemon = bool(args.daemon)
     refusal = startup_problem(config, daemon=daemon)
     if refusal is not None:
+        if upgrade is not None:
+            upgrade[1].failed(refusal)
         print(f"porch: {refusal}", file=sys.stderr)
         return 1
     if config.umask is not None:  # before the arbiter creates logs, sockets and the pidfile
@@ -453,7 +471,9 @@ def serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from porch.master.arbiter import Arbiter
 
     watch = bool(getattr(args, "reload", None))
-    return Arbiter(config, reload_config, daemon=daemon, pidfile=config.pidfile, name=path, watch=watch).run()
+    return Arbiter(
+        config, reload_config, daemon=daemon, pidfile=config.pidfile, name=path, watch=watch, upgrade=upgrade
+    ).run()
 
 
 def machine_problems(config: Config, path: str | None, overrides: dict[str, Any] | None = None) -> list[ConfigProblem]:
@@ -523,11 +543,11 @@ def control(args: argparse.Namespace) -> int:
         where = f" ({path} has none)" if path and not problems else ""
         print(f"porch: no pidfile: give --pidfile FILE or -c FILE with a `pidfile:` setting{where}", file=sys.stderr)
         return failure
-    if problems and args.command != "reload":
+    if problems and args.command not in ("reload", "upgrade"):
         print(
             f"porch: warning: {path} has errors (porch check -c {path}); using its pidfile {pidfile}", file=sys.stderr
         )
-    command = {"stop": stop, "reload": reload, "status": status, "reopen": reopen}[args.command]
+    command = {"stop": stop, "reload": reload, "status": status, "reopen": reopen, "upgrade": upgrade}[args.command]
     return command(args, pidfile, config, path)
 
 
@@ -554,7 +574,9 @@ def stop(args: argparse.Namespace, pidfile: Path, config: Config | None, path: s
     if args.timeout is not None:
         timeout = args.timeout
     else:
-        timeout = config.timeouts.graceful + STOP_MARGIN_SECONDS if config else STOP_TIMEOUT_SECONDS
+        timeout = (
+            config.drain_seconds + config.timeouts.graceful + STOP_MARGIN_SECONDS if config else STOP_TIMEOUT_SECONDS
+        )
     deadline = time.monotonic() + timeout
     while not process_gone(pid):
         if time.monotonic() >= deadline:
@@ -577,15 +599,8 @@ def reload(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
     if path is None:
         print("porch: reload checks the config before signalling: give -c FILE (the server's config)", file=sys.stderr)
         return 1
-    try:
-        report = check_config(path)
-    except ConfigError as error:
-        for issue in error.problems:
-            print(f"porch: {issue}", file=sys.stderr)
-        print(f"porch: not reloading: {path} is invalid; pid {pid} keeps its configuration", file=sys.stderr)
+    if not passes_check(path, pid, "reloading"):
         return 1
-    for warning in report.splitlines()[1:]:
-        print(warning, file=sys.stderr)
     before = reloads_done(pidfile, pid)
     if not deliver(pid, signal.SIGHUP):
         return 1
@@ -608,6 +623,54 @@ def reload(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
         time.sleep(STOP_POLL_SECONDS)
     print(
         f"porch: reload signalled (pid {pid}), but no outcome within {args.timeout:g} s (see its error log)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def passes_check(path: str, pid: int, doing: str) -> bool:
+    """``porch check`` the config before signalling: its problems (and why nothing is done) or
+    its warnings on stderr."""
+    try:
+        report = check_config(path, running_pid=pid)
+    except ConfigError as error:
+        for issue in error.problems:
+            print(f"porch: {issue}", file=sys.stderr)
+        print(f"porch: not {doing}: {path} is invalid; pid {pid} keeps its configuration", file=sys.stderr)
+        return False
+    for warning in report.splitlines()[1:]:
+        print(warning, file=sys.stderr)
+    return True
+
+
+def upgrade(args: argparse.Namespace, pidfile: Path, config: Config | None, path: str | None) -> int:
+    """USR2, then wait for the outcome the old master records: the new master serves (the pidfile
+    names it) or it could not start (the old one keeps serving, and says why)."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return not_running(pidfile)
+    if path is not None and not passes_check(path, pid, "upgrading"):
+        return 1
+    asked = time.time()
+    if not deliver(pid, signal.SIGUSR2):
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        outcome = read_state(pidfile).get("upgrade")
+        if isinstance(outcome, dict) and outcome.get("from") == pid and float(outcome.get("time", 0)) >= asked:
+            if outcome.get("result") == "ok":
+                print(f"upgraded (pid {pid} → {outcome.get('to')}; pid {pid} finishes its requests and exits)")
+                return 0
+            for line in str(outcome.get("reason", "")).splitlines():
+                print(f"porch: {line}", file=sys.stderr)
+            print(f"porch: upgrade failed; pid {pid} keeps serving", file=sys.stderr)
+            return 1
+        if process_gone(pid):
+            print(f"porch: pid {pid} exited during the upgrade", file=sys.stderr)
+            return 1
+        time.sleep(STOP_POLL_SECONDS)
+    print(
+        f"porch: upgrade signalled (pid {pid}), but no outcome within {args.timeout:g} s (see its error log)",
         file=sys.stderr,
     )
     return 1

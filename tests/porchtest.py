@@ -84,7 +84,8 @@ class PorchServer:
     ) -> PorchServer:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         access_log, error_log = tmp_dir / "access.log", tmp_dir / "error.log"
-        full: dict[str, Any] = {"listen": ["127.0.0.1:0"]}
+        # No drain_delay unless a test asks: stop() sends TERM, and most tests stop a server.
+        full: dict[str, Any] = {"listen": ["127.0.0.1:0"], "drain_delay": 0}
         full.update(config)
         full["log"] = {"access": str(access_log), "error": str(error_log), "level": "debug", **config.get("log", {})}
         config_path = tmp_dir / "porch.yaml"

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from certs import make_pki
+from conftest import need_program
 from porchtest import wait_until
 
 from porch.master.daemon import process_gone, read_pid
@@ -135,6 +136,46 @@ def test_a_privileged_port_gets_the_hint(tmp_path: Path) -> None:
     config = write(tmp_path / "porch.yaml", {"listen": ["127.0.0.1:80"]})
     result = porch("check", "-c", str(config))
     assert result.returncode == 1 and "CAP_NET_BIND_SERVICE" in result.stderr
+
+
+def test_warnings_are_printed_with_the_problems(tmp_path: Path) -> None:
+    """A warning is not held back until the problems are fixed: the next run would bring it as news."""
+    (tmp_path / "cgi").mkdir()
+    script = tmp_path / "cgi" / "hello.cgi"
+    script.write_text("#!/bin/sh\n")
+    config = write(
+        tmp_path / "porch.yaml",
+        {"listen": ["127.0.0.1:0"], "threads": "many", "mounts": [{"path": "/cgi-bin", "type": "cgi", "root": "cgi"}]},
+    )
+    result = porch("check", "-c", str(config))
+    assert result.returncode == 1 and result.stdout == ""
+    problem, warning = result.stderr.splitlines()
+    assert problem == f"porch: {config}:3: threads: expected an integer, got 'many'"
+    assert warning.startswith(f"porch: {config}:5: warning: mounts[0]: {script}: not executable")
+
+
+def without_root_rights() -> list[str]:
+    """A prefix running a command without root's right to write into any directory (none for a user)."""
+    if os.geteuid() != 0:
+        return []
+    return [need_program("setpriv"), "--bounding-set", "-dac_override", "--"]
+
+
+def test_a_unix_socket_needs_a_directory_the_master_can_write(tmp_path: Path) -> None:
+    missing, closed = tmp_path / "no-such-dir", tmp_path / "closed"
+    closed.mkdir(mode=0o555)
+    listen = [f"unix:{missing}/porch.sock", f"unix:{closed}/porch.sock"]
+    config = write(tmp_path / "porch.yaml", {"listen": listen, "mounts": [{"path": "/", "type": "status"}]})
+    result = subprocess.run(
+        [*without_root_rights(), *PORCH, "check", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"porch: {config}:2: listen[0]: directory {missing} of the socket {missing}/porch.sock does not exist "
+        "(create it first)",
+        f"porch: {config}:3: listen[1]: cannot create the socket {closed}/porch.sock: directory {closed} is not "
+        "writable (permission denied)",
+    ]
 
 
 class Server:

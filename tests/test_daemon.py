@@ -419,14 +419,51 @@ def test_root_is_refused_on_network_addresses(tmp_path: Path, listen: list[str])
     assert root_warning(config(tmp_path, listen=listen)) is None
 
 
+LOOPBACK_ONLY = [["127.0.0.1:8080"], ["[::1]:8080", "localhost:8081"], ["127.8.9.10:80"], ["unix:/tmp/porch-test.sock"]]
+# Mounts that run no code of the config's own: as root on loopback, nothing to warn about.
+CODELESS_MOUNTS = [
+    {"path": "/", "type": "static", "root": ".", "listing": True},
+    {"path": "/old", "type": "redirect", "to": "/"},
+    {"path": "/server-status", "type": "status"},
+    {"path": "/metrics", "type": "metrics"},
+    {"path": "/healthz", "type": "health"},
+    {"path": "/readyz", "type": "ready"},
+]
+CODE_MOUNTS = {
+    "cgi": {"path": "/cgi-bin", "type": "cgi", "root": "."},
+    "wsgi": {"path": "/app", "type": "wsgi", "app": "some_app:application"},
+    "xmlrpc": {"path": "/RPC2", "type": "xmlrpc", "functions": {"add": "some_module:add"}},
+}
+
+
 @needs_root
-@pytest.mark.parametrize(
-    "listen", [["127.0.0.1:8080"], ["[::1]:8080", "localhost:8081"], ["127.8.9.10:80"], ["unix:/tmp/porch-test.sock"]]
-)
-def test_root_on_loopback_only_is_a_warning(tmp_path: Path, listen: list[str]) -> None:
-    assert check_root(config(tmp_path, listen=listen)) is None
-    warning = root_warning(config(tmp_path, listen=listen))
+@pytest.mark.parametrize("listen", LOOPBACK_ONLY)
+def test_root_on_loopback_serving_files_only_is_silent(tmp_path: Path, listen: list[str]) -> None:
+    """``porch serve DIR`` as root: local clients could read the files themselves."""
+    assert check_root(config(tmp_path, listen=listen, mounts=CODELESS_MOUNTS)) is None
+    assert root_warning(config(tmp_path, listen=listen, mounts=CODELESS_MOUNTS)) is None
+    assert root_warning(config(tmp_path, listen=listen)) is None, "no mounts at all"
+
+
+@needs_root
+@pytest.mark.parametrize("listen", LOOPBACK_ONLY)
+@pytest.mark.parametrize("kind", sorted(CODE_MOUNTS))
+def test_root_on_loopback_running_code_is_a_warning(tmp_path: Path, listen: list[str], kind: str) -> None:
+    mounts = [*CODELESS_MOUNTS, CODE_MOUNTS[kind]]
+    assert check_root(config(tmp_path, listen=listen, mounts=mounts)) is None
+    warning = root_warning(config(tmp_path, listen=listen, mounts=mounts))
     assert warning is not None and "loopback" in warning and "set `user:`" in warning
+    assert f"{CODE_MOUNTS[kind]['path']} {kind}" in warning
+
+
+@needs_root
+def test_root_beyond_loopback_warns_even_serving_files_only(tmp_path: Path) -> None:
+    """``allow_root`` lets root serve the network: a worker's bug is then anyone's."""
+    for listen in (["0.0.0.0:8080"], ["127.0.0.1:8080", "[::]:8080"]):
+        served = config(tmp_path, listen=listen, mounts=CODELESS_MOUNTS[:1], allow_root=True)
+        assert "allow_root is true" in (root_warning(served) or "")
+    inherited = config(tmp_path, listen=[], mounts=CODELESS_MOUNTS[:1], allow_root=True)
+    assert "allow_root is true" in (root_warning(inherited) or ""), "inherited sockets may be public"
 
 
 @needs_root

@@ -9,7 +9,8 @@ stderr both go to stderr, so whatever an application prints cannot corrupt the r
 leaves with ``os._exit`` so that no atexit hook or stray thread of an application can hold it.
 An application that crashes the interpreter, calls ``os._exit`` or never finishes importing
 becomes a problem here instead of taking ``porch check`` down.  ``summary`` and ``warning_line``
-render the result; ``traceback_tail`` shortens the traceback of a failed import for a message.
+render the result, ``CheckFailed`` the problems with the warnings; ``traceback_tail`` shortens the
+traceback of a failed import for a message.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from porch.config.settings import Config, ConfigProblem
+from porch.config.settings import Config, ConfigError, ConfigProblem
 
 Builder = Callable[[str], tuple[list[ConfigProblem], list[ConfigProblem]]]  # path -> (problems, warnings)
 
@@ -40,6 +41,14 @@ _CHILD_SOURCE = (
 )
 
 
+class CheckFailed(ConfigError):
+    """``porch check``'s problems and the warnings of the same run, so that one run shows both."""
+
+    def __init__(self, problems: list[ConfigProblem], warnings: list[ConfigProblem]) -> None:
+        super().__init__(problems)
+        self.warnings = warnings
+
+
 def _own_directories() -> tuple[str, ...]:
     """Where porch's own modules are (``porch`` and ``porch.handlers`` may be apart in an editable install)."""
     spec = importlib.util.find_spec("porch.handlers")
@@ -49,23 +58,45 @@ def _own_directories() -> tuple[str, ...]:
     return tuple(directory + os.sep for directory in found)
 
 
+def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """``exc``'s frames without the frozen import machinery's."""
+    return [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<frozen")]
+
+
+def _user_frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """``exc``'s frames of the user's code: neither porch's nor ``importlib``'s (``import_module``)."""
+    hidden = (*_own_directories(), str(Path(importlib.__file__).resolve().parent) + os.sep)
+    return [frame for frame in _frames(exc) if not os.path.realpath(frame.filename).startswith(hidden)]
+
+
+def _indented(frames: list[traceback.FrameSummary], exc: BaseException) -> str:
+    text = "".join(traceback.format_list(frames[-TRACEBACK_FRAMES:]))
+    text += "".join(traceback.format_exception_only(type(exc), exc))
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
+
+
 def traceback_tail(exc: BaseException) -> str:
     """The innermost frames of ``exc``'s traceback, indented: the application's, not porch's.
 
     Import machinery and porch's own frames tell the user nothing about their code; they are
     kept only when nothing else is left (an error inside porch).
     """
-    every = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<frozen")]
-    own = _own_directories()
-    frames = [frame for frame in every if not os.path.realpath(frame.filename).startswith(own)] or every
-    text = "".join(traceback.format_list(frames[-TRACEBACK_FRAMES:]))
-    text += "".join(traceback.format_exception_only(type(exc), exc))
-    return "\n".join("    " + line for line in text.rstrip().splitlines())
+    return _indented(_user_frames(exc) or _frames(exc), exc)
 
 
 def cause_tail(exc: BaseException) -> str:
-    """For an error raised ``from`` another: that one's traceback tail, on following lines."""
-    return "\n" + traceback_tail(exc.__cause__) if exc.__cause__ is not None else ""
+    """For an error raised ``from`` another: that one's traceback tail, on following lines.
+
+    ``exc`` already says what porch was loading, so the tail is the user's frames only; with
+    none (a missing module or name) it adds nothing, except where a SyntaxError points.
+    """
+    cause = exc.__cause__
+    if cause is None:
+        return ""
+    frames = _user_frames(cause)
+    if not frames and not isinstance(cause, SyntaxError):
+        return ""
+    return "\n" + _indented(frames, cause)
 
 
 def child_main(request: dict[str, Any]) -> None:

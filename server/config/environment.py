@@ -1,4 +1,4 @@
-"""What a valid config still needs from the machine: log files, the pidfile's directory, TLS files, ports.
+"""What a valid config still needs from the machine: logs, the pidfile's and sockets' directories, TLS, ports.
 
 A config can pass every rule of the schema and still stop ``porch -c`` at start-up: the log
 directory is missing, the certificate does not match its key, the port is taken or below 1024.
@@ -53,7 +53,7 @@ def locator(path: str | None, display: str, overrides: frozenset[str] = frozense
 def environment_problems(
     config: Config, where: Locator, *, listen_keys: list[str] | None = None, running_pid: int | None = None
 ) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
-    """(problems, warnings) of the machine for ``config``: logs, pidfile, TLS files, ports.
+    """(problems, warnings) of the machine for ``config``: logs, pidfile, TLS files, ports, unix sockets.
 
     ``listen_keys`` names each listener's key (default ``listen[i]``).  A port in use is only a
     warning while ``running_pid`` (the porch of this pidfile) runs: it is that server's own port.
@@ -84,6 +84,8 @@ def environment_problems(
     for key, listener in zip(keys, config.listen, strict=True):
         if listener.tls is not None and (bad_tls := tls_problem(listener)):
             add(problems, f"{key}.tls", bad_tls)
+        if not inherited and (bad_socket := socket_problem(listener)):
+            add(problems, key, bad_socket)
         if not inherited and (bad_port := port_problem(listener)):
             if running_pid is not None and "in use" in bad_port:
                 add(warnings, key, f"{bad_port} (by the running porch, pid {running_pid}, presumably)")
@@ -207,6 +209,24 @@ def tls_problem(listener: Listener) -> str | None:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=listener.tls.ca)
         except (ssl.SSLError, OSError) as error:
             return f"cannot use the CA file {listener.tls.ca}: {getattr(error, 'reason', None) or error}"
+    return None
+
+
+def socket_problem(listener: Listener) -> str | None:
+    """Why the master could not create the listener's Unix socket file, or None.
+
+    Only the master binds (at start and on reload), with its own rights: the workers' ``user``
+    never creates the file, unlike a log file reopened after a rotation.
+    """
+    if listener.unix_path is None:
+        return None
+    directory = Path(listener.unix_path).parent
+    if not directory.is_dir():
+        return f"directory {directory} of the socket {listener.unix_path} does not exist (create it first)"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f"cannot create the socket {listener.unix_path}: directory {directory} is not writable (permission denied)"
+        )
     return None
 
 

@@ -43,6 +43,7 @@ class ConfigError(Exception):
 
 
 CIDR = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_DRAIN_DELAY = 3.0  # seconds: a balancer probing every second marks the instance down meanwhile
 ProxyHeader = Literal["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]
 LOOPBACK: tuple[CIDR, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -402,6 +403,13 @@ class Config:
     worker_timeout: float = setting(
         30.0, doc="seconds without a heartbeat after which a worker is killed and replaced", check=positive
     )
+    drain_delay: float | None = setting(
+        None,
+        doc="on SIGTERM, seconds `ready` answers 503 (and every response says Connection: close) while "
+        "the listeners still accept, so a load balancer stops sending before they close; default 3 when "
+        "a `ready` mount exists, else 0; SIGINT (Ctrl-C) and reloads do not wait",
+        check=not_negative,
+    )
     respawn_timeout: float = setting(
         60.0,
         doc="after start-up, seconds every worker may be down and unable to boot (retried with a growing "
@@ -460,3 +468,11 @@ class Config:
     warnings: tuple[ConfigProblem, ...] = setting(
         default_factory=tuple, doc="things that work but are probably not meant (set by the loader)", internal=True
     )
+
+    @property
+    def drain_seconds(self) -> float:
+        """``drain_delay`` as it applies: unset, a few seconds when a ``ready`` probe can tell a
+        balancer the instance is leaving, else none (nothing could see it)."""
+        if self.drain_delay is not None:
+            return self.drain_delay
+        return DEFAULT_DRAIN_DELAY if any(mount.type == "ready" for mount in self.mounts) else 0.0

@@ -15,8 +15,11 @@ fatal: the master does not die of a worker's, a log's or a signal's trouble.
   gracefully.  A new generation that cannot boot (say, a WSGI import error) is abandoned and the
   old one keeps serving.  Every attempt gets a generation number of its own; a HUP while one is
   still booting abandons it for the newer config.
-- TERM/INT: stop gracefully (workers finish in-flight requests for up to ``timeouts.graceful``,
-  then are killed; a reload still booting is stopped too).  QUIT: stop now (also during a
+- TERM: stop gracefully: ``ready`` answers 503 at once, the workers keep accepting for
+  ``drain_delay`` seconds (every response saying Connection: close) so a load balancer takes the
+  instance out of rotation, then close their listeners and finish in-flight requests within
+  ``timeouts.graceful``, then are killed; a reload still booting is stopped too.  INT (Ctrl-C):
+  the same without the delay.  QUIT: stop now (also during a
   graceful stop).  USR1: reopen log files, here and in every worker.  TTIN/TTOU: one worker more
   or less.
 
@@ -58,10 +61,12 @@ from porch.master.daemon import (
     chown_logs,
     daemonize,
     drop_privileges,
+    read_state,
     root_warning,
     write_state,
 )
 from porch.master.notify import notify, notify_ready, notify_reloading, watchdog_interval
+from porch.master.upgrade import Upgrade, start_new_master
 from porch.master.watch import CodeWatcher
 from porch.metrics.aggregate import Aggregate, Busy, WorkerView
 from porch.metrics.board import Board
@@ -81,6 +86,7 @@ MASTER_SIGNALS = (
     signal.SIGINT,
     signal.SIGQUIT,
     signal.SIGUSR1,
+    signal.SIGUSR2,
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGCHLD,
@@ -276,6 +282,7 @@ class Arbiter:
         pidfile: Path | None = None,
         name: str | None = None,
         watch: bool = False,
+        upgrade: tuple[int, Startup] | None = None,
     ) -> None:
         self.config = config
         # --reload: restart the workers when their code changes (development)
@@ -284,7 +291,11 @@ class Arbiter:
         self.reload_config = reload_config
         self.daemon = daemon
         self.pidfile = Pidfile(pidfile) if pidfile else None
-        self.startup = Startup(None)  # reports to the terminal that ran `porch --daemon`
+        # reports to the terminal that ran `porch --daemon`, or to the master this one upgrades
+        self.startup = Startup(None) if upgrade is None else upgrade[1]
+        self.upgrading_from = None if upgrade is None else upgrade[0]  # that master's pid
+        self.upgrade: Upgrade | None = None  # USR2: the new master starting on our sockets
+        self.handed_over = False  # the new master serves: this one retires without a word to systemd
         self.listeners: list[BoundListener] = []
         self.workers: dict[int, Worker] = {}
         self.generation = 0
@@ -319,19 +330,22 @@ class Arbiter:
             if warning:
                 log.warning("%s", warning)
         try:
-            if self.pidfile is not None:  # before binding: a second porch must not touch the sockets
+            # Before binding: a second porch must not touch the sockets.  An upgrade's new master
+            # takes the pidfile over once it serves; the old master holds it until then.
+            if self.pidfile is not None and self.upgrading_from is None:
                 self.pidfile.acquire()
-            self.listeners = bind_all(self.config.listen)
+            self.listeners = bind_all(self.config.listen, any_port=self.upgrading_from is not None)
         except (OSError, DaemonError) as error:
             log.error("%s", error)
             self.tell(str(getattr(error, "strerror", None) or error))
+            self.startup.failed(str(getattr(error, "strerror", None) or error))
             if self.pidfile is not None:
                 self.pidfile.release()
             return 1
         for listener in self.listeners:
             log.info("listening on %s", listener.name)
         chown_logs(self.config)
-        if self.daemon:
+        if self.daemon and self.upgrading_from is None:  # an upgrade's new master is detached already
             self.startup = daemonize()
             if self.pidfile is not None:
                 self.pidfile.update()
@@ -412,6 +426,7 @@ class Arbiter:
             self.stop(graceful=True)
             return
         self.check_heartbeats(now)
+        self.advance_upgrade()
         self.advance_reload()
         self.spawn_missing()
         if self.watcher is not None and self.pending is None and (changed := self.watcher.changed()):
@@ -463,10 +478,14 @@ class Arbiter:
         if signum == signal.SIGHUP:
             if not self.stopping:
                 self.reload()
-        elif signum in (signal.SIGTERM, signal.SIGINT):
+        elif signum == signal.SIGTERM:
+            self.stop(graceful=True, delay=self.config.drain_seconds)
+        elif signum == signal.SIGINT:
             self.stop(graceful=True)
         elif signum == signal.SIGQUIT:
             self.stop(graceful=False)
+        elif signum == signal.SIGUSR2:
+            self.begin_upgrade()
         elif signum == signal.SIGUSR1:
             assert self.logs is not None
             self.logs.reopen()
@@ -482,23 +501,27 @@ class Arbiter:
             if len(current) > self.target:
                 self.retire([current[-1]], self.config.timeouts.graceful)
 
-    def stop(self, graceful: bool) -> None:
-        """Tell every worker to stop: TERM lets them drain within ``timeouts.graceful``, QUIT does
-        not.  The loop kills what is left at the deadline and returns once all are gone."""
+    def stop(self, graceful: bool, delay: float = 0.0) -> None:
+        """Tell every worker to stop: INT lets them drain within ``timeouts.graceful``; TERM (a
+        ``delay``) first has them close softly for ``drain_delay`` seconds, ``ready`` answering
+        503, so a balancer stops sending before the listeners close; QUIT stops them now.  The
+        loop kills what is left at the deadline and returns once all are gone."""
         if self.stopping and not (self.stopping_gracefully and not graceful):
             return  # QUIT still hurries a graceful stop along
-        if not self.stopping:
+        if not self.stopping and not self.handed_over:  # after a handover, systemd follows the new master
             notify("STOPPING=1")
             if self.pending is not None:  # its workers stop with the others
                 self.forget_reload()
         self.stopping, self.stopping_gracefully = True, graceful
         self.board.set_state("stopping")  # ``ready`` says 503 before any worker closes a listener
-        log.info("stopping %s", "gracefully" if graceful else "now")
-        sig = signal.SIGTERM if graceful else signal.SIGQUIT
-        self.signal_workers(sig, lambda worker: True)
-        self.stop_deadline = time.monotonic() + (
-            self.config.timeouts.graceful + KILL_GRACE_SECONDS if graceful else QUIT_GRACE_SECONDS
-        )
+        if not graceful:
+            log.info("stopping now")
+            self.signal_workers(signal.SIGQUIT, lambda worker: True)
+            self.stop_deadline = time.monotonic() + QUIT_GRACE_SECONDS
+            return
+        log.info("stopping gracefully%s", f" after a drain_delay of {delay:g}s" if delay else "")
+        self.signal_workers(signal.SIGTERM if delay else signal.SIGINT, lambda worker: True)
+        self.stop_deadline = time.monotonic() + delay + self.config.timeouts.graceful + KILL_GRACE_SECONDS
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -545,7 +568,7 @@ class Arbiter:
         for signum in MASTER_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         # The master handles these; USR1 is ignored until the worker's own logs are open.
-        for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR1):
+        for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         master = os.getppid()
@@ -584,7 +607,7 @@ class Arbiter:
         def beat(pulse: Pulse) -> None:
             heartbeat.beat(pulse)
             if os.getppid() != master:  # the master is gone: do not linger as an orphan
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
 
         try:
             return runtime.run(heartbeat=beat, max_requests=max_requests)
@@ -639,6 +662,11 @@ class Arbiter:
                     self.down_since = None
         current = self.current_workers()
         if not self.started_up and len(current) >= self.target and all(worker.booted for worker in current):
+            if self.upgrading_from is not None and self.pidfile is not None:
+                try:
+                    self.pidfile.take_over()
+                except DaemonError as error:
+                    log.error("%s; `porch stop` and friends will not find this master", error)
             notify_ready([listener.name for listener in self.listeners])
             line = self.serving_line()
             if not self.daemon:
@@ -776,16 +804,82 @@ class Arbiter:
                     pass
 
     def retire(self, workers: list[Worker], graceful: float) -> None:
-        """Let workers finish what they serve within ``graceful`` seconds and exit (they drain on
-        TERM); the loop kills those still there after that."""
+        """Let workers finish what they serve within ``graceful`` seconds and exit (they drain at
+        once on INT: the instance keeps serving, so no balancer needs warning); the loop kills
+        those still there after that."""
         kill_at = time.monotonic() + graceful + KILL_GRACE_SECONDS
         for worker in workers:
             worker.retiring = True
             worker.kill_at = kill_at
             try:
-                os.kill(worker.pid, signal.SIGTERM)
+                os.kill(worker.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
+
+    # -- upgrade (USR2) ---------------------------------------------------------------------------
+
+    def begin_upgrade(self) -> None:
+        """USR2: start the installed porch as a new master on our listening sockets; the loop
+        follows it (``advance_upgrade``) and retires this master once it serves."""
+        if self.stopping:
+            return
+        if self.upgrade is not None:
+            log.warning("SIGUSR2: the upgrade to pid %d is still starting", self.upgrade.pid)
+            return
+        if self.pending is not None:
+            log.warning("SIGUSR2 refused: a reload is still starting; send it again once the reload is done")
+            return
+        if os.getpid() == 1:
+            log.error(
+                "SIGUSR2 refused: this master is PID 1 (a container), whose exit would end the container; "
+                "upgrade by replacing the container"
+            )
+            return
+        log.info("SIGUSR2: starting a new master on the listening sockets")
+        try:
+            self.upgrade = start_new_master(self.listeners)
+        except OSError as error:
+            log.error("upgrade failed: cannot start a new master: %s; this master keeps serving", error.strerror)
+            self.record_upgrade(None, error.strerror or str(error))
+            return
+        log.info("new master %d starting (upgrade)", self.upgrade.pid)
+
+    def advance_upgrade(self) -> None:
+        """Hand over to the new master once it serves; if it cannot, keep serving and say why."""
+        upgrade = self.upgrade
+        if upgrade is None or (outcome := upgrade.outcome()) is None:
+            return
+        self.upgrade = None
+        upgrade.close()
+        serves, why = outcome
+        if not serves:
+            log.error("upgrade failed: the new master (pid %d): %s; this master keeps serving", upgrade.pid, why)
+            try:
+                os.kill(upgrade.pid, signal.SIGQUIT)  # one that hangs in its start-up (exited: reaped)
+            except ProcessLookupError:
+                pass
+            self.record_upgrade(upgrade.pid, why)
+            return
+        log.info("upgrade: the new master (pid %d) serves; this master retires", upgrade.pid)
+        notify(f"MAINPID={upgrade.pid}")
+        self.record_upgrade(upgrade.pid, None)
+        self.handed_over = True
+        for listener in self.listeners:
+            listener.hand_over()
+        self.stop(graceful=True)
+
+    def record_upgrade(self, pid: int | None, failure: str | None) -> None:
+        """The outcome of an upgrade in ``<pidfile>.state``, where ``porch upgrade`` waits for it."""
+        if self.pidfile is not None:
+            state = read_state(self.pidfile.path)
+            state["upgrade"] = {
+                "from": os.getpid(),
+                "to": pid,
+                "result": "failed" if failure else "ok",
+                "reason": failure or "",
+                "time": time.time(),
+            }
+            write_state(self.pidfile.path, state)
 
     # -- reload -----------------------------------------------------------------------------------
 

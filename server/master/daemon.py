@@ -21,7 +21,8 @@ open file, so it survives the forks of ``daemonize`` and ends with the last proc
 Root policy (``check_root``): porch refuses to serve a network address with workers running as
 root unless the config sets ``user`` (workers drop to it after the master has bound the ports)
 or ``allow_root: true``.  Listening only on loopback or Unix sockets as root (a developer's
-machine, a container, the test suite) is allowed with a warning (``root_warning``).
+machine, a container, the test suite) is allowed, with a warning (``root_warning``) when the config
+runs code of its own, silently when it only serves files.
 """
 
 from __future__ import annotations
@@ -292,6 +293,11 @@ class Pidfile:
             raise DaemonError(f"pidfile {self.path} is not held by this process")
         self._write(create=False)
 
+    def take_over(self) -> None:
+        """An upgrade's new master, once it serves: replace the file the old master holds with
+        one naming us (the old master's lock stays on the old file, which it no longer removes)."""
+        self._write(create=False)
+
     def forget(self) -> None:
         """In a forked worker: close the inherited descriptor without unlocking or removing.
 
@@ -555,10 +561,23 @@ def check_root(config: Config) -> str | None:
 
 
 def root_warning(config: Config) -> str | None:
-    """The warning to log when workers will run as root and ``check_root`` allowed it."""
+    """The warning to log when workers will run as root and ``check_root`` allowed it.
+
+    None when root is harmless: only this machine can connect, and every mount serves files or
+    answers by itself (``porch serve DIR``), so no code of the config's own runs as root.
+    """
     if os.geteuid() != 0 or _drops_root(config.user) or check_root(config) is not None:
         return None
-    reason = "allow_root is true" if config.allow_root else "it listens on loopback or unix sockets only"
+    runs_no_code = {"static", "redirect", "status", "metrics", "health", "ready"}
+    code = [f"{mount.path} {mount.type}" for mount in config.mounts if mount.type not in runs_no_code]
+    local = bool(config.listen) and all(is_loopback(listener) for listener in config.listen)
+    if local and not code:
+        return None
+    reason = (
+        f"it listens on loopback or unix sockets only, but runs code of its own: {', '.join(code)}"
+        if local
+        else "allow_root is true"
+    )
     return f"workers run as root ({reason}); set `user:` to run them unprivileged"
 
 

@@ -161,11 +161,13 @@ class Connection:
         before_wait: Callable[[], None] = nothing,
         on_close: Callable[[], None] = nothing,
         preface: ProxyPreface | None = None,
+        close_soon: threading.Event | None = None,
     ) -> None:
         self.sock = sock
         sock.setblocking(False)  # always: waits are ours (``wait_io``), so none costs a poll first
         self.fd = sock.fileno()  # kept after close, to stop watching the right descriptor
-        self.draining = draining  # set when the server stops: answer with Connection: close
+        self.draining = draining  # set when the listeners close: an idle connection gets one last request
+        self.close_soon = close_soon or draining  # set when the server stops: answer with Connection: close
         self.before_wait = before_wait  # told before any wait, so another pool thread may take work
         self.on_close = on_close  # told once when the connection closes (per-client connection counts)
         self.client = client
@@ -399,6 +401,12 @@ class Connection:
             elif poller.poll(milliseconds(min(deadline - now, IDLE_POLL_SECONDS))):
                 step = self.advance()
         self.close()
+
+    def drain(self) -> None:
+        """The server stops (a forked child's): the response in progress says Connection: close,
+        and an idle connection gets ``DRAIN_IDLE_SECONDS`` for one more request."""
+        self.close_soon.set()
+        self.draining.set()
 
     def drain_deadline(self, now: float) -> float:
         """When this idle connection must close, the server having started to drain."""
@@ -730,7 +738,7 @@ class Connection:
             response.headers,
             response.body,
             self.keep_alive,
-            self.draining.is_set(),
+            self.close_soon.is_set(),
             DATES.now(),
             self.server_header,
         )

@@ -81,6 +81,11 @@ class BoundListener:
         """The address as written in configs: host:port, [v6]:port or unix:/path."""
         return address_text(self._address)
 
+    def hand_over(self) -> None:
+        """Another process serves this socket from now on (an upgrade's new master): closing our
+        copy must leave its socket file in place."""
+        self.inode = None
+
     def close(self) -> None:
         self.sock.close()
         path = self.config.unix_path
@@ -261,15 +266,17 @@ def inherited_sockets(environ: MutableMapping[str, str] = os.environ) -> list[so
     return sockets
 
 
-def matches(listener: Listener, sock: socket.socket) -> bool:
-    """Whether ``sock`` is bound to the address ``listener`` names (port 0 matches nothing)."""
+def matches(listener: Listener, sock: socket.socket, any_port: bool = False) -> bool:
+    """Whether ``sock`` is bound to the address ``listener`` names.  Port 0 matches nothing, or,
+    with ``any_port`` (an upgrade: the sockets are the old master's, which chose the port),
+    whatever port the socket has."""
     address = socket_address(sock)
     if isinstance(address, str):
         return listener.unix_path is not None and os.path.abspath(address) == listener.unix_path
     if listener.unix_path is not None:
         return False
     host, port = listener.host_port
-    if port == 0 or port != address[1]:
+    if port != address[1] and not (port == 0 and any_port):
         return False
     try:
         wanted = {ipaddress.ip_address(host)}
@@ -282,16 +289,19 @@ def matches(listener: Listener, sock: socket.socket) -> bool:
     return ipaddress.ip_address(address[0]) in wanted
 
 
-def bind_all(listeners: tuple[Listener, ...], *, inherited: list[socket.socket] | None = None) -> list[BoundListener]:
+def bind_all(
+    listeners: tuple[Listener, ...], *, inherited: list[socket.socket] | None = None, any_port: bool = False
+) -> list[BoundListener]:
     """Every configured listener (on an inherited socket where one has its address), then the
     inherited sockets no listener names; all or none: on failure, what was bound is closed.
 
-    ``inherited`` defaults to ``inherited_sockets()`` from the environment.
+    ``inherited`` defaults to ``inherited_sockets()`` from the environment; ``any_port``: a
+    listener on port 0 takes an inherited socket of its host (see ``matches``).
     """
     available = inherited_sockets() if inherited is None else list(inherited)
     bound: list[BoundListener] = []
     for listener in listeners:
-        sock = next((candidate for candidate in available if matches(listener, candidate)), None)
+        sock = next((candidate for candidate in available if matches(listener, candidate, any_port)), None)
         try:
             bound.append(bind(listener) if sock is None else adopt(listener, sock))
         except OSError as error:

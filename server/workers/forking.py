@@ -45,11 +45,11 @@ class ForkingServer(SelectorServer):
         listeners: Sequence[BoundListener],
         pipeline: Pipeline,
         config: Config,
-        draining: threading.Event | None = None,
         *,
         clients: ClientTable | None = None,
+        closing: threading.Event | None = None,
     ) -> None:
-        super().__init__(listeners, pipeline, config, draining, clients=clients)
+        super().__init__(listeners, pipeline, config, clients=clients, closing=closing)
         self.max_children = config.max_children
         # Each child serving a connection, with what takes that connection off its client's count:
         # called here when the child is gone, however it ended (SIGKILL too), never in the child.
@@ -111,7 +111,7 @@ class ForkingServer(SelectorServer):
         lets a request in progress finish (its response says ``Connection: close``) and gives an
         idle connection ``DRAIN_IDLE_SECONDS`` to send one more request before it ends.
         """
-        signal.signal(signal.SIGTERM, lambda signum, frame: conn.draining.set())
+        signal.signal(signal.SIGTERM, lambda signum, frame: conn.drain())
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         conn.on_close = nothing  # the acceptor's, when it reaps this child

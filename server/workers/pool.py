@@ -52,13 +52,13 @@ class ThreadPoolServer(SelectorServer):
         listeners: Sequence[BoundListener],
         pipeline: Pipeline,
         config: Config,
-        draining: threading.Event | None = None,
         *,
         clients: ClientTable | None = None,
+        closing: threading.Event | None = None,
     ) -> None:
         self.idle = select.epoll()  # listeners, parked connections (EPOLLONESHOT), the stop signal
         self.listening: dict[int, BoundListener] = {}
-        super().__init__(listeners, pipeline, config, draining, clients=clients)
+        super().__init__(listeners, pipeline, config, clients=clients, closing=closing)
         self.parking = Parking(self.idle)  # connections waiting for their socket: whoever takes one owns it
         self.turns: Turns = turns_for(len(os.sched_getaffinity(0)))
         self.before_wait = self.turns.hand_over

@@ -5,8 +5,9 @@ threads serve as soon as they exist, so a TERM from then on must drain, not kill
 (a handler that cannot be built is a config error, reported before the worker serves anything),
 then the pipeline and the concurrency model (``SERVER_CLASSES``, by the config's name) on the
 listeners the master bound.  ``run()`` has the arbiter's shape: the acceptor runs in a thread and
-the main thread only waits for signals, which the handlers merely queue (TERM/INT: drain then
-exit, QUIT: exit now, USR1: reopen logs), and heartbeats to the master meanwhile.
+the main thread only waits for signals, which the handlers merely queue (TERM: close softly for
+``drain_delay``, then drain and exit; INT: drain and exit; QUIT: exit now; USR1: reopen logs), and
+heartbeats to the master meanwhile.
 
 The heartbeat (a ``Pulse``) says whether the acceptor loop runs and whether the serving threads
 do: which requests are in flight, how many threads there are, and since when that set has not
@@ -103,6 +104,11 @@ class Runtime:
         worker from a busy one.  ``max_requests`` is counted where requests complete: the drain
         starts with the completion of the last one, not at the next heartbeat.  (Under forking,
         requests complete in the children, whose counts the worker never sees.)
+
+        TERM first closes softly for ``drain_delay`` seconds -- ``ready`` answers 503 and every
+        response says Connection: close, while the listeners still accept -- so a balancer takes
+        the instance out of rotation before it refuses anyone; then it drains.  INT (and a
+        retirement: a reload, ``max_requests``) drains at once.  QUIT stops now.
         """
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         signals = self.signals
@@ -110,7 +116,7 @@ class Runtime:
         def retire() -> None:
             log.info("served %d requests (max_requests): retiring", self.pipeline.served)
             self.server.begin_drain()
-            signals.put(signal.SIGTERM)
+            signals.put(signal.SIGINT)
 
         if max_requests and self.capacity:
             self.pipeline.retire_after(max_requests, retire)
@@ -121,16 +127,20 @@ class Runtime:
                 time.sleep(0.005)
             heartbeat(self.pulse())
         log.info("%s serving (pid %d, %s)", SOFTWARE, os.getpid(), self.config.concurrency)
+        drain_at: float | None = None  # TERM came: when the soft close ends and the drain starts
         try:
             while True:
+                wait = HEARTBEAT_SECONDS if drain_at is None else min(HEARTBEAT_SECONDS, drain_at - time.monotonic())
                 try:
-                    signum = signals.get(timeout=HEARTBEAT_SECONDS)
+                    signum = signals.get(timeout=max(wait, 0.0))
                 except queue.Empty:
                     if not acceptor.is_alive():
                         log.error("the acceptor stopped unexpectedly")
                         return 1
                     if heartbeat is not None:
                         heartbeat(self.pulse())
+                    if drain_at is not None and time.monotonic() >= drain_at:
+                        return self.drain(acceptor, heartbeat)
                     continue
                 if signum == signal.SIGUSR1:
                     self.logs.reopen()
@@ -138,24 +148,36 @@ class Runtime:
                     log.info("SIGQUIT: stopping now")
                     self.server.shutdown()
                     return 0
+                elif signum == signal.SIGTERM and self.config.drain_seconds > 0:
+                    if drain_at is None:  # a second TERM (the master's, after systemd's) changes nothing
+                        log.info(
+                            "SIGTERM: ready answers 503; the listeners close in %gs (drain_delay)",
+                            self.config.drain_seconds,
+                        )
+                        self.server.begin_closing()
+                        drain_at = time.monotonic() + self.config.drain_seconds
                 else:
                     log.info(
                         "%s: stopping gracefully (up to %ss)",
                         signal.Signals(signum).name,
                         self.config.timeouts.graceful,
                     )
-                    self.server.begin_drain()
-                    deadline = time.monotonic() + self.config.timeouts.graceful
-                    while acceptor.is_alive() and (left := deadline - time.monotonic()) > 0:
-                        acceptor.join(min(left, HEARTBEAT_SECONDS))
-                        if heartbeat is not None:  # a draining worker is still watched
-                            heartbeat(self.pulse())
-                    if acceptor.is_alive():
-                        log.warning("graceful timeout: in-flight requests were cut off")
-                        self.server.shutdown()
-                    return 0
+                    return self.drain(acceptor, heartbeat)
         finally:
             self.close()
+
+    def drain(self, acceptor: threading.Thread, heartbeat: Heartbeat | None) -> int:
+        """Close the listeners and let what is in flight finish within ``timeouts.graceful``."""
+        self.server.begin_drain()
+        deadline = time.monotonic() + self.config.timeouts.graceful
+        while acceptor.is_alive() and (left := deadline - time.monotonic()) > 0:
+            acceptor.join(min(left, HEARTBEAT_SECONDS))
+            if heartbeat is not None:  # a draining worker is still watched
+                heartbeat(self.pulse())
+        if acceptor.is_alive():
+            log.warning("graceful timeout: in-flight requests were cut off")
+            self.server.shutdown()
+        return 0
 
     def close(self) -> None:
         self.server.server_close()
@@ -189,10 +211,11 @@ def build_server(
     """
     logs = Logs(config.log)
     signals = queue_signals()  # before any thread serves: a TERM from now on drains, never kills
-    draining = threading.Event()  # the server's: set when it stops taking new connections
+
+    closing = threading.Event()  # the server's first step in stopping (a handler may ask before it exists)
 
     def readiness() -> str | None:
-        if draining.is_set():
+        if closing.is_set():
             return "draining"
         state = board.state() if board is not None else "ready"
         return None if state == "ready" else state
@@ -206,7 +229,7 @@ def build_server(
     clients = ClientTable() if clients is None else clients
     router = Router(build_handlers(config, context), partial(gates_for, clients=clients, metrics=metrics))
     pipeline = Pipeline(config, router, logs, metrics)
-    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, draining, clients=clients)
+    server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, clients=clients, closing=closing)
     # Only the threading model serves requests in this process: forked children count their own.
     capacity = config.threads if isinstance(server, ThreadPoolServer) else 0
     return Runtime(config, logs, router, pipeline, server, listeners, capacity, signals)

@@ -132,9 +132,9 @@ class SelectorServer(socketserver.BaseServer):
         listeners: Sequence[BoundListener],
         pipeline: Pipeline,
         config: Config,
-        draining: threading.Event | None = None,
         *,
         clients: ClientTable | None = None,
+        closing: threading.Event | None = None,
     ) -> None:
         super().__init__(listeners[0].address if listeners else None, None)  # type: ignore[arg-type]
         self.listeners = list(listeners)
@@ -149,7 +149,10 @@ class SelectorServer(socketserver.BaseServer):
         )
         self.poller = select.epoll()
         self.watched: dict[int, object] = {}  # fd -> its listener, or None (the wake-up channel)
-        self.draining = draining or threading.Event()  # set once: the server stops taking connections
+        # Stopping, in two steps: ``closing`` (every response says Connection: close, ``ready``
+        # says 503) while the listeners still accept, then ``draining`` (the listeners close).
+        self.closing = closing or threading.Event()
+        self.draining = threading.Event()
         self.parking = Parking(self.poller)  # connections waiting for their socket
         self.before_wait: Callable[[], None] = nothing  # what a connection calls before it waits
         self.listeners_open = True
@@ -241,8 +244,14 @@ class SelectorServer(socketserver.BaseServer):
         self.wake()
         self._stopped.wait()
 
+    def begin_closing(self) -> None:
+        """Keep accepting, but answer every request with Connection: close (a balancer is told,
+        through ``ready``, to stop sending before the listeners close); safe from any thread."""
+        self.closing.set()
+
     def begin_drain(self) -> None:
         """Stop accepting and finish what is in flight; safe to call from any thread."""
+        self.closing.set()
         self.draining.set()
         self.wake()
 
@@ -342,6 +351,7 @@ class SelectorServer(socketserver.BaseServer):
             self.before_wait,
             on_close,
             preface=preface,
+            close_soon=self.closing,
         )
 
     def count_connection(self, address: Address) -> Callable[[], None] | None:
