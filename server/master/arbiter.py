@@ -514,6 +514,11 @@ class Arbiter:
                 self.forget_reload()
         self.stopping, self.stopping_gracefully = True, graceful
         self.board.set_state("stopping")  # ``ready`` says 503 before any worker closes a listener
+        # Our copies of the listening sockets go now: once the workers have closed theirs, the
+        # kernel refuses new connections, where a copy kept here would queue them unanswered
+        # until the master exits, then reset them (a balancer could not retry those cleanly).
+        self.shutdown_listeners(self.listeners)
+        self.listeners = []
         if not graceful:
             log.info("stopping now")
             self.signal_workers(signal.SIGQUIT, lambda worker: True)
