@@ -1,7 +1,8 @@
 """A bounded keep-alive load for the tests that restart, upgrade or kill servers under it.
 
 ``Load(url, clients)`` runs ``clients`` threads, each with its own ``requests.Session`` (one
-kept-alive connection, reopened after a ``Connection: close``), sending GETs one after another
+kept-alive connection, reopened after a ``Connection: close``; with ``keep_alive=False`` a new
+connection for every request), sending GETs one after another
 until the ``with`` block ends -- or at the latest after ``MAX_SECONDS`` or ``MAX_REQUESTS``, so a
 test that goes wrong cannot load the machine for ever.  Loopback only: ``url`` must name
 127.0.0.1 or ::1.  Each request is numbered in its query string, so the servers' access logs can
@@ -40,12 +41,13 @@ class Outcome:
 
 
 class Load:
-    def __init__(self, url: str, clients: int = 4, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, clients: int = 4, timeout: float = 10.0, keep_alive: bool = True) -> None:
         host = urlsplit(url).hostname
         if host not in LOOPBACK and f"[{host}]" not in LOOPBACK:
             raise ValueError(f"load runs against loopback addresses only, not {host}")
         self.url = url
         self.timeout = timeout
+        self.headers = {} if keep_alive else {"Connection": "close"}  # else a new connection each time
         self.outcome = Outcome()
         self.stop = threading.Event()
         self.started = 0.0
@@ -74,7 +76,9 @@ class Load:
                         return
                 sequence += 1
                 try:
-                    response = session.get(f"{self.url}?load={number}-{sequence}", timeout=self.timeout)
+                    response = session.get(
+                        f"{self.url}?load={number}-{sequence}", headers=self.headers, timeout=self.timeout
+                    )
                     failure = None if response.status_code == 200 else f"status {response.status_code}"
                 except requests.RequestException as error:
                     failure = f"{type(error).__name__}: {error}"

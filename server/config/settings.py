@@ -444,7 +444,7 @@ class Config:
     pidfile: Path | None = setting(
         None,
         doc="file naming the master's pid, locked while it runs; required by --daemon, read by "
-        "porch stop/reload/status/reopen",
+        "porch stop/reload/status/reopen/upgrade",
     )
     user: str | None = setting(
         None, doc="user (name or uid) the workers switch to after the master has bound the listeners", check=known_user
