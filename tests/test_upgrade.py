@@ -39,9 +39,9 @@ def site(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-def porch_command(*args: str) -> subprocess.CompletedProcess[str]:
+def porch_command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "porch", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "porch", *args], capture_output=True, text=True, timeout=120, check=False, cwd=cwd
     )
 
 
@@ -119,12 +119,13 @@ def test_a_new_master_that_cannot_boot_leaves_the_old_one_serving(
 
 
 def test_upgrade_of_a_daemon(tmp_path: Path, masters: list[int]) -> None:
-    """`porch --daemon`, then `porch upgrade`, `status` and `stop` follow the new master."""
+    """`porch --daemon`, then `porch upgrade`, `status` and `stop` follow the new master; the
+    config is named relatively, as from a shell in its directory (the daemon works from "/")."""
     config = site(tmp_path, listen=[f"127.0.0.1:{free_port()}"], drain_delay=0)
     config["log"] = {"access": str(tmp_path / "access.log"), "error": str(tmp_path / "error.log")}
     path = tmp_path / "porch.yaml"
     path.write_text(yaml.safe_dump(config))
-    started = porch_command("-c", str(path), "--daemon")
+    started = porch_command("-c", "porch.yaml", "--daemon", cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     old = read_pid(tmp_path / "porch.pid")
     assert old is not None

@@ -296,6 +296,7 @@ class Arbiter:
         self.upgrading_from = None if upgrade is None else upgrade[0]  # that master's pid
         self.upgrade: Upgrade | None = None  # USR2: the new master starting on our sockets
         self.handed_over = False  # the new master serves: this one retires without a word to systemd
+        self.launch_directory = os.getcwd()  # before a daemon moves to "/": where an upgrade starts
         self.listeners: list[BoundListener] = []
         self.workers: dict[int, Worker] = {}
         self.generation = 0
@@ -842,7 +843,7 @@ class Arbiter:
             return
         log.info("SIGUSR2: starting a new master on the listening sockets")
         try:
-            self.upgrade = start_new_master(self.listeners)
+            self.upgrade = start_new_master(self.listeners, self.launch_directory)
         except OSError as error:
             log.error("upgrade failed: cannot start a new master: %s; this master keeps serving", error.strerror)
             self.record_upgrade(None, error.strerror or str(error))

@@ -74,12 +74,14 @@ class Upgrade:
         os.close(self.report_fd)
 
 
-def start_new_master(listeners: Sequence[BoundListener]) -> Upgrade:
-    """Fork and execute the installed porch with this process's arguments, the listening
-    sockets passed as systemd passes them; OSError if it cannot even be forked.
+def start_new_master(listeners: Sequence[BoundListener], directory: str) -> Upgrade:
+    """Fork and execute the installed porch with this process's arguments, in the directory
+    it was started from, the listening sockets passed as systemd passes them; OSError if it
+    cannot even be forked.
 
     ``sys.orig_argv`` is the command line as the interpreter got it (``python -m porch -c …``,
-    or a console script's path): the new master runs whatever is installed there now.
+    or a console script's path): the new master runs whatever is installed there now.  A
+    daemon works from "/", so a relative ``-c`` needs ``directory`` to mean the same file.
     """
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
@@ -91,6 +93,7 @@ def start_new_master(listeners: Sequence[BoundListener]) -> Upgrade:
     pid = os.fork()
     if pid == 0:
         try:
+            os.chdir(directory)
             _become_new_master(argv, environ, old_pid, [listener.sock.fileno() for listener in listeners], write_end)
         finally:
             os._exit(127)
