@@ -485,7 +485,7 @@ def machine_problems(config: Config, path: str | None, overrides: dict[str, Any]
     running = read_pid(config.pidfile) if config.pidfile is not None else None
     problems, warnings = environment_problems(config, where, running_pid=running)
     if problems:
-        raise ConfigError(problems)
+        raise CheckFailed(problems, [*config.warnings, *warnings])
     return warnings
 
 

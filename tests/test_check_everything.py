@@ -298,3 +298,18 @@ def test_stop_finds_the_pidfile_of_a_config_that_no_longer_parses(tmp_path: Path
     assert stopped.returncode == 0 and stopped.stdout == f"stopped (pid {running.proc.pid})\n", stopped.stderr
     assert process_gone(running.proc.pid) or running.proc.wait(timeout=5) == 0
     assert read_pid(tmp_path / "porch.pid") is None
+
+
+def test_without_a_file_warnings_are_printed_with_the_problems(tmp_path: Path, server: Any) -> None:
+    """`porch serve DIR --check-config` (no config file) brings its warnings with its problems too:
+    here the port is the running porch's own (a warning) and the access log cannot be written."""
+    running = server(served(tmp_path))
+    port = running.url.rsplit(":", 1)[1].strip("/")
+    result = porch(
+        "serve", str(tmp_path / "www"), "-b", f"127.0.0.1:{port}", "-p", str(tmp_path / "porch.pid"),
+        "--access-logfile", str(tmp_path / "missing" / "access.log"), "--check-config",
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    problem, warning = result.stderr.splitlines()
+    assert "access" in problem and "does not exist" in problem
+    assert "warning" in warning and f"127.0.0.1:{port} is in use" in warning and "running porch" in warning
