@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,31 @@ def test_a_request_lands_in_its_cells() -> None:
     assert totals[("sent", "/app")] == 25
     assert totals[("duration_sum", "/app")] == pytest.approx(20.003)
     assert ("requests", "/", "GET", "2xx") not in totals, "zeros are left out"
+
+
+def test_threads_count_in_slices_of_their_own_and_nothing_is_lost() -> None:
+    """Six threads, three slices of their own: three count without a lock, the others share the
+    first slice under it; the master's sum has every request and every connection."""
+    counters = Counters(Layout(["/"]), writers=3)
+    each = 5000
+
+    def count() -> None:
+        for _ in range(each):
+            counters.request("/", "GET", 200, 0.002, 1, 10)
+            counters.add("connections_accepted")
+
+    threads = [threading.Thread(target=count) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    totals = counters.read()
+    assert counters.claimed == counters.slices == 4
+    assert totals[("requests", "/", "GET", "2xx")] == 6 * each
+    assert totals[("connections_accepted",)] == 6 * each
+    assert totals[("sent", "/")] == 60 * each and totals[("received", "/")] == 6 * each
+    assert totals[("bucket", "/", str(BOUNDS.index(0.0025)))] == 6 * each
+    counters.close()
 
 
 def test_status_codes_outside_the_classes_are_clamped() -> None:

@@ -547,7 +547,9 @@ class Arbiter:
 
     def spawn(self, config: Config, listeners: list[BoundListener], generation: int, respawn: bool = False) -> Worker:
         heartbeat = Heartbeat()
-        counters = Counters(Layout(mount.path for mount in config.mounts))
+        # a slice of the page for each thread that counts: the pool's, the acceptor, the main thread
+        writers = config.threads + 2 if config.concurrency == "threading" else 0
+        counters = Counters(Layout(mount.path for mount in config.mounts), writers)
         # Signals stay blocked across the fork, so none reaches the child while it still has
         # the master's handlers; the child unblocks them once it has its own.
         signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)

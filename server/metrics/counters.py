@@ -7,10 +7,15 @@ is a few additions under a lock: mounts are known from the config, methods and s
 are fixed lists, latency buckets fixed bounds.  XML-RPC fault codes are not known in advance:
 they get a small table (``FAULT_SLOTS``) filled as codes appear, the last slot counting the rest.
 
-Threads of one worker share the page under a ``threading.Lock``; under ``forking`` the children
-serving connections share it too, so ``share_between_processes()`` swaps in a process-shared lock.
-A lock not granted within ``LOCK_SECONDS`` (a child killed while holding it) loses that one count
-rather than stopping a request.
+The page is ``1 + writers`` slices of the same layout, which the master sums.  Each of a
+worker's threads (up to ``writers``) claims a slice of its own the first time it counts and then
+counts there without a lock: one lock for all threads cost 0.7 µs a request with one thread and
+6.5 µs with eight contending.  The first slice is shared, under a ``threading.Lock``: threads
+beyond ``writers``, and the XML-RPC fault table (whose slots are claimed by value).  Under
+``forking`` the children serving connections count there too, so ``share_between_processes()``
+swaps in a process-shared lock and hands out no more slices (a child inherits its parent's
+thread-local slice).  A lock not granted within ``LOCK_SECONDS`` (a child killed while holding
+it) loses that one count rather than stopping a request.
 """
 
 from __future__ import annotations
@@ -103,40 +108,73 @@ class ProcessLock(Protocol):
     def release(self) -> None: ...
 
 
+def count_request(
+    cells: memoryview[float], where: tuple[int, int, int, int], seconds: float, received: int, sent: int
+) -> None:
+    """One request in a slice: its series, its latency bucket, the duration sum, the body bytes."""
+    series, buckets, total, body = where
+    cells[series] += 1
+    cells[buckets + bisect.bisect_left(BOUNDS, seconds)] += 1
+    cells[total] += seconds
+    if received:
+        cells[body] += received
+    cells[body + 1] += sent
+
+
 class Counters:
     """One worker's page: written by its threads (and forked children), read by the master."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, writers: int = 0) -> None:
+        """``writers``: how many threads get a slice of their own (the worker's pool, its acceptor)."""
         self.layout = layout
-        self.memory = mmap.mmap(-1, layout.cells * 8)
-        self.cells = memoryview(self.memory).cast("d")
+        self.slices = 1 + writers
+        self.memory = mmap.mmap(-1, layout.cells * 8 * self.slices)
+        self.page = memoryview(self.memory).cast("d")
+        self.cells = self.page[: layout.cells]  # the shared slice
         self.lock: threading.Lock | ProcessLock = threading.Lock()
         self.places: dict[tuple[str, str, int], tuple[int, int, int, int]] = {}
+        self.claimed = 1  # slices handed out, the shared one included
+        self.views = [self.cells]  # every view of the page, released before it is closed
+        self.own = threading.local()  # .cells: this thread's slice, or None (it counts in the shared one)
 
     def share_between_processes(self) -> None:
         """Forking: children count on this page too, so its lock must hold across processes."""
         import multiprocessing  # only the forking model pays for this import
 
         self.lock = multiprocessing.Lock()
+        self.claimed = self.slices
+
+    def claim(self) -> memoryview[float] | None:
+        """This thread's slice, claimed now; None once every slice is taken."""
+        width = self.layout.cells
+        self.lock.acquire()
+        try:
+            number = self.claimed
+            if number < self.slices:
+                self.claimed += 1
+        finally:
+            self.lock.release()
+        cells = self.page[number * width : (number + 1) * width] if number < self.slices else None
+        if cells is not None:
+            self.views.append(cells)
+        self.own.cells = cells
+        return cells
 
     def request(self, mount: str, method: str, status: int, seconds: float, received: int, sent: int) -> None:
-        cells = self.cells
         where = self.places.get((mount, method, status))
         if where is None:
             where = self.place(mount, method, status)
-        series, buckets, total, body = where
-        bucket = buckets + bisect.bisect_left(BOUNDS, seconds)
-        if not self.lock.acquire(True, LOCK_SECONDS):
-            return
         try:
-            cells[series] += 1
-            cells[bucket] += 1
-            cells[total] += seconds
-            if received:
-                cells[body] += received
-            cells[body + 1] += sent
-        finally:
-            self.lock.release()
+            cells = self.own.cells
+        except AttributeError:
+            cells = self.claim()
+        if cells is not None:
+            count_request(cells, where, seconds, received, sent)
+        elif self.lock.acquire(True, LOCK_SECONDS):
+            try:
+                count_request(self.cells, where, seconds, received, sent)
+            finally:
+                self.lock.release()
 
     def place(self, mount: str, method: str, status: int) -> tuple[int, int, int, int]:
         """The cells of a request's series, histogram, duration sum and body bytes, remembered
@@ -181,17 +219,30 @@ class Counters:
             self.lock.release()
 
     def _add(self, cell: int, amount: float) -> None:
-        if not self.lock.acquire(True, LOCK_SECONDS):
-            return
         try:
-            self.cells[cell] += amount
-        finally:
-            self.lock.release()
+            cells = self.own.cells
+        except AttributeError:
+            cells = self.claim()
+        if cells is not None:
+            cells[cell] += amount
+        elif self.lock.acquire(True, LOCK_SECONDS):
+            try:
+                self.cells[cell] += amount
+            finally:
+                self.lock.release()
 
     def read(self) -> Totals:
-        """Every series of this page with its value (zeros left out): for the master."""
+        """Every series of this page with its value (zeros left out), its slices summed: for the master.
+
+        The fault table is only ever written in the shared slice, so the sum leaves it as it is.
+        """
         layout = self.layout
-        raw = cast(list[float], self.cells.tolist())
+        width = layout.cells
+        values = cast(list[float], self.page.tolist())
+        raw = [
+            sum(column)
+            for column in zip(*(values[n * width : (n + 1) * width] for n in range(self.slices)), strict=True)
+        ]
         cells: list[float] = [int(value) if value.is_integer() else value for value in raw]
         found: Totals = {}
         for name, number in layout.scalars.items():
@@ -223,5 +274,7 @@ class Counters:
         return found
 
     def close(self) -> None:
-        self.cells.release()
+        for view in self.views:
+            view.release()
+        self.page.release()
         self.memory.close()
