@@ -604,26 +604,39 @@ def reload(args: argparse.Namespace, pidfile: Path, config: Config | None, path:
     before = reloads_done(pidfile, pid)
     if not deliver(pid, signal.SIGHUP):
         return 1
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
+
+    def outcome() -> int | None:
+        nonlocal before
         state = read_state(pidfile)
-        if reloads_done(pidfile, pid, state) > before:
-            if state.get("result") == "ok":
-                print(f"reloaded (pid {pid}, generation {state.get('generation')})")
-                return 0
-            if state.get("result") == "failed":
-                for line in str(state.get("reason", "")).splitlines():
-                    print(f"porch: {line}", file=sys.stderr)
-                print(f"porch: reload failed; pid {pid} keeps its configuration", file=sys.stderr)
-                return 1
-            before = reloads_done(pidfile, pid, state)  # an earlier reload superseded: ours comes next
+        if reloads_done(pidfile, pid, state) <= before:
+            return None
+        if state.get("result") == "ok":
+            print(f"reloaded (pid {pid}, generation {state.get('generation')})")
+            return 0
+        if state.get("result") == "failed":
+            for line in str(state.get("reason", "")).splitlines():
+                print(f"porch: {line}", file=sys.stderr)
+            print(f"porch: reload failed; pid {pid} keeps its configuration", file=sys.stderr)
+            return 1
+        before = reloads_done(pidfile, pid, state)  # an earlier reload superseded: ours comes next
+        return None
+
+    return wait_for_outcome(pid, "reload", args.timeout, outcome)
+
+
+def wait_for_outcome(pid: int, what: str, timeout: float, outcome: Callable[[], int | None]) -> int:
+    """Poll ``outcome`` (the exit status once the master has recorded one, None before) until
+    ``timeout``, or until the master is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (status := outcome()) is not None:
+            return status
         if process_gone(pid):
-            print(f"porch: pid {pid} exited during the reload", file=sys.stderr)
+            print(f"porch: pid {pid} exited during the {what}", file=sys.stderr)
             return 1
         time.sleep(STOP_POLL_SECONDS)
     print(
-        f"porch: reload signalled (pid {pid}), but no outcome within {args.timeout:g} s (see its error log)",
-        file=sys.stderr,
+        f"porch: {what} signalled (pid {pid}), but no outcome within {timeout:g} s (see its error log)", file=sys.stderr
     )
     return 1
 
@@ -654,26 +667,20 @@ def upgrade(args: argparse.Namespace, pidfile: Path, config: Config | None, path
     asked = time.time()
     if not deliver(pid, signal.SIGUSR2):
         return 1
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        outcome = read_state(pidfile).get("upgrade")
-        if isinstance(outcome, dict) and outcome.get("from") == pid and float(outcome.get("time", 0)) >= asked:
-            if outcome.get("result") == "ok":
-                print(f"upgraded (pid {pid} → {outcome.get('to')}; pid {pid} finishes its requests and exits)")
-                return 0
-            for line in str(outcome.get("reason", "")).splitlines():
-                print(f"porch: {line}", file=sys.stderr)
-            print(f"porch: upgrade failed; pid {pid} keeps serving", file=sys.stderr)
-            return 1
-        if process_gone(pid):
-            print(f"porch: pid {pid} exited during the upgrade", file=sys.stderr)
-            return 1
-        time.sleep(STOP_POLL_SECONDS)
-    print(
-        f"porch: upgrade signalled (pid {pid}), but no outcome within {args.timeout:g} s (see its error log)",
-        file=sys.stderr,
-    )
-    return 1
+
+    def outcome() -> int | None:
+        recorded = read_state(pidfile).get("upgrade")
+        if not (isinstance(recorded, dict) and recorded.get("from") == pid and float(recorded.get("time", 0)) >= asked):
+            return None
+        if recorded.get("result") == "ok":
+            print(f"upgraded (pid {pid} → {recorded.get('to')}; pid {pid} finishes its requests and exits)")
+            return 0
+        for line in str(recorded.get("reason", "")).splitlines():
+            print(f"porch: {line}", file=sys.stderr)
+        print(f"porch: upgrade failed; pid {pid} keeps serving", file=sys.stderr)
+        return 1
+
+    return wait_for_outcome(pid, "upgrade", args.timeout, outcome)
 
 
 def reloads_done(pidfile: Path, pid: int, state: dict[str, object] | None = None) -> int:

@@ -21,28 +21,13 @@ import pytest
 import yaml
 from conftest import need_program
 from loadgen import Load
+from nginx_runner import accepting, run_nginx
 from porchtest import PorchServer, free_port, wait_until
 
 from porch.master.daemon import process_gone, read_pid
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"
 EXAMPLE_PORTS = ("127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003")
-NGINX_PRELUDE = """
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/porch.conf;
-}}
-"""
 
 
 class Instance:
@@ -141,30 +126,12 @@ def example_text(name: str, group: list[Instance]) -> str:
     return text
 
 
-def listening(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return proc.poll() is not None  # stop waiting: it failed (asserted after)
-    return True
-
-
 @contextlib.contextmanager
 def nginx(group: list[Instance], tmp: Path) -> Iterator[int]:
-    program = need_program("nginx")
     port = free_port()
-    (tmp / "porch.conf").write_text(
-        example_text("nginx-porch.conf", group).replace("listen 80;", f"listen 127.0.0.1:{port};")
-    )
-    (tmp / "nginx.conf").write_text(NGINX_PRELUDE.format(tmp=tmp))
-    proc = subprocess.Popen([program, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: listening(port, proc), "nginx to listen")
-        assert proc.poll() is None, (tmp / "nginx-error.log").read_text()
+    site = example_text("nginx-porch.conf", group).replace("listen 80;", f"listen 127.0.0.1:{port};")
+    with run_nginx(site, tmp, port):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -176,7 +143,7 @@ def haproxy(group: list[Instance], tmp: Path) -> Iterator[tuple[int, Path]]:
     with open(tmp / "haproxy.log", "wb") as output:
         proc = subprocess.Popen([program, "-db", "-f", str(tmp / "haproxy.cfg")], stdout=output, stderr=output)
     try:
-        wait_until(lambda: listening(port, proc), "haproxy to listen")
+        wait_until(lambda: accepting(port, proc), "haproxy to listen")
         assert proc.poll() is None, (tmp / "haproxy.log").read_text()
         wait_until(lambda: set(server_states(stats).values()) == {"UP"}, "haproxy to see every instance up")
         yield port, stats

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import need_program
+from nginx_runner import run_nginx
 from porchtest import PorchServer, free_port
 
 APP = """
@@ -26,27 +23,14 @@ def application(environ, start_response):
 """
 
 # The location block is the README's, word for word.
-NGINX = """
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
+SITE = """
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://127.0.0.1:{upstream};
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
     }}
 }}
 """
@@ -55,7 +39,6 @@ http {{
 @pytest.fixture
 def nginx_in_front(porch: Callable[..., PorchServer], tmp_path: Path) -> Iterator[int]:
     """nginx on a free loopback port, proxying to a porch that trusts 127.0.0.1 only."""
-    nginx = need_program("nginx")
     (tmp_path / "proxied.py").write_text(APP)
     server = porch(
         {
@@ -64,21 +47,8 @@ def nginx_in_front(porch: Callable[..., PorchServer], tmp_path: Path) -> Iterato
         }
     )
     port = free_port()
-    config = tmp_path / "nginx.conf"
-    config.write_text(textwrap.dedent(NGINX.format(tmp=tmp_path, port=port, upstream=server.port)))
-    proc = subprocess.Popen([nginx, "-c", str(config), "-p", str(tmp_path)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with run_nginx(textwrap.dedent(SITE.format(port=port, upstream=server.port)), tmp_path, port):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def through(port: int, source: str, headers: dict[str, str]) -> dict[str, str]:
