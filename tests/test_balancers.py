@@ -28,6 +28,9 @@ from porch.master.daemon import process_gone, read_pid
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"
 EXAMPLE_PORTS = ("127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003")
+# A start, or a balancer changing its mind, on a machine busy with the other tests: generous, as
+# the wait ends as soon as it happens.
+SLOW = 30.0
 
 
 class Instance:
@@ -53,7 +56,7 @@ class Instance:
         server = PorchServer.start(config, run, env={"PORCH_PORT": str(self.port)})
         self.runs.append(server)
         self.masters.append(server.proc.pid)
-        wait_until(lambda: server.error_text().count("serving (pid") >= 2, "both workers to serve")
+        wait_until(lambda: server.error_text().count("serving (pid") >= 2, "both workers to serve", timeout=SLOW)
 
     def master(self) -> int:
         pid = read_pid(self.pidfile)
@@ -145,7 +148,9 @@ def haproxy(group: list[Instance], tmp: Path) -> Iterator[tuple[int, Path]]:
     try:
         wait_until(lambda: accepting(port, proc), "haproxy to listen")
         assert proc.poll() is None, (tmp / "haproxy.log").read_text()
-        wait_until(lambda: set(server_states(stats).values()) == {"UP"}, "haproxy to see every instance up")
+        wait_until(
+            lambda: set(server_states(stats).values()) == {"UP"}, "haproxy to see every instance up", timeout=SLOW
+        )
         yield port, stats
     finally:
         proc.terminate()
@@ -183,7 +188,11 @@ def test_rolling_restart_and_upgrade_behind_nginx(tmp_path: Path) -> None:
                 instance.stop()
                 load.wait_for(50)
                 instance.start()
-                wait_until(lambda instance=instance: instance.runs[-1].access_lines(), "nginx to send to it again")
+                wait_until(
+                    lambda instance=instance: instance.runs[-1].access_lines(),
+                    "nginx to send to it again",
+                    timeout=SLOW,
+                )
             for instance in group:  # a rolling upgrade: USR2 through `porch upgrade`
                 instance.upgrade()
                 load.wait_for(50)
@@ -197,7 +206,9 @@ def test_rolling_restart_and_upgrade_behind_haproxy(tmp_path: Path) -> None:
             for number, instance in enumerate(group, start=1):
                 instance.stop()  # ready says 503 first: HAProxy marks it down within drain_delay
                 instance.start()
-                wait_until(lambda n=number: server_states(stats)[f"porch{n}"] == "UP", "haproxy to see it back")
+                wait_until(
+                    lambda n=number: server_states(stats)[f"porch{n}"] == "UP", "haproxy to see it back", timeout=SLOW
+                )
             for instance in group:
                 instance.upgrade()
                 load.wait_for(50)
@@ -219,7 +230,9 @@ def test_a_killed_instance_fails_at_most_what_it_held(tmp_path: Path, balancer: 
             load.wait_for(100)
             group[1].crash()
             if stats is not None:
-                wait_until(lambda: server_states(stats)["porch2"].startswith("DOWN"), "haproxy to mark it down")
+                wait_until(
+                    lambda: server_states(stats)["porch2"].startswith("DOWN"), "haproxy to mark it down", timeout=SLOW
+                )
             else:
                 load.wait_for(20)  # nginx learns from the first refused connection
             known = time.monotonic()
