@@ -619,7 +619,7 @@ def test_mount_limits_and_timeouts_are_checked(here: Path) -> None:
     """) == [
         "porch.yaml:5: mounts[0].limits.body: must be 0 or more, got -1",
         "porch.yaml:5: mounts[0].limits.lines: unknown key 'lines' (expected one of: request_line, "
-        "header_bytes, headers, body, connections_per_client, buffered_body)",
+        "header_bytes, headers, body, connections_per_client, buffered_body, discard_body, response_buffer)",
         "porch.yaml:6: mounts[0].timeouts.body: must be greater than 0, got 0.0",
     ]
 
@@ -776,6 +776,22 @@ def test_check_config_reports_load_problems_without_a_child(here: Path) -> None:
     assert str(caught.value) == "porch.yaml:1: threads: must be greater than 0, got 0"
 
 
+def test_check_config_reports_bad_connection_settings(here: Path) -> None:
+    write("""
+        limits:
+          discard_body: -1
+          response_buffer: 256k
+        timeouts: {linger: -2}
+    """)
+    with pytest.raises(ConfigError) as caught:
+        check_config("porch.yaml")
+    assert str(caught.value).splitlines() == [
+        "porch.yaml:2: limits.discard_body: must be 0 or more, got -1",
+        "porch.yaml:3: limits.response_buffer: expected an integer, got '256k'",
+        "porch.yaml:4: timeouts.linger: must be 0 or more, got -2.0",
+    ]
+
+
 @pytest.fixture
 def apps(here: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory on sys.path (the check's child gets this process's sys.path) with test apps."""
@@ -893,10 +909,17 @@ mounts:
   - path: /
     type: {ECHO}
     root: .
-    limits: {{connections_per_client: 3}}
+    limits: {{connections_per_client: 3, discard_body: 0, response_buffer: 0}}
+    timeouts: {{linger: 0}}
 """) == [
         "porch.yaml:5: mounts[0].limits.connections_per_client: connections are counted per client before any "
-        "mount is known: set it in the top-level limits"
+        "mount is known: set it in the top-level limits",
+        "porch.yaml:5: mounts[0].limits.discard_body: it applies to the connection, whichever mount its requests "
+        "go to: set it in the top-level limits",
+        "porch.yaml:5: mounts[0].limits.response_buffer: it applies to the connection, whichever mount its "
+        "requests go to: set it in the top-level limits",
+        "porch.yaml:6: mounts[0].timeouts.linger: it applies to the connection, whichever mount its requests "
+        "go to: set it in the top-level timeouts",
     ]
     assert problems("listen: [{address: '127.0.0.1:0', proxy_protocol: true}]\n") == [
         "porch.yaml:1: listen: a listener with proxy_protocol accepts PROXY headers from trusted_proxies only, "

@@ -21,7 +21,7 @@ from porch.config.load import load_config
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "config" / "examples"
 GUIDE = REPO / "docs" / "deployment.md"
-QUOTED = ["nginx-porch.conf", "haproxy.cfg", "behind-nginx.yaml", "behind-haproxy.yaml", "kubernetes.yaml"]
+QUOTED = ["nginx-porch.conf", "haproxy.cfg", "behind-nginx.yaml", "behind-haproxy.yaml", "kubernetes/deployment.yaml"]
 
 
 @pytest.mark.parametrize("name", QUOTED)
@@ -58,7 +58,7 @@ def test_the_target_starts_the_instances_the_balancers_name() -> None:
 
 
 def test_the_kubernetes_probes_and_grace_fit_the_container_config() -> None:
-    deployment = next(doc for doc in yaml.safe_load_all((EXAMPLES / "kubernetes.yaml").read_text()))
+    deployment = next(doc for doc in yaml.safe_load_all((EXAMPLES / "kubernetes" / "deployment.yaml").read_text()))
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     config = load_config(REPO / container["args"][1])

@@ -304,6 +304,81 @@ def test_a_worker_whose_every_thread_is_stuck_is_replaced(porch, tmp_path: Path)
     assert "timed out" not in srv.error_text()
 
 
+HANGING_APP = """
+import os
+import threading
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/hang":
+        threading.Event().wait()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getppid()).encode()]  # the worker whose child answers
+"""
+
+
+def forking_site(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """``site`` under forking with ``HANGING_APP`` at /app: /app/hang never returns, /app/ok
+    answers with the pid of the worker."""
+    apps = tmp_path / "apps"
+    write_app(apps, "hangs", HANGING_APP)
+    return with_app(site(tmp_path, "x", concurrency="forking", **extra), apps, "hangs")
+
+
+def forking_worker(srv: PorchServer) -> int | None:
+    """The pid of the forking worker that answers, or None when the request failed."""
+    try:
+        return int(requests.get(srv.url + "/app/ok", timeout=5).text)
+    except requests.RequestException:
+        return None
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def test_a_forking_worker_whose_every_child_is_stuck_is_replaced(porch, tmp_path: Path) -> None:
+    """max_children: 2, both stuck in an application for good: the master names both requests,
+    replaces the worker, and the stuck children end with it."""
+    srv = porch(forking_site(tmp_path, max_children=2, worker_timeout=2, timeouts={"graceful": 1}), env=ENV)
+    pid = forking_worker(srv)
+    assert pid is not None
+    clients = [threading.Thread(target=expect_cut_off, args=(f"{srv.url}/app/hang?stuck={name}",)) for name in "ab"]
+    for client in clients:
+        client.start()
+    try:
+        stuck = wait_until(lambda: len(kids := children_of(pid)) == 2 and kids, what="two children")
+        wait_until(lambda: "is stuck" in srv.error_text(), what="the stuck worker to be noticed")
+        text = srv.error_text()
+        assert f"worker {pid} is stuck: all 2 children in a request" in text
+        for name in "ab":
+            assert re.search(rf"worker {pid} stuck on GET /app/hang\?stuck={name} for [\d.]+s \(request \w+\)", text)
+        wait_until(lambda: forking_worker(srv) not in (None, pid), what="a replacement worker")
+        wait_until(lambda: all(gone(child) for child in stuck), what="the stuck children to end")
+        wait_until(lambda: gone(pid), what="the stuck worker to go")
+    finally:
+        for client in clients:
+            client.join(20)
+    assert "timed out" not in srv.error_text()
+
+
+def test_a_forking_workers_children_die_with_it(porch, tmp_path: Path) -> None:
+    """A worker killed outright (the master's last resort) takes its children along."""
+    srv = porch(forking_site(tmp_path), env=ENV)
+    pid = forking_worker(srv)
+    assert pid is not None
+    client = threading.Thread(target=expect_cut_off, args=(f"{srv.url}/app/hang",))
+    client.start()
+    try:
+        [child] = wait_until(lambda: children_of(pid), what="a child")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: gone(child), what="the child to end with its worker", timeout=3)
+    finally:
+        client.join(20)
+
+
 def test_a_worker_that_cannot_boot_after_startup_is_retried(porch, tmp_path: Path) -> None:
     apps = tmp_path / "apps"
     write_app(apps, "changes_on_disk", GOOD_APP)

@@ -312,6 +312,48 @@ class TestLogs:
         assert lines and all(f"[{request_id}]" in line for line in lines)
 
 
+def test_discard_body_decides_whether_an_unread_body_keeps_the_connection(porch, concurrency: str) -> None:
+    """``limits.discard_body: 1024``: of a 512-byte body the handler leaves unread, no more than
+    that is still to come, so it is read and discarded and the connection serves the next
+    request; of a 4 KiB one more is, so the response says Connection: close."""
+    limits = {"discard_body": 1024, "buffered_body": 0}  # no body is received before the handler runs
+    srv = porch(echo_config(concurrency, limits=limits), env={"PYTHONPATH": str(TESTS_DIR)})
+    for size, kept in ((512, True), (4096, False)):
+        with srv.connect() as sock:
+            sock.sendall(b"POST /?read=0 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            reader = ResponseReader(sock)
+            first = reader.next()
+            first.read()
+            assert (first.getheader("Connection") != "close") == kept, size
+            sock.sendall(b"x" * size + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            if kept:
+                assert json.loads(reader.next().read())["path"] == "/next"
+
+
+@pytest.mark.parametrize("linger", [0, 1])
+def test_linger_is_how_long_a_closing_connection_reads_on(porch, concurrency: str, linger: int) -> None:
+    """A body left unread closes the connection after the response (``limits.discard_body: 0``).
+    With ``timeouts.linger: 1`` porch shuts its side, then reads and discards what the client
+    still sends for a second before it closes; with 0 it closes at once, and the client's next
+    bytes meet a reset."""
+    config = echo_config(concurrency, limits={"discard_body": 0, "buffered_body": 0})
+    config["timeouts"] = {**config["timeouts"], "linger": linger}
+    srv = porch(config, env={"PYTHONPATH": str(TESTS_DIR)})
+    with srv.connect() as sock:
+        sock.sendall(b"POST /?read=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):  # to porch's end of file: it sends nothing more
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in answer
+        started = time.monotonic()
+        with pytest.raises(OSError):  # ECONNRESET or EPIPE once porch's socket is closed
+            while time.monotonic() - started < 5:
+                sock.sendall(b"x" * 1000)
+                time.sleep(0.02)
+        took = time.monotonic() - started
+    assert took < 0.5 if linger == 0 else 0.9 < took < 1.7, took  # the default would be 2 s
+
+
 def test_slow_clients_do_not_hold_threads(porch) -> None:
     """100 clients trickling a head byte by byte must not delay a normal request (threads: 4)."""
     srv = porch(echo_config("threading", timeouts={"header": 30, "keepalive": 30}), env={"PYTHONPATH": str(TESTS_DIR)})

@@ -151,8 +151,15 @@ def test_term_closes_softly_for_drain_delay(porch: Callable[..., PorchServer], t
     server.signal(signal.SIGTERM)
     termed = time.monotonic()
     wait_until(lambda: requests.get(server.url + "/readyz", timeout=5).status_code == 503, "ready to say 503")
-    response = requests.get(server.url + "/index.html", timeout=5)  # a new connection: still accepted
-    assert response.status_code == 200 and response.headers["Connection"] == "close"
+    # the master says 503 before it signals the workers: wait for theirs to close softly too
+    response = wait_until(
+        lambda: (
+            (answer := requests.get(server.url + "/index.html", timeout=5)).headers.get("Connection") == "close"
+            and answer
+        ),
+        "responses to say Connection: close",
+    )  # new connections: still accepted
+    assert response.status_code == 200
     assert time.monotonic() - termed < 2, "the check above ran after the delay: it proved nothing"
     assert server.proc.wait(15) == 0
     assert time.monotonic() - termed >= 2

@@ -59,6 +59,15 @@ log = logging.getLogger(__name__)
 # --- loading --------------------------------------------------------------------------------
 
 MOUNT_KEYS = ("path", "type", "host", "access", "limits", "timeouts", "auth", "rate_limit")
+# Settings a connection applies before any mount is known, or whichever mount its requests go
+# to: only the top level may set them.
+WHOLE_CONNECTION = "it applies to the connection, whichever mount its requests go to"
+TOP_LEVEL_ONLY = {
+    "limits.connections_per_client": "connections are counted per client before any mount is known",
+    "limits.discard_body": WHOLE_CONNECTION,
+    "limits.response_buffer": WHOLE_CONNECTION,
+    "timeouts.linger": WHOLE_CONNECTION,
+}
 HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
@@ -423,6 +432,14 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
             options = conv.dataclass(
                 handler_class.Options, option_node, key, unknown=_unknown_option(type_name, handler_class.Options)
             )
+    for section, own in (("limits", own_limits), ("timeouts", own_timeouts)):
+        for name in own:
+            if reason := TOP_LEVEL_ONLY.get(f"{section}.{name}"):
+                conv.problem(
+                    entries[section].key_lines.get(name),
+                    join(key, f"{section}.{name}"),
+                    f"{reason}: set it in the top-level {section}",
+                )
     if len(conv.problems) > mark:
         return INVALID
     # A mount narrows the global limits (the smaller value wins); its timeouts replace the global
@@ -434,12 +451,6 @@ def _mount(conv: Converter, node: Node, key: str, limits: Limits, timeouts: Time
                 join(key, f"limits.{name}"),
                 f"{value} is above the global limit {getattr(limits, name)}, which applies",
             )
-    if "connections_per_client" in own_limits:
-        return conv.problem(
-            entries["limits"].key_lines.get("connections_per_client"),
-            join(key, "limits.connections_per_client"),
-            "connections are counted per client before any mount is known: set it in the top-level limits",
-        )
     narrowed = replace(limits, **{name: min(value, getattr(limits, name)) for name, value in own_limits.items()})
     local = handler_class is not None and getattr(handler_class, "local_only", False)
     allow = own_access.get("allow", LOOPBACK if local else access.allow)

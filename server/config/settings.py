@@ -128,6 +128,19 @@ class Limits:
         "are read as the handler asks; 0 = never",
         check=not_negative,
     )
+    discard_body: int = setting(
+        65536,
+        doc="global only: bytes of a request body the handler left unread that may still be to come and are "
+        "read and discarded after the response, to keep the connection; more: the response says "
+        "Connection: close (then `timeouts.linger`)",
+        check=not_negative,
+    )
+    response_buffer: int = setting(
+        262144,
+        doc="global only: bytes of a streamed response that may wait in memory for a slow client before the "
+        "thread producing it waits for the client too; what is left when the body ends is sent without a thread",
+        check=not_negative,
+    )
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,13 @@ class Timeouts:
         doc="least bytes a second a request body must arrive at, and a response be taken at, over each "
         "`timeouts.body` seconds spent waiting for the client (slower: 408, or the response is cut off); "
         "0 = no minimum",
+        check=not_negative,
+    )
+    linger: float = setting(
+        2.0,
+        doc="global only: seconds a connection closed while the client may still be sending (an unread body) "
+        "reads and discards what comes, its own side shut, so the client reads the response rather than a "
+        "reset (nginx lingering_time); 0 = close at once",
         check=not_negative,
     )
     graceful: float = setting(

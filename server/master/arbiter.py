@@ -26,9 +26,10 @@ fatal: the master does not die of a worker's, a log's or a signal's trouble.
 Workers heartbeat through a shared page of memory (``Heartbeat``): when their acceptor loop last
 ran, how many threads they serve with, the requests in flight and since when that set has not
 changed.  A worker whose acceptor is silent for ``worker_timeout`` seconds is killed and
-replaced, and the request it was stuck on is logged.  A worker whose every thread has been in a
-request, none completing, for ``worker_timeout`` is stuck too: each of its requests is logged,
-and it is replaced gracefully (TERM), then killed if still there after ``timeouts.graceful``.
+replaced, and the request it was stuck on is logged.  A worker whose every thread (under
+forking, every child) has been in a request, none completing, for ``worker_timeout`` is stuck
+too: each of its requests is logged, and it is replaced gracefully (TERM), then killed if still
+there after ``timeouts.graceful`` (a forking worker's children end with it).
 A worker that dies is replaced, with a growing delay when workers keep dying.  A worker that
 cannot boot at start-up stops the master (exit 1); after start-up it is retried with a growing
 delay, and the master gives up (exit 1) only when no worker has been up for ``respawn_timeout``.
@@ -100,7 +101,7 @@ MAX_BACKOFF_SECONDS = 30.0
 KILL_GRACE_SECONDS = 2.0
 QUIT_GRACE_SECONDS = 2.0  # how long an immediate stop waits before killing
 # The page's head: write sequence (odd while a write is in progress), pulse time, acceptor's last
-# loop, when the requests in flight last changed, how many there are, threads serving them.
+# loop, when the requests in flight last changed, how many there are, threads (or children) serving them.
 # Then resident memory, kept-alive connections waiting, forked children serving.
 HEARTBEAT = struct.Struct("QdddIIQII")
 SEQUENCE = struct.Struct("Q")
@@ -746,8 +747,9 @@ class Arbiter:
 
         A worker is silent when its acceptor has not run for ``worker_timeout`` (or it has not
         served within ``BOOT_TIMEOUT_SECONDS`` of its start).  It is stuck when its every thread
-        has been in a request for ``worker_timeout`` with none completing -- its acceptor keeps
-        running, so only the requests show it.  A single slow request among idle threads is not.
+        (under forking, every child) has been in a request for ``worker_timeout`` with none
+        completing -- its acceptor keeps running, so only the requests show it.  A single slow
+        request among idle threads is not.
         """
         for worker in list(self.workers.values()):
             if worker.killed:
@@ -777,9 +779,10 @@ class Arbiter:
     def replace_stuck(self, worker: Worker, beat: Beat, now: float) -> None:
         """Log every request a stuck worker holds, then replace it (TERM, later KILL)."""
         log.error(
-            "worker %d is stuck: all %d threads in a request, none completed for %.1fs; replacing it",
+            "worker %d is stuck: all %d %s in a request, none completed for %.1fs; replacing it",
             worker.pid,
             beat.capacity,
+            "children" if beat.children else "threads",
             beat.time - beat.changed,
         )
         requests = beat.requests()

@@ -138,7 +138,7 @@ class Aggregate:
         accepted = totals.get(("connections_accepted",), 0.0)
         live_open = sum(w.open_connections for w in workers)
         idle = sum(w.idle for w in workers)
-        in_flight = sum(len(w.busy) + w.children for w in workers)
+        in_flight = sum(len(w.busy) for w in workers)  # forking children report their requests too
         connections = {"accepted": accepted, "open": live_open, "idle": idle, "active": max(0.0, live_open - idle)}
         self.sample(now, totals, live_open, in_flight)
         mounts = sorted(

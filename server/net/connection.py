@@ -14,14 +14,18 @@ until the socket is readable, writable), ``SERVE`` (a request is ready: serve it
 
 Two drivers share it: a pool thread of the threading model, woken by the pool's epoll set for a
 parked connection (``porch.workers.pool``; the forking model's acceptor likewise until a head is
-ready), and a forked child, which waits in place (``run``).  So a slow client costs a
+ready), and a forked child, which waits in place (``run``) until it can hand an idle connection
+back to the acceptor (``can_hand_back``, ``taken_back``).  So a slow client costs a
 descriptor, not a thread, for as much of the exchange as porch can manage without the handler:
 
 - a request body up to ``limits.buffered_body`` (Content-Length, no ``Expect``) is received
   whole before the request is served -- the handler reads it from memory;
 - a response the client is slow to take is finished by the driver once it is produced: bytes
   and files are left to it as soon as the socket is full; a streamed body keeps its thread
-  until ``STREAM_BUFFER_BYTES`` are waiting, and then waits for the client.
+  until ``limits.response_buffer`` bytes are waiting, and then waits for the client.  The
+  response's ``Exchange`` (its access line) is ended by whoever sees its end: all sent
+  (``after_response``), or cut off (``close``); the body bytes the socket takes are counted as
+  they go (``write``, ``push``), not as they are produced.
 
 Waits in a handler's thread -- a larger or chunked body read as the handler asks, a streamed
 response -- are ``wait_io``'s: one poll, bounded by ``timeouts.body``, which first tells the
@@ -33,9 +37,10 @@ Each request runs through ``Pipeline.run`` with ``send_response`` as its writer:
 where every handler type's response is framed -- HEAD, Content-Length, chunked encoding,
 ``Date``/``Server`` and ``Connection``, as ``porch.http.response.frame_response`` decides -- and
 written, file bodies with ``sendfile``.  Before the head goes out, a request body the handler
-left unread is settled (``will_drain``): read and discarded to keep the connection, or the
-response says ``Connection: close`` and the connection closes gently (``closing``).  A TLS
-handshake is ``porch.net.handshake``'s; the connection only drives it.  On a ``proxy_protocol``
+left unread is settled (``will_drain``): read and discarded to keep the connection (up to
+``limits.discard_body``), or the response says ``Connection: close`` and the connection closes
+gently (``closing``, lingering up to ``timeouts.linger``).  A TLS handshake is
+``porch.net.handshake``'s; the connection only drives it.  On a ``proxy_protocol``
 listener a PROXY header comes first, in clear, before TLS (``porch.net.proxy_protocol``): read
 from trusted proxies only, under the header timeout, it names the connection's client; without
 a valid one the connection closes without a response, with one error-log line saying why.
@@ -83,26 +88,25 @@ from porch.net.handshake import Handshake
 from porch.net.listener import address_text
 from porch.net.pace import Pace
 from porch.net.proxy_protocol import PeerClosed, ProxyPreface, ProxyProtocolError
-from porch.spine.pipeline import Pipeline, error_response
+from porch.spine.pipeline import NO_EXCHANGE, Exchange, Pipeline, error_response
 from porch.timing import SecondCache, milliseconds
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
 SEND_FILE_BLOCK = 262144  # TLS: file bodies are encrypted and sent in blocks of this size
-STREAM_BUFFER_BYTES = 262144  # a streamed response's bytes left unsent before its thread waits
-DRAIN_LIMIT_BYTES = 65536  # unread request body we read and discard to keep a connection alive
-# A connection closed while the client may still be sending (an unread body, pipelined
-# requests) shuts its sending side first and reads and discards for up to this long: closing a
-# socket with unread data makes the kernel send a reset, which can destroy the response before
-# the client reads it (RFC 9112 9.6; nginx's lingering close).
-LINGER_SECONDS = 2.0
 LINGER_READS = 16  # reads per wake-up while lingering: a client sending fast cannot hold a thread
 # While the server drains, an idle keep-alive connection gets this long to send one more request
 # (answered with Connection: close) before it is closed; closing it at once would race a client
 # that is sending right now.
 DRAIN_IDLE_SECONDS = 1.0
 IDLE_POLL_SECONDS = 0.25  # a forked child's longest wait, so that it notices a drain
+# A forked child keeps its connection for the next request if that request's whole head arrives
+# within this long (a client sending requests back to back: no fork each); else it hands the
+# connection back to the acceptor, which waits for slow heads without a child.
+NEXT_HEAD_SECONDS = 0.1
+PEEK_BYTES = 65536
+HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_BODY = EmptyBody()  # the body of the request before the first (never handed out)
 
@@ -122,22 +126,37 @@ DATES = SecondCache(format_http_date)  # the Date header (RFC 9110 6.6.1)
 
 class Unsent:
     """What is left to send of a response the client is slow to take: pieces of bytes (never
-    copied), then part of a file; sent by the driver, or by a thread that must wait for it."""
+    copied), then part of a file; sent by the driver, or by a thread that must wait for it.
+
+    Each piece knows which of its bytes are body -- ``[start, stop)``, the rest head or chunk
+    framing -- so that the body bytes the socket takes can be counted (``drop``).
+    """
 
     __slots__ = ("end", "file", "offset", "pieces", "size", "wants")
 
     def __init__(self) -> None:
-        self.pieces: deque[memoryview] = deque()
+        self.pieces: deque[tuple[memoryview, int, int]] = deque()  # (bytes, body start, body stop)
         self.size = 0  # bytes in ``pieces``
         self.file: BinaryIO | None = None  # sent after the pieces, from ``offset`` to ``end``
         self.offset = 0
         self.end = 0
         self.wants = WRITE  # what the socket must be ready for next; 0 once everything is sent
 
-    def add(self, data: bytes | bytearray | memoryview) -> None:
+    def add(self, data: bytes | bytearray | memoryview, start: int, stop: int) -> None:
+        """Queue ``data``, whose body is ``data[start:stop]``."""
         view = memoryview(data)
-        self.pieces.append(view)
+        self.pieces.append((view, start, stop))
         self.size += view.nbytes
+
+    def drop(self, sent: int) -> int:
+        """The socket took ``sent`` bytes of the first piece: forget them; how many were body."""
+        piece, start, stop = self.pieces[0]
+        self.size -= sent
+        if sent < piece.nbytes:
+            self.pieces[0] = (piece[sent:], max(start - sent, 0), max(stop - sent, 0))
+        else:
+            self.pieces.popleft()
+        return min(sent, stop) - start if sent > start else 0
 
     def close(self) -> None:
         """Close the file, if one was left to send (the response's body: the connection owns it)."""
@@ -192,6 +211,7 @@ class Connection:
         self.continue_due = False  # the request expects 100 Continue, not sent yet
         self.body: Body = NO_BODY  # the body of the request being served (or last served)
         self.out: Unsent | None = None  # what the socket has not taken yet of a response
+        self.exchange: Exchange = NO_EXCHANGE  # the response on its way: its body bytes sent, its end
         self.skip = 0  # bytes of the last request's unread body still to arrive and be dropped
         self.linger_until = 0.0  # lingering before the close (``closing``) until then
         self.pace: Pace | None = None  # the minimum rate's counts (made at the first wait)
@@ -201,7 +221,7 @@ class Connection:
         # TLS: the handshake, until the first head's bytes arrive (they start its deadline)
         self.handshake = Handshake(sock, client) if isinstance(sock, ssl.SSLSocket) else None
         self.in_idle_set = False  # registered in an epoll set (``porch.workers.selector.Parking``)
-        self.counted = True  # its close is still to be counted (a forking acceptor leaves that to the child)
+        self.counted = True  # its close is still to be counted (a forked child leaves that to its acceptor)
 
     # -- driven from outside: the socket is ready, requests are ready, time is up --------------
 
@@ -260,8 +280,8 @@ class Connection:
             return CLOSE
         try:
             header = preface.step()
-        except PeerClosed as error:
-            log.log(logging.WARNING if preface.received else logging.DEBUG, "no PROXY header from %s: %s", peer, error)
+        except PeerClosed as closed:  # a name of its own: mypyc types a name by its first except clause
+            log.log(logging.WARNING if preface.received else logging.DEBUG, "no PROXY header from %s: %s", peer, closed)
             return CLOSE
         except ProxyProtocolError as error:
             log.warning("connection from %s closed: invalid PROXY header: %s", peer, error)
@@ -353,6 +373,25 @@ class Connection:
         """Between requests, nothing of the next one received: what a drain may cut short."""
         return not self.buffer and self.head is None and self.out is None and not self.linger_until
 
+    @property
+    def can_hand_back(self) -> bool:
+        """Whether another process may take this connection over now: idle, no unread body still
+        to come, not draining, and no TLS session (its state is this process's alone)."""
+        return (
+            self.is_idle and not self.skip and not self.draining.is_set() and not isinstance(self.sock, ssl.SSLSocket)
+        )
+
+    def taken_back(self) -> int:
+        """A forked child handed this connection back idle: forget the request it served (this
+        copy is as it was at the fork) and wait for the next one, under the keep-alive timeout."""
+        self.head = None
+        self.buffer.clear()
+        self.body = NO_BODY
+        self.keep_alive = True
+        self.continue_due = False
+        self.pace = None
+        return self.idle()
+
     def expire(self, now: float) -> int:
         """``deadline`` passed: 408 if a head was started (RFC 9110 15.5.9), then close; a
         transfer the driver finishes is judged (``wait_for_client``)."""
@@ -375,11 +414,16 @@ class Connection:
         self.reject(RequestTimeout("the request head was not received in time"))
         return self.after_output()
 
-    def run(self, step: int) -> None:
-        """Drive the connection to its end from here, waiting in place: a forked child's way.
+    def run(self, step: int, hand_back: bool = False) -> bool:
+        """Drive the connection from here, waiting in place: a forked child's way.  True when it
+        stopped, with ``hand_back``, to hand the connection back to the acceptor, idle and the
+        next head not all there within ``NEXT_HEAD_SECONDS`` (``can_hand_back``,
+        ``next_head_arrives``); else it ended, closed.
 
         While the server drains, an idle connection gets ``DRAIN_IDLE_SECONDS`` for one more
-        request; the waits are short enough (``IDLE_POLL_SECONDS``) to notice the drain.
+        request; the waits are short enough (``IDLE_POLL_SECONDS``) to notice the drain.  The
+        acceptor holds a copy of the socket: the sending side is shut before the close, so the
+        client sees the end now rather than when the acceptor closes its copy.
         """
         poller = select.poll()
         events = select.POLLIN
@@ -392,6 +436,8 @@ class Connection:
             if wanted != events:
                 poller.modify(self.fd, wanted)
                 events = wanted
+            if hand_back and step == READ and self.can_hand_back and not self.next_head_arrives(poller):
+                return True
             now = time.monotonic()
             deadline = self.deadline
             if self.draining.is_set() and self.is_idle:
@@ -400,7 +446,31 @@ class Connection:
                 step = self.expire(now)
             elif poller.poll(milliseconds(min(deadline - now, IDLE_POLL_SECONDS))):
                 step = self.advance()
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         self.close()
+        return False
+
+    def next_head_arrives(self, poller: select.poll) -> bool:
+        """Whether the next request's whole head (or the client's close) arrives within
+        ``NEXT_HEAD_SECONDS``, looked at without reading it (``MSG_PEEK``): a connection whose
+        head is slow can still be handed back with every byte in the socket."""
+        deadline = time.monotonic() + NEXT_HEAD_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(milliseconds(left)):
+                return False
+            try:
+                seen = self.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return True  # reading it says what went wrong
+            if not seen or len(seen) == PEEK_BYTES or any(end in seen for end in HEAD_ENDS):
+                return True
+            time.sleep(min(left, 0.01))  # part of a head: readable at once from now on, so look again later
+        return False
 
     def drain(self) -> None:
         """The server stops (a forked child's): the response in progress says Connection: close,
@@ -564,24 +634,25 @@ class Connection:
         read and discarded, so that the connection stays open -- else the response says
         ``Connection: close`` (RFC 9112 9.3, 9.6) and the connection closes gently after it.
 
-        A Content-Length body is drained after the response when at most DRAIN_LIMIT_BYTES of it
-        are still to arrive.  A chunked body's length is unknown: once the handler is done with
-        it (a response not streamed), what has already arrived is drained now, without waiting,
-        and the connection stays open if the body ends within the limit.  A client expecting
-        ``100 Continue`` that was never sent may or may not send its body (RFC 9110 10.1.1).
+        A Content-Length body is drained after the response when at most ``limits.discard_body``
+        bytes of it are still to arrive.  A chunked body's length is unknown: once the handler is
+        done with it (a response not streamed), what has already arrived is drained now, without
+        waiting, and the connection stays open if the body ends within the limit.  A client
+        expecting ``100 Continue`` that was never sent may or may not send its body (RFC 9110
+        10.1.1).
         """
         body = self.body
         if self.continue_due:
             return False
         if isinstance(body, ContentLengthBody):
-            return body.remaining - len(self.buffer) <= DRAIN_LIMIT_BYTES
+            return body.remaining - len(self.buffer) <= self.limits.discard_body
         if not isinstance(produced, (bytes, bytearray, FileRegion)):
             return False  # a streamed response may still read the body as it goes
         self.io_timeout = 0.0  # what has arrived only: a read that would wait fails instead
         try:
             body.limit = None
             drained = 0
-            while drained <= DRAIN_LIMIT_BYTES and (chunk := body.read(RECV_BYTES)):
+            while drained <= self.limits.discard_body and (chunk := body.read(RECV_BYTES)):
                 drained += len(chunk)
             return body.done
         except (HTTPError, OSError):
@@ -597,11 +668,12 @@ class Connection:
         return self.after_response()
 
     def after_response(self) -> int:
-        """The response is out: on to the next request, or close (gently).
+        """The response is out: record it, then on to the next request, or close (gently).
 
         What is left of a Content-Length body ``will_drain`` kept the connection for is dropped:
         from the buffer now, the rest as it arrives (``skip``).
         """
+        self.end_exchange()
         if not self.keep_alive:
             return self.closing()
         body = self.body
@@ -621,8 +693,11 @@ class Connection:
     def closing(self) -> int:
         """The connection ends: CLOSE at once if the client has nothing more to send, else
         linger -- shut our sending side (the client reads the response, then end of file) and
-        read and discard what still comes for up to LINGER_SECONDS (RFC 9112 9.6)."""
-        if not (self.buffer or self.skip or not self.body.done or self.head is not None):
+        read and discard what still comes for up to ``timeouts.linger`` (RFC 9112 9.6): closing
+        a socket with unread data makes the kernel send a reset, which can destroy the response
+        before the client reads it (nginx's lingering close)."""
+        linger = self.timeouts.linger
+        if not linger or not (self.buffer or self.skip or not self.body.done or self.head is not None):
             return CLOSE
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -630,7 +705,7 @@ class Connection:
             return CLOSE
         self.buffer.clear()
         self.head = None
-        self.linger_until = self.deadline = time.monotonic() + LINGER_SECONDS
+        self.linger_until = self.deadline = time.monotonic() + linger
         return READ
 
     def discard(self) -> int:
@@ -678,12 +753,15 @@ class Connection:
     def send_continue(self) -> None:
         """RFC 9110 10.1.1: the interim 100 response, sent when the handler first reads the body."""
         self.continue_due = False
-        self.send_all(CONTINUE)
+        self.write(CONTINUE, len(CONTINUE))
+        self.flush_here()
 
     # -- writing --------------------------------------------------------------------------------
 
-    def send_response(self, request: Request, response: Response) -> int:
-        """Write ``response`` to ``request``; returns the body bytes sent (or left to the driver)."""
+    def send_response(self, request: Request, response: Response, exchange: Exchange) -> None:
+        """Write ``response`` to ``request``, counting the body bytes sent in ``exchange``,
+        whose end is the connection's from here (``end_exchange``)."""
+        self.exchange = exchange
         body = response.body
         try:
             try:
@@ -699,24 +777,24 @@ class Connection:
                 response.body = body = error_response(InternalServerError()).body
                 head, length, chunked = self.response_head(request, response)
             if request.method == "HEAD" or response.status in BODILESS_STATUSES:
-                self.write(head)
-                return 0
-            if isinstance(body, (bytes, bytearray)):
-                self.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    self.write(body)
-                return len(body)
-            if isinstance(body, FileRegion):
+                self.write(head, len(head))
+            elif isinstance(body, (bytes, bytearray)):
+                if len(body) < 65536:
+                    self.write(head + body, len(head))
+                else:
+                    self.write(head, len(head))
+                    self.write(body, 0)
+            elif isinstance(body, FileRegion):
                 if body.length <= SMALL_FILE_BYTES:  # one write for head and body beats sendfile
                     data = os.pread(body.file.fileno(), body.length, body.offset)
                     if len(data) != body.length:
                         raise ResponseAborted("file shorter than announced")
-                    self.write(head + data)
-                    return len(data)
-                self.write(head)
-                self.write_file(body)
-                return body.length
-            return self.send_iterable(head, body, length, chunked)
+                    self.write(head + data, len(head))
+                else:
+                    self.write(head, len(head))
+                    self.write_file(body)
+            else:
+                self.send_iterable(head, body, length, chunked)
         finally:
             out = self.out
             if out is None or not isinstance(body, FileRegion) or out.file is not body.file:
@@ -748,21 +826,27 @@ class Connection:
         head = serialize_response_head(request.version, response.status, response.reason, framing.headers)
         return head, framing.length, framing.chunked
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview, start: int, stop: int | None = None) -> None:
         """Send ``data`` as far as the socket takes it now; the rest waits in ``out``, behind
-        whatever waits there already."""
+        whatever waits there already.  Its body is ``data[start:stop]`` (the rest is head or
+        chunk framing): the exchange counts what of that the socket takes."""
+        if stop is None:
+            stop = len(data)
         out = self.out
         if out is not None:
-            out.add(data)
+            out.add(data, start, stop)
             self.push(out)
             return
         try:
             sent = self.sock.send(data)
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
-        if sent < len(data):
-            self.out = Unsent()
-            self.out.add(memoryview(data)[sent:])
+        if sent == len(data):
+            self.exchange.sent += stop - start
+            return
+        out = self.out = Unsent()
+        out.add(data, start, stop)
+        self.exchange.sent += out.drop(sent)
 
     def write_file(self, region: FileRegion) -> None:
         """Send a file region as far as the socket takes it now (``sendfile(2)`` on plain
@@ -785,14 +869,9 @@ class Connection:
         try:
             while True:
                 while pieces:
-                    piece = pieces[0]
-                    sent = self.sock.send(piece)
+                    sent = self.sock.send(pieces[0][0])
                     moved += sent
-                    out.size -= sent
-                    if sent < piece.nbytes:
-                        pieces[0] = piece[sent:]
-                    else:
-                        pieces.popleft()
+                    self.exchange.sent += out.drop(sent)
                 if out.file is None or out.offset >= out.end:
                     break
                 source = out.file.fileno()
@@ -800,10 +879,11 @@ class Connection:
                     block = os.pread(source, min(SEND_FILE_BLOCK, out.end - out.offset), out.offset)
                     sent = len(block)
                     if sent:
-                        out.add(block)
+                        out.add(block, 0, sent)
                 else:
                     sent = os.sendfile(self.fd, source, out.offset, out.end - out.offset)
                     moved += sent
+                    self.exchange.sent += sent
                 if not sent:
                     raise ResponseAborted("file shorter than announced")
                 out.offset += sent
@@ -829,11 +909,6 @@ class Connection:
             if self.min_rate:
                 self.paced().moved += moved
         out.close()
-
-    def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write all of ``data``, waiting for the client to read when its window is full."""
-        self.write(data)
-        self.flush_here()
 
     # -- waiting in a thread: the socket never blocks; these wait for it ----------------------
 
@@ -883,50 +958,53 @@ class Connection:
             if ready:
                 return
 
-    def send_iterable(self, head: bytes, body: Iterable[bytes], length: int | None, chunked: bool) -> int:
+    def send_iterable(self, head: bytes, body: Iterable[bytes], length: int | None, chunked: bool) -> None:
         """Stream an iterable body; exactly ``length`` bytes when known (PEP 3333 truncation).
 
         What the client has not taken yet waits in ``out`` while the body is produced; past
-        STREAM_BUFFER_BYTES this thread waits for the client (``flush_here``).
+        ``limits.response_buffer`` bytes this thread waits for the client (``flush_here``).
         """
-        sent = 0
+        produced = 0
         pending = head
+        buffer = self.limits.response_buffer
         try:
             for chunk in body:
                 if not chunk:
                     continue
                 if length is not None:
-                    chunk = chunk[: length - sent]
-                sent += len(chunk)
+                    chunk = chunk[: length - produced]
+                produced += len(chunk)
                 pending += encode_chunk(chunk) if chunked else chunk
-                self.write(pending)
+                stop = len(pending) - 2 if chunked else len(pending)  # a chunk's data is followed by CRLF
+                self.write(pending, stop - len(chunk), stop)
                 pending = b""
-                if self.out is not None and self.out.size > STREAM_BUFFER_BYTES:
+                if self.out is not None and self.out.size > buffer:
                     self.flush_here()
-                if length is not None and sent >= length:
+                if length is not None and produced >= length:
                     break
         except (OSError, ResponseAborted):
             raise
-        except ClientDisconnected as error:
-            raise ResponseAborted("the client went away") from error
+        except ClientDisconnected as gone:  # a name of its own: mypyc types a name by its first except clause
+            raise ResponseAborted("the client went away") from gone
         except Exception as error:
             log.exception("error while streaming the response body")
             raise ResponseAborted(str(error)) from error
         if chunked:
             pending += LAST_CHUNK
         if pending:
-            self.write(pending)
-        if length is not None and sent < length:
-            raise ResponseAborted(f"body ended after {sent} of {length} bytes")
-        return sent
+            self.write(pending, len(pending))
+        if length is not None and produced < length:
+            raise ResponseAborted(f"body ended after {produced} of {length} bytes")
 
     def reject(self, error: HTTPError, line: str | None = None) -> None:
-        """Answer a request that never became a ``Request`` (bad syntax, timeout) and log it; the
-        response may be left in ``out`` (see ``after_output``).  ``line`` is the request line
-        for the log, when known; else the start of the buffer."""
+        """Answer a request that never became a ``Request`` (bad syntax, timeout); the response
+        may be left in ``out`` (see ``after_output``), and is recorded when it has ended.
+        ``line`` is the request line for the log, when known; else the start of the buffer."""
         response = error_response(error)
         if line is None:
             line = first_line(bytes(self.buffer[:512]))
+        self.exchange = Exchange(self.pipeline, self.client, self.head_started, None, line)
+        self.exchange.response = response
         headers = [
             *response.headers,
             ("Content-Length", str(len(response.body))),  # type: ignore[arg-type]
@@ -935,21 +1013,25 @@ class Connection:
         ]
         if self.server_header:
             headers.append(("Server", self.server_header))
-        payload = serialize_response_head("HTTP/1.1", response.status, None, headers) + response.body  # type: ignore[operator]
-        sent = 0
+        head = serialize_response_head("HTTP/1.1", response.status, None, headers)
         try:
-            self.write(payload)
-            sent = len(response.body)  # type: ignore[arg-type]
+            self.write(head + response.body, len(head))  # type: ignore[operator]
         except OSError:
             pass
         self.keep_alive = False
-        self.pipeline.log_rejected(self.client, line, response.status, sent, self.head_started)
+
+    def end_exchange(self) -> None:
+        """The response has ended, all sent or cut off: record it, with the body bytes sent."""
+        exchange, self.exchange = self.exchange, NO_EXCHANGE
+        exchange.end()
 
     def close(self) -> None:
+        """Close the socket; a response still on its way is cut off, and recorded so."""
         if self.counted:
             self.counted = False
             self.pipeline.metrics.add("connections_closed")
             self.on_close()
+        self.end_exchange()
         if self.out is not None:
             self.out.close()
             self.out = None

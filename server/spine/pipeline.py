@@ -2,13 +2,17 @@
 
 ``Pipeline.run`` is the only place where exceptions become responses: an ``HTTPError`` answers
 with its own status; any other exception is a 500 whose traceback goes to the error log (the
-client sees a generic page).  The access line is written in ``finally``, so every request is
-logged exactly once, failures included.  A handler's ``InternalRedirect`` (CGI local redirect)
-is served again here as a GET of the new target, at most ``MAX_INTERNAL_REDIRECTS`` times.
+client sees a generic page).  Every request is an ``Exchange``, recorded -- metrics, the access
+line -- exactly once, failures included, when its response has ended: in ``finally`` if sending
+failed, else where the connection sees the last byte go, maybe after ``run`` has returned (a slow
+client), so the line counts the body bytes sent and the time to the last.  A handler's
+``InternalRedirect`` (CGI local redirect) is served again here as a GET of the new target, at
+most ``MAX_INTERNAL_REDIRECTS`` times.
 
 The pipeline also knows what the worker is doing, for its heartbeat: the requests in flight and
 when that set last changed (``in_progress``, ``changed``); and it is where a request completes,
 so ``retire_after(n, retire)`` calls ``retire`` the moment the n-th one has (``max_requests``).
+A forked child tells its acceptor instead (``report``), which counts there (``complete``).
 """
 
 from __future__ import annotations
@@ -43,8 +47,6 @@ log = logging.getLogger(__name__)
 
 MAX_INTERNAL_REDIRECTS = 10
 
-Send = Callable[[Request, Response], int]  # writes the response; returns body bytes sent
-
 
 @dataclass(frozen=True)
 class InFlight:
@@ -75,6 +77,53 @@ def error_response(error: HTTPError) -> Response:
     return Response(int(error.status), headers, error.body())
 
 
+class Exchange:
+    """A request and its response on the way out: recorded -- metrics, the access line -- once,
+    when the response has ended, sent whole or cut off.
+
+    A slow client's response is finished after the thread that produced it has moved on, so
+    whoever sends its bytes counts those of the body the socket takes (``sent``), and whoever
+    sees the end calls ``end``: the line then says what was sent, as Apache's ``%B`` and nginx's
+    ``$body_bytes_sent`` do, and its time runs to the last byte, as nginx's ``$request_time``.
+    ``request`` is None for a request rejected before it was parsed (``line`` is what came).
+    """
+
+    __slots__ = ("client", "line", "mount", "pipeline", "request", "response", "sent", "start")
+
+    def __init__(
+        self, pipeline: Pipeline | None, client: object, start: float, request: Request | None, line: str = ""
+    ) -> None:
+        self.pipeline = pipeline  # None once recorded (or for ``NO_EXCHANGE``)
+        self.client = client
+        self.start = start
+        self.request = request
+        self.line = line
+        self.mount = UNMATCHED
+        self.response: Response | None = None  # None: no response was made (500)
+        self.sent = 0  # body bytes the socket has taken
+
+    def end(self) -> None:
+        """Record the exchange, the first time only."""
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is None:
+            return
+        seconds = time.monotonic() - self.start
+        request = self.request
+        status = self.response.status if self.response is not None else 500
+        if request is None:
+            method, received, request_id = self.line.partition(" ")[0], 0, "-"
+        else:
+            method, received, request_id = request.method, request.body.received, request.request_id
+        pipeline.metrics.request(self.mount, method, status, seconds, received, self.sent)
+        if pipeline.logs.access_enabled:  # else not even the line's parts are worth building
+            line = self.line if request is None else request_line(request)
+            pipeline.logs.log_request(request, client_host(self.client), line, status, self.sent, seconds, request_id)
+
+
+NO_EXCHANGE = Exchange(None, None, 0.0, None)  # no response on the way: records nothing
+Send = Callable[[Request, Response, Exchange], None]  # writes the response, counting and ending the exchange
+
+
 class Pipeline:
     """Runs requests through the stages; one instance per server process, shared by all threads."""
 
@@ -94,12 +143,21 @@ class Pipeline:
         self.max_requests = 0
         self.retire: Callable[[], None] = nothing
         self.retire_calls = itertools.count()  # the first caller retires, once
+        # A forked child's: told when a request starts (False) and completes (True), for its acceptor.
+        self.report: Callable[[Request, bool], None] | None = None
 
     def retire_after(self, max_requests: int, retire: Callable[[], None]) -> None:
         """Call ``retire`` once, on the thread completing the ``max_requests``-th request -- or
         here, if that many have completed already (pool threads serve as soon as they exist)."""
         self.retire, self.max_requests = retire, max_requests
         if self.served >= max_requests:
+            self.retire_once()
+
+    def complete(self) -> None:
+        """Count a completed request: the ``max_requests``-th retires the worker (a forking
+        acceptor counts here what its children report)."""
+        self.served = served = next(self.completed)
+        if served >= self.max_requests > 0:
             self.retire_once()
 
     def retire_once(self) -> None:
@@ -128,39 +186,34 @@ class Pipeline:
         return f"{self.id_prefix}{next(self.id_counter) & 0xFFFFFFFF:08x}"
 
     def run(self, request: Request, send: Send) -> bool:
-        """Serve one parsed request completely; returns False if the response could not be sent."""
+        """Serve one parsed request; returns False if the response could not be sent.
+
+        ``send`` ends the exchange once the response is out -- or leaves that to whoever
+        finishes sending it; when sending fails, it ends here, with what was sent.
+        """
         if self.proxies is not None:  # first: access rules, logs, metrics and handlers see the client
             request = self.proxies.apply(request)
         token = current_request_id.set(request.request_id)
-        response: Response | None = None
-        mount = UNMATCHED
-        sent = 0
+        exchange = Exchange(self, request.client, request.start, request)
         complete = False
         key = threading.get_ident()
         self.in_flight[key] = request
         self.changed = time.monotonic()
+        if self.report is not None:
+            self.report(request, False)
         try:
-            response, mount = self.respond(request)
-            sent = send(request, response)
+            response, exchange.mount = self.respond(request)
+            exchange.response = response
+            send(request, response, exchange)
             complete = True
         finally:
             del self.in_flight[key]
-            self.changed = now = time.monotonic()
-            self.served = served = next(self.completed)
-            if served >= self.max_requests > 0:
-                self.retire_once()
-            status = response.status if response is not None else 500
-            self.metrics.request(mount, request.method, status, now - request.start, request.body.received, sent)
-            if self.logs.access_enabled:  # else not even the line's parts are worth building
-                self.logs.log_request(
-                    request,
-                    client_host(request.client),
-                    request_line(request),
-                    status,
-                    sent,
-                    now - request.start,
-                    request.request_id,
-                )
+            self.changed = time.monotonic()
+            self.complete()
+            if self.report is not None:
+                self.report(request, True)
+            if not complete:
+                exchange.end()
             current_request_id.reset(token)
         return complete
 
@@ -196,12 +249,7 @@ class Pipeline:
         """The requests being served, oldest first, with the names of the threads serving them."""
         names = {thread.ident: thread.name for thread in threading.enumerate()}
         serving = sorted(self.in_flight.copy().items(), key=lambda item: item[1].start)
-        return [
-            InFlight(
-                r.start, escape(r.request_id), escape(request_line(r)), names.get(ident, "?"), client_host(r.client)
-            )
-            for ident, r in serving
-        ]
+        return [in_flight(r, names.get(ident, "?")) for ident, r in serving]
 
     def body_limit(self, host: str, path: str) -> int:
         """The body limit of the mount that will serve ``path`` on ``host`` (the global one when
@@ -211,12 +259,12 @@ class Pipeline:
         except NotFound:
             return self.config.limits.body
 
-    def log_rejected(self, client: object, request_line_text: str, status: int, sent: int, start: float) -> None:
-        """Count and access-log a request rejected before it could be parsed into a Request."""
-        seconds = time.monotonic() - start
-        method = request_line_text.partition(" ")[0]
-        self.metrics.request(UNMATCHED, method, status, seconds, 0, sent)
-        self.logs.log_request(None, client_host(client), request_line_text, status, sent, seconds, "-")
+
+def in_flight(request: Request, serving: str) -> InFlight:
+    """``request`` as the heartbeat reports it, served by the thread (or child) ``serving``."""
+    return InFlight(
+        request.start, escape(request.request_id), escape(request_line(request)), serving, client_host(request.client)
+    )
 
 
 def request_line(request: Request) -> str:

@@ -10,8 +10,9 @@ the main thread only waits for signals, which the handlers merely queue (TERM: c
 heartbeats to the master meanwhile.
 
 The heartbeat (a ``Pulse``) says whether the acceptor loop runs and whether the serving threads
-do: which requests are in flight, how many threads there are, and since when that set has not
-changed -- a worker whose every thread is stuck in a request still has a running acceptor.
+(or forked children) do: which requests are in flight, how many threads (children) there may
+be, and since when that set has not changed -- a worker whose every thread is stuck in a request
+still has a running acceptor.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Pulse:
     time: float  # when this pulse was taken
     loop_time: float  # when the acceptor loop last ran
     changed: float  # when a request last entered or left ``in_flight``
-    capacity: int  # requests this process serves at once on its own threads; 0: in children (forking)
+    capacity: int  # requests served at once: threads, or children (forking)
     in_flight: list[InFlight]  # oldest first
     idle: int = 0  # kept-alive connections waiting for their next request
     children: int = 0  # forking: children serving a connection each
@@ -89,9 +90,9 @@ class Runtime:
         return Pulse(
             time.monotonic(),
             self.server.last_loop,
-            self.pipeline.changed,
+            self.server.requests_changed(),
             self.capacity,
-            self.pipeline.in_progress(),
+            self.server.requests_in_flight(),
             self.server.idle_connections(),
             self.server.children_serving(),
             resident_bytes(),
@@ -102,8 +103,8 @@ class Runtime:
 
         ``heartbeat(pulse)`` is called every ``HEARTBEAT_SECONDS`` so the master can tell a stuck
         worker from a busy one.  ``max_requests`` is counted where requests complete: the drain
-        starts with the completion of the last one, not at the next heartbeat.  (Under forking,
-        requests complete in the children, whose counts the worker never sees.)
+        starts with the completion of the last one, not at the next heartbeat (under forking,
+        as soon as the acceptor reads the child's report of it).
 
         TERM first closes softly for ``drain_delay`` seconds -- ``ready`` answers 503 and every
         response says Connection: close, while the listeners still accept -- so a balancer takes
@@ -118,7 +119,7 @@ class Runtime:
             self.server.begin_drain()
             signals.put(signal.SIGINT)
 
-        if max_requests and self.capacity:
+        if max_requests:
             self.pipeline.retire_after(max_requests, retire)
         acceptor = threading.Thread(target=self.server.serve_forever, name="porch-acceptor", daemon=True)
         acceptor.start()
@@ -230,8 +231,7 @@ def build_server(
     router = Router(build_handlers(config, context), partial(gates_for, clients=clients, metrics=metrics))
     pipeline = Pipeline(config, router, logs, metrics)
     server = SERVER_CLASSES[config.concurrency](listeners, pipeline, config, clients=clients, closing=closing)
-    # Only the threading model serves requests in this process: forked children count their own.
-    capacity = config.threads if isinstance(server, ThreadPoolServer) else 0
+    capacity = config.max_children if isinstance(server, ForkingServer) else config.threads
     return Runtime(config, logs, router, pipeline, server, listeners, capacity, signals)
 
 

@@ -38,7 +38,7 @@ from porch.net.connection import CLOSE, READ, Connection
 from porch.net.listener import BoundListener
 from porch.net.proxy_protocol import ProxyPreface
 from porch.spine.clients import ClientTable, Tally
-from porch.spine.pipeline import Pipeline
+from porch.spine.pipeline import InFlight, Pipeline
 from porch.spine.validate import admitted
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,14 @@ class SelectorServer(socketserver.BaseServer):
         """Processes serving connections on this server's behalf (forking): none here."""
         return 0
 
+    def requests_changed(self) -> float:
+        """When a request last started or completed, for the heartbeat."""
+        return self.pipeline.changed
+
+    def requests_in_flight(self) -> list[InFlight]:
+        """The requests being served, oldest first, for the heartbeat."""
+        return self.pipeline.in_progress()
+
     def listen_on(self, listener: BoundListener, events: int) -> None:
         """Watch a listening socket: here the acceptor loop accepts from it."""
         self.watch(listener.sock.fileno(), listener, events)
@@ -286,6 +294,8 @@ class SelectorServer(socketserver.BaseServer):
                 elif self.listeners_open:  # else closed under us by a drain: nothing to say
                     log.error("accept failed on %s: %s", listener.name, error)
                 return
+            if isinstance(address, tuple):
+                address = address[:2]  # an Address is (host, port): IPv6 adds flow info and scope id
             if not self.verify_request(sock, address):
                 self.shutdown_request(sock)
                 continue
