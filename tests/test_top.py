@@ -84,9 +84,12 @@ def test_once_prints_one_frame_with_every_worker(
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[0].startswith("porch/") and " ready " in lines[0] and concurrency in lines[0]
-    rows = {int(line.split()[0]): line for line in lines if line.split() and line.split()[0].isdigit()}
+    rows: dict[int, str] = {}
+    for line in lines:  # the workers' table; a later table (requests in progress) starts with pids too
+        if line.split() and line.split()[0].isdigit():
+            rows.setdefault(int(line.split()[0]), line)
     assert set(pids) <= set(rows)
-    assert all(" serving " in rows[pid] for pid in pids)
+    assert all(" serving " in rows[pid] for pid in pids), result.stdout
     assert ESCAPE not in result.stdout  # no colours and no screen control in a pipe
 
 
