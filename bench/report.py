@@ -4,17 +4,21 @@ A *sample* is one wrk run of one server (a dict, also what the JSON results file
 workload and server the report shows the median throughput, median p99, median server CPU per
 request and the ratio porch/peer of the medians, each peer against its matching porch variant.
 The targets table says, for each target of ``workloads.TARGETS``, the measured value and whether
-it is met.
+it is met.  ``chart`` draws the same medians as an SVG bar chart (req/s and CPU per request of
+every server, per workload); ``python bench/report.py RESULTS.json`` draws it for a saved run.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import platform
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,3 +341,86 @@ def render(report: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# -- the chart ----------------------------------------------------------------------------------
+
+CHART_WIDTH = 980
+LABEL_WIDTH = 200  # server names, right-aligned before the bars
+PANEL_WIDTH = (CHART_WIDTH - LABEL_WIDTH - 20) // 2  # req/s on the left, CPU µs/req on the right
+VALUE_WIDTH = 70  # the number after each bar
+BAR_HEIGHT, ROW_HEIGHT, HEADING_HEIGHT, GAP = 12, 16, 22, 10
+COLOURS = {"porch": "#1f6fb2", "porch compiled": "#e8731a", "peers": "#a3acb5"}
+
+
+def colour(server: str) -> str:
+    spec = SPECS[server]
+    return COLOURS["porch compiled" if spec.compiled else "porch" if spec.is_porch else "peers"]
+
+
+def chart(rows: dict[str, list[Row]]) -> str:
+    """An SVG bar chart of every workload: each server's req/s (MiB/s) and CPU µs per request,
+    each panel scaled to the workload's largest value, porch, porch compiled and the peers in
+    colours of their own.  Written by hand: the benchmark needs no plotting library."""
+    parts: list[str] = []
+    y = 56
+    bar_room = PANEL_WIDTH - VALUE_WIDTH
+    for name, found in rows.items():
+        unit = WORKLOADS[name].unit
+        parts.append(f'<text x="8" y="{y + 15}" font-weight="bold">{html.escape(name)}</text>')
+        for panel, heading in enumerate((unit, "CPU µs/req")):
+            x = LABEL_WIDTH + panel * (PANEL_WIDTH + 20)
+            parts.append(f'<text x="{x}" y="{y + 15}" fill="#555">{html.escape(heading)}</text>')
+        y += HEADING_HEIGHT
+        largest = (
+            max((row.throughput for row in found), default=0) or 1,
+            max((row.cpu_us for row in found), default=0) or 1,
+        )
+        for row in found:
+            text_y = y + BAR_HEIGHT - 2
+            parts.append(f'<text x="{LABEL_WIDTH - 6}" y="{text_y}" text-anchor="end">{html.escape(label(row))}</text>')
+            values = (row.throughput, row.cpu_us)
+            texts = (f"{row.throughput:,.1f}" if unit == "MiB/s" else f"{row.throughput:,.0f}", f"{row.cpu_us:,.0f}")
+            for panel, (value, text) in enumerate(zip(values, texts, strict=True)):
+                x = LABEL_WIDTH + panel * (PANEL_WIDTH + 20)
+                width = value / largest[panel] * bar_room
+                parts.append(
+                    f'<rect x="{x}" y="{y}" width="{width:.1f}" height="{BAR_HEIGHT}" fill="{colour(row.server)}"/>'
+                    f'<text x="{x + width + 4:.1f}" y="{text_y}">{text}</text>'
+                )
+            y += ROW_HEIGHT
+        y += GAP
+    legend = []
+    for number, (name, fill) in enumerate(COLOURS.items()):
+        x = LABEL_WIDTH + number * 150
+        legend.append(
+            f'<rect x="{x}" y="30" width="12" height="12" fill="{fill}"/><text x="{x + 17}" y="40">{name}</text>'
+        )
+    title = "throughput (higher is better) and server CPU µs per request (lower is better), medians of the run"
+    return "\n".join(
+        [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" height="{y + 8}" '
+            f'viewBox="0 0 {CHART_WIDTH} {y + 8}" font-family="sans-serif" font-size="11">',
+            f'<rect width="{CHART_WIDTH}" height="{y + 8}" fill="#fff"/>',
+            f'<text x="8" y="20" font-size="13" font-weight="bold">porch benchmark: {html.escape(title)}</text>',
+            *legend,
+            *parts,
+            "</svg>",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str]) -> int:
+    """``python bench/report.py RESULTS.json``: the chart of a saved run, written beside it (.svg)."""
+    if len(argv) != 1:
+        print("usage: python bench/report.py bench/results/DATE-MODE.json", file=sys.stderr)
+        return 2
+    results = Path(argv[0])
+    samples = json.loads(results.read_text())["samples"]
+    results.with_suffix(".svg").write_text(chart(aggregate(samples, {})))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

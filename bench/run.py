@@ -8,13 +8,15 @@ How a run goes::
 
     check wrk / nginx / lighttpd (a missing one skips its peer, with a line saying so)
     bench/.venv: create it and pip install the Python peers when missing (uWSGI may fail: skipped)
+    bench/.venv-compiled: porch built with PORCH_COMPILE=1, again whenever its sources changed
     a temporary document root: 1k.txt, 10m.bin, cgi-bin/hello.sh, cgi-bin/hello.py
     for each workload:
         start its servers (each in its own process group, on a free 127.0.0.1 port)
         probe each (a correct response? keep-alive?), warm it up with a short wrk run
         repeat R times, interleaved (A B C A B C): CPU of the server tree, wrk, CPU again
         stop them all
-    print the markdown report and write it to bench/results/<date>-<mode>.md (+ .json samples)
+    print the markdown report and write it to bench/results/<date>-<mode>.md (+ .json samples,
+    + .svg: req/s and CPU per request of every server, per workload)
 
 Every process is started in its own session and ended in ``finally`` (also on Ctrl-C or TERM),
 every wait has a timeout, and only loopback addresses are used.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -36,8 +39,8 @@ from pathlib import Path
 from types import FrameType
 
 from measure import IdleHolder, lua_script, run_wrk, tree_context_switches, tree_cpu_seconds, tree_memory
-from report import Report, aggregate, machine_line, render
-from servers import SPECS, Paths, Probe, RunningServer, raise_nofile
+from report import Report, aggregate, chart, machine_line, render
+from servers import COMPILED_VENV_NAME, SPECS, Paths, Probe, RunningServer, raise_nofile
 from workloads import STATIC_LARGE_BYTES, STATIC_SMALL_BYTES, WORKLOADS, Workload
 
 BENCH = Path(__file__).resolve().parent
@@ -47,6 +50,8 @@ PEER_PACKAGES = ["gunicorn==27.0.1", "waitress==3.0.2"]
 UWSGI_PACKAGE = "uwsgi==2.0.31"
 UWSGI_FAILED_MARKER = VENV / "uwsgi-build-failed"
 PIP_TIMEOUT_SECONDS = 600
+COMPILED_VENV = BENCH / COMPILED_VENV_NAME
+COMPILED_STAMP = COMPILED_VENV / "porch-sources.sha256"  # what the compiled build was built from
 MODES = {  # duration (s), repeats, warm-up (s)
     "quick": (3.0, 1, 1.0),
     "full": (10.0, 2, 2.0),
@@ -91,6 +96,50 @@ def ensure_venv(reinstall: bool) -> list[str]:
     if UWSGI_FAILED_MARKER.exists():
         problems.append(f"uWSGI did not build (see {UWSGI_FAILED_MARKER.relative_to(REPO)}; --reinstall tries again)")
     return problems
+
+
+def sources_digest() -> str:
+    """A digest of everything the compiled build is made from."""
+    digest = hashlib.sha256()
+    files = [REPO / "pyproject.toml", REPO / "setup.py"]
+    for folder in ("server", "handlers", "build_backend"):
+        files += sorted(
+            path for path in (REPO / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts
+        )
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def ensure_compiled(reinstall: bool) -> list[str]:
+    """bench/.venv-compiled with porch built by PORCH_COMPILE=1 from this checkout, rebuilt when the
+    sources changed since; the line explaining why it is unavailable."""
+    python = COMPILED_VENV / "bin" / "python"
+    digest = sources_digest()
+    if not reinstall and COMPILED_STAMP.exists() and COMPILED_STAMP.read_text() == digest:
+        return []
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(COMPILED_VENV)], check=True, timeout=PIP_TIMEOUT_SECONDS)
+    COMPILED_STAMP.unlink(missing_ok=True)
+    say(f"building porch compiled into {COMPILED_VENV.relative_to(REPO)} (PORCH_COMPILE=1, about a minute)")
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--force-reinstall", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT_SECONDS,
+        check=False,
+        env={**os.environ, "PORCH_COMPILE": "1"},
+    )
+    if done.returncode != 0:
+        return [f"porch compiled did not build: {done.stderr.strip()[-300:]}"]
+    COMPILED_STAMP.write_text(digest)
+    return []
+
+
+def porch_build(python: str) -> str:
+    """What ``python -m porch --version`` says it is: "pure", "compiled", or why it did not say."""
+    done = subprocess.run([python, "-m", "porch", "--version"], capture_output=True, text=True, timeout=60)
+    return done.stdout.strip().rpartition("(")[2].rstrip(")") if done.returncode == 0 else done.stderr.strip()
 
 
 def prepare_root(paths: Paths) -> None:
@@ -287,6 +336,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def chosen(workload: str, args: argparse.Namespace) -> list[str]:
+    """The servers of ``workload`` that --servers asks for, with the porch variants they are compared with."""
+    return [
+        key
+        for key in WORKLOADS[workload].servers
+        if args.server_names is None
+        or key in args.server_names
+        or (SPECS[key].is_porch and any(SPECS[s].compare_to == key for s in args.server_names))
+    ]
+
+
 def stop_on_term(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so every finally runs and every server is stopped
 
@@ -300,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         say("wrk is not installed: apt-get install wrk (it drives every measurement)")
         return 2
     skipped += ensure_venv(args.reinstall)
+    build = porch_build(sys.executable)
+    if build != "pure":  # the rows named porch are the pure build
+        say(f"{sys.executable} -m porch runs porch's {build} build: run the benchmark with the pure one")
+        return 2
+    if any(SPECS[key].compiled for name in args.workload_names for key in chosen(name, args)):
+        skipped += ensure_compiled(args.reinstall)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="porch-bench-") as work:
         cgi_python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
@@ -309,13 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.workload_names:
             workload = WORKLOADS[name]
             servers = []
-            for key in workload.servers:
-                if (
-                    args.server_names is not None
-                    and key not in args.server_names
-                    and not (SPECS[key].is_porch and any(SPECS[s].compare_to == key for s in args.server_names))
-                ):
-                    continue
+            for key in chosen(name, args):
                 missing = SPECS[key].missing(paths)
                 if missing:
                     note = f"{SPECS[key].label}: {missing}"
@@ -357,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"machine": report.machine, "settings": settings, "skipped": skipped, "samples": samples}, indent=1
             )
         )
-        say(f"written: {stem.with_suffix('.md').relative_to(REPO)} and .json")
+        stem.with_suffix(".svg").write_text(chart(report.rows))
+        say(f"written: {stem.with_suffix('.md').relative_to(REPO)}, .json and .svg")
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 5.0
 NOFILE_WANTED = 65536
+COMPILED_VENV_NAME = ".venv-compiled"  # beside bench/.venv: porch built with PORCH_COMPILE=1 (run.py builds it)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Paths:
     def apps(self) -> Path:
         return self.bench / "apps"
 
+    @property
+    def compiled(self) -> Path:
+        return self.bench / COMPILED_VENV_NAME
+
 
 @dataclass(frozen=True)
 class Command:
@@ -64,16 +69,24 @@ class ServerSpec:
     build: Callable[[Paths, int], Command]
     python_peer: bool = False  # counts for "best Python peer" targets
     compare_to: str | None = None  # key of the porch variant this peer is compared with
-    needs: tuple[str, ...] = ()  # programs on PATH, or "venv:NAME" for a program in the venv
+    needs: tuple[str, ...] = ()  # programs on PATH, "venv:NAME" for a program in the venv, or "compiled"
 
     @property
     def is_porch(self) -> bool:
         return self.key.startswith("porch")
 
+    @property
+    def compiled(self) -> bool:
+        """porch's compiled build (bench/.venv-compiled)."""
+        return "compiled" in self.needs
+
     def missing(self, paths: Paths) -> str | None:
         """Why this server cannot run here, or None."""
         for need in self.needs:
-            if need.startswith("venv:"):
+            if need == "compiled":
+                if not (paths.compiled / "bin" / "porch").exists():
+                    return f"porch's compiled build is not in {paths.compiled.name} (run.py builds it)"
+            elif need.startswith("venv:"):
                 program = paths.venv / "bin" / need[5:]
                 if not program.exists():
                     return f"{need[5:]} is not installed in {paths.venv.name}"
@@ -92,8 +105,16 @@ def render(template: Path, target: Path, **values: object) -> Path:
 
 
 def porch(
-    config: str, workers: int, threads: int, keepalive: float | None = None, metrics: bool = True
+    config: str,
+    workers: int,
+    threads: int,
+    keepalive: float | None = None,
+    metrics: bool = True,
+    compiled: bool = False,
 ) -> Callable[[Paths, int], Command]:
+    """porch as ``python -m porch``: the pure build from the interpreter running the benchmark, or
+    the compiled build from bench/.venv-compiled."""
+
     def build(paths: Paths, port: int) -> Command:
         env = {
             "BENCH_PORT": str(port),
@@ -104,7 +125,8 @@ def porch(
         }
         if keepalive is not None:
             env["BENCH_KEEPALIVE"] = str(keepalive)
-        return Command([sys.executable, "-m", "porch", "-c", str(paths.bench / "configs" / config)], env, paths.repo)
+        python = str(paths.compiled / "bin" / "python") if compiled else sys.executable
+        return Command([python, "-m", "porch", "-c", str(paths.bench / "configs" / config)], env, paths.repo)
 
     return build
 
@@ -253,6 +275,34 @@ SPECS: dict[str, ServerSpec] = {
             "porch",
             "workers: 1, threads: 8, xmlrpc mount defaults, access log off",
             porch("porch-xmlrpc.yaml", 1, 8),
+        ),
+        ServerSpec(
+            "porch-compiled-2x8",
+            "porch compiled",
+            "porch-2x8 built with PORCH_COMPILE=1 (mypyc)",
+            porch("porch-wsgi.yaml", 2, 8, compiled=True),
+            needs=("compiled",),
+        ),
+        ServerSpec(
+            "porch-compiled-static",
+            "porch compiled",
+            "porch-static built with PORCH_COMPILE=1 (mypyc)",
+            porch("porch-static.yaml", 1, 8, compiled=True),
+            needs=("compiled",),
+        ),
+        ServerSpec(
+            "porch-compiled-cgi",
+            "porch compiled",
+            "porch-cgi built with PORCH_COMPILE=1 (mypyc)",
+            porch("porch-cgi.yaml", 1, 8, compiled=True),
+            needs=("compiled",),
+        ),
+        ServerSpec(
+            "porch-compiled-xmlrpc",
+            "porch compiled",
+            "porch-xmlrpc built with PORCH_COMPILE=1 (mypyc)",
+            porch("porch-xmlrpc.yaml", 1, 8, compiled=True),
+            needs=("compiled",),
         ),
         ServerSpec(
             "gunicorn-sync",

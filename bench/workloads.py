@@ -22,7 +22,15 @@ XMLRPC_ADD = (
     b"</param>\n</params>\n</methodCall>\n"
 )
 
-WSGI_SERVERS = ("porch-2x8", "porch-1x8", "gunicorn-sync", "gunicorn-gthread", "waitress", "uwsgi")
+WSGI_SERVERS = (
+    "porch-2x8",
+    "porch-compiled-2x8",
+    "porch-1x8",
+    "gunicorn-sync",
+    "gunicorn-gthread",
+    "waitress",
+    "uwsgi",
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ WORKLOADS: dict[str, Workload] = {
             "a 1 KiB file; keep-alive",
             "/1k.txt",
             "get.lua",
-            ("porch-static", "porch-static-nometrics", "http.server", "nginx"),
+            ("porch-static", "porch-compiled-static", "porch-static-nometrics", "http.server", "nginx"),
             lambda body: len(body) == STATIC_SMALL_BYTES,
         ),
         Workload(
@@ -84,7 +92,7 @@ WORKLOADS: dict[str, Workload] = {
             "a 10 MiB file; keep-alive; throughput in MiB/s",
             "/10m.bin",
             "get.lua",
-            ("porch-static", "http.server", "nginx"),
+            ("porch-static", "porch-compiled-static", "http.server", "nginx"),
             lambda body: len(body) == STATIC_LARGE_BYTES,
             unit="MiB/s",
         ),
@@ -93,7 +101,7 @@ WORKLOADS: dict[str, Workload] = {
             "a two-line sh script (`printf` of a header and 14 bytes)",
             "/cgi-bin/hello.sh",
             "get.lua",
-            ("porch-cgi", "http.server-cgi", "lighttpd"),
+            ("porch-cgi", "porch-compiled-cgi", "http.server-cgi", "lighttpd"),
             lambda body: body == HELLO,
         ),
         Workload(
@@ -101,7 +109,7 @@ WORKLOADS: dict[str, Workload] = {
             "the same in Python (`/usr/bin/python3`, no imports beyond sys)",
             "/cgi-bin/hello.py",
             "get.lua",
-            ("porch-cgi", "http.server-cgi", "lighttpd"),
+            ("porch-cgi", "porch-compiled-cgi", "http.server-cgi", "lighttpd"),
             lambda body: body == HELLO,
         ),
         Workload(
@@ -109,7 +117,7 @@ WORKLOADS: dict[str, Workload] = {
             "XML-RPC call add(2, 3); keep-alive",
             "/RPC2",
             "xmlrpc-add.lua",
-            ("porch-xmlrpc", "xmlrpc.server"),
+            ("porch-xmlrpc", "porch-compiled-xmlrpc", "xmlrpc.server"),
             lambda body: b"<int>5</int>" in body,
             method="POST",
             body=XMLRPC_ADD,

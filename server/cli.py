@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from porch import __version__
+from porch import BUILD, __version__
 from porch.config.check import CheckFailed, summary, warning_line
 from porch.config.convert import yaml_text
 from porch.config.environment import environment_problems, locator
@@ -179,7 +179,7 @@ def parser(prog: str = "porch") -> argparse.ArgumentParser:
         epilog="Without -c, porch uses ./config/porch.yaml if present, else serves the current directory. "
         "Options in the PORCH_ARGS environment variable apply unless the command line gives them too.",
     )
-    top.add_argument("--version", action="version", version=f"porch {__version__}")
+    top.add_argument("--version", action="version", version=f"porch {__version__} ({BUILD})")
     top.add_argument("-c", "--config", metavar="FILE", help="the YAML config file")
     add_settings(top, top=True, serving=True)
     commands = top.add_subparsers(dest="command", metavar="COMMAND")

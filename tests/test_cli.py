@@ -47,7 +47,7 @@ def serving(*args: str, cwd: Path | None = None) -> Iterator[str]:
 
 def test_version() -> None:
     result = run("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"porch {porch.__version__}"
+    assert result.returncode == 0 and result.stdout.strip() == f"porch {porch.__version__} ({porch.BUILD})"
 
 
 def test_help_lists_commands() -> None:

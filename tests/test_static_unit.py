@@ -6,6 +6,7 @@ raised ``HTTPError`` into the response the pipeline would send, so each test sta
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -174,14 +175,23 @@ class TestFiles:
     def test_vanished_between_stat_and_open(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / "gone.txt").write_bytes(b"x")
         h = handler(tmp_path)
-        original = h.root.locate
 
-        def locate_then_delete(path_info: str) -> Any:
-            found = original(path_info)
-            (tmp_path / "gone.txt").unlink()
-            return found
+        class Vanishing:
+            """The handler's root, deleting the file once it has found it (a compiled Root takes no
+            attribute of its own, so it is wrapped)."""
 
-        monkeypatch.setattr(h.root, "locate", locate_then_delete)
+            def __init__(self, root: Any) -> None:
+                self.root = root
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.root, name)
+
+            def locate(self, path_info: str) -> Any:
+                found = self.root.locate(path_info)
+                (tmp_path / "gone.txt").unlink()
+                return found
+
+        monkeypatch.setattr(h, "root", Vanishing(h.root))
         assert serve(h, "/gone.txt")[0].status == 404
 
     def test_unreadable_file_is_forbidden(self, tmp_path: Path) -> None:
@@ -322,7 +332,7 @@ class TestSafety:
         parsed = request(target)
         normalised = Request(
             **{
-                **{name: getattr(parsed, name) for name in Request.__slots__},
+                **{field.name: getattr(parsed, field.name) for field in dataclasses.fields(Request)},
                 "raw_path": "/hello.txt",
                 "path": "/hello.txt",
             }

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porch import SOFTWARE, __version__
+from porch import BUILD, SOFTWARE, __version__
 from porch.config.settings import Config, ConfigError
 from porch.master.daemon import (
     DaemonError,
@@ -456,7 +456,7 @@ class Arbiter:
                     "software": SOFTWARE,
                     "version": __version__,
                     "python": f"{sys.version.split()[0]} ({sys.implementation.name})",
-                    "build": "pure",
+                    "build": BUILD,
                     "concurrency": self.config.concurrency,
                     "master_pid": os.getpid(),
                     "generation": self.generation,

@@ -10,7 +10,7 @@ The ``status``, ``metrics``, ``health`` and ``ready`` handlers and ``porch top``
 
 The snapshot (every number since the master started unless it says otherwise)::
 
-    software, version, python, build ("pure"), concurrency, master_pid, started (unix time),
+    software, version, python, build ("pure" | "compiled"), concurrency, master_pid, started (unix time),
     time (unix time of this snapshot), uptime_seconds, generation, state
     ("starting" | "ready" | "reloading" | "stopping"), workers_target,
     requests:        [{mount, method, code ("2xx"), count}]
