@@ -276,33 +276,20 @@ SPECS: dict[str, ServerSpec] = {
             "workers: 1, threads: 8, xmlrpc mount defaults, access log off",
             porch("porch-xmlrpc.yaml", 1, 8),
         ),
-        ServerSpec(
-            "porch-compiled-2x8",
-            "porch compiled",
-            "porch-2x8 built with PORCH_COMPILE=1 (mypyc)",
-            porch("porch-wsgi.yaml", 2, 8, compiled=True),
-            needs=("compiled",),
-        ),
-        ServerSpec(
-            "porch-compiled-static",
-            "porch compiled",
-            "porch-static built with PORCH_COMPILE=1 (mypyc)",
-            porch("porch-static.yaml", 1, 8, compiled=True),
-            needs=("compiled",),
-        ),
-        ServerSpec(
-            "porch-compiled-cgi",
-            "porch compiled",
-            "porch-cgi built with PORCH_COMPILE=1 (mypyc)",
-            porch("porch-cgi.yaml", 1, 8, compiled=True),
-            needs=("compiled",),
-        ),
-        ServerSpec(
-            "porch-compiled-xmlrpc",
-            "porch compiled",
-            "porch-xmlrpc built with PORCH_COMPILE=1 (mypyc)",
-            porch("porch-xmlrpc.yaml", 1, 8, compiled=True),
-            needs=("compiled",),
+        *(
+            ServerSpec(
+                f"porch-compiled-{variant}",
+                "porch compiled",
+                f"{pure} built with PORCH_COMPILE=1 (mypyc)",
+                porch(config, workers, 8, compiled=True),
+                needs=("compiled",),
+            )
+            for variant, pure, config, workers in (
+                ("2x8", "porch-2x8", "porch-wsgi.yaml", 2),
+                ("static", "porch-static", "porch-static.yaml", 1),
+                ("cgi", "porch-cgi", "porch-cgi.yaml", 1),
+                ("xmlrpc", "porch-xmlrpc", "porch-xmlrpc.yaml", 1),
+            )
         ),
         ServerSpec(
             "gunicorn-sync",
