@@ -237,7 +237,7 @@ def test_workers_and_threads_reach_the_workers_and_survive_a_reload(site: Path) 
         def threads(generation: int) -> list[int] | None:
             """Threads of each worker of ``generation``, once both have reported them."""
             status = json.loads(get(f"127.0.0.1:{port}", "/status?format=json"))
-            found = [worker["threads"] for worker in status["workers"] if worker["generation"] == generation]
+            found = [worker["threads"] for worker in status.get("workers", []) if worker["generation"] == generation]
             return found if len(found) == 2 and all(found) else None
 
         assert wait_until(lambda: threads(0), "two workers") == [4, 4]

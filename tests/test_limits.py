@@ -191,9 +191,13 @@ def status(server: PorchServer) -> dict[str, Any]:
 
 def serving(server: PorchServer, count: int = 2) -> list[dict[str, Any]]:
     """The workers of the status JSON, once ``count`` of them serve."""
-    return wait_until(
-        lambda: len(w := [w for w in status(server)["workers"] if w["state"] == "serving"]) == count and w, "workers"
-    )
+
+    def listed() -> list[dict[str, Any]] | None:
+        workers = status(server).get("workers", [])  # none before the master's first snapshot
+        found = [worker for worker in workers if worker["state"] == "serving"]
+        return found if len(found) == count else None
+
+    return wait_until(listed, "workers")
 
 
 def limited_config(concurrency: str, **settings: Any) -> dict[str, Any]:

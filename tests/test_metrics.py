@@ -287,7 +287,7 @@ def test_health_and_ready_probes(porch: Callable[..., PorchServer], tmp_path: Pa
     assert first.status == 200
     slow = threading.Thread(target=fresh_get, args=(server, "/app/sleep?2"))
     slow.start()
-    wait_until(lambda: any(w["busy"] for w in status(server)["workers"]), "the slow request in flight")
+    wait_until(lambda: any(w["busy"] for w in status(server).get("workers", [])), "the slow request in flight")
     server.signal(signal.SIGTERM)
     time.sleep(0.3)
     probe.request("GET", "/readyz")

@@ -104,7 +104,7 @@ def test_once_shows_the_requests_being_served(porch: Callable[..., PorchServer],
     slow.start()
     try:
         wait_until(
-            lambda: any(busy["path"] == "/app/sleep" for w in status(server)["workers"] for busy in w["busy"]),
+            lambda: any(busy["path"] == "/app/sleep" for w in status(server).get("workers", []) for busy in w["busy"]),
             "the slow request in the snapshot",
         )
         result = top("--once", "--url", f"{server.url}/status", cwd=tmp_path)
