@@ -764,15 +764,27 @@ def test_killed_worker_leaves_no_slot_files(
     wait_until(lambda: children(srv.proc.pid) - {worker}, "a new worker")
     assert requests.get(srv.url + "/cgi-bin/env.sh", timeout=10).status_code == 200
     assert sorted(path.name for path in private_tmp.iterdir()) == []
-    with srv.connect() as sock:  # the new worker's one place, held by a running script
-        sock.sendall(b"GET /cgi-bin/stall.sh HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while b"first part" not in data:
-            data += sock.recv(4096)
+    # The new worker's one place, held by a running script (once the last env.sh has been reaped:
+    # its response can be out a moment before its process is).
+    with wait_until(lambda: stalling(srv), "the script's place"):
         refused = requests.get(srv.url + "/cgi-bin/env.sh", timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     # The client left: the script is stopped within a second and its place given back.
     wait_until(lambda: requests.get(srv.url + "/cgi-bin/env.sh", timeout=10).status_code == 200, "a free place")
+
+
+def stalling(srv: PorchServer) -> socket.socket | None:
+    """A connection whose stall.sh has started (its first part is out), or None if refused (503)."""
+    sock = srv.connect()
+    sock.sendall(b"GET /cgi-bin/stall.sh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while b"first part" not in data:
+        chunk = sock.recv(4096)
+        if not chunk or data.startswith(b"HTTP/1.1 503"):
+            sock.close()
+            return None
+        data += chunk
+    return sock
 
 
 def test_fifty_concurrent_requests(server: PorchServer) -> None:
