@@ -339,8 +339,9 @@ class Arbiter:
             self.listeners = bind_all(self.config.listen, any_port=self.upgrading_from is not None)
         except (OSError, DaemonError) as error:
             log.error("%s", error)
-            self.tell(str(getattr(error, "strerror", None) or error))
-            self.startup.failed(str(getattr(error, "strerror", None) or error))
+            why = str(getattr(error, "strerror", None) or error)
+            self.tell(why)
+            self.startup.failed(why)  # an upgrade's old master logs it and keeps serving
             if self.pidfile is not None:
                 self.pidfile.release()
             return 1

@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from porch.master.daemon import FAILED, MAX_REPORT_BYTES, READY, Startup
@@ -124,7 +124,7 @@ def _become_new_master(argv: list[str], environ: dict[str, str], old_pid: int, f
         os.write(report, FAILED + f"cannot execute {argv[0]}: {error.strerror}".encode())
 
 
-def upgrade_startup(environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[int, Startup] | None:
+def upgrade_startup(environ: MutableMapping[str, str] = os.environ) -> tuple[int, Startup] | None:
     """In a new master: (the old master's pid, the pipe to report to), once; None otherwise.
 
     The variable is removed, like LISTEN_FDS: no worker or script may take the pipe.
