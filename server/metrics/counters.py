@@ -20,9 +20,9 @@ it) loses that one count rather than stopping a request.
 
 from __future__ import annotations
 
-import bisect
 import mmap
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Protocol, cast
 
@@ -108,19 +108,6 @@ class ProcessLock(Protocol):
     def release(self) -> None: ...
 
 
-def count_request(
-    cells: memoryview[float], where: tuple[int, int, int, int], seconds: float, received: int, sent: int
-) -> None:
-    """One request in a slice: its series, its latency bucket, the duration sum, the body bytes."""
-    series, buckets, total, body = where
-    cells[series] += 1
-    cells[buckets + bisect.bisect_left(BOUNDS, seconds)] += 1
-    cells[total] += seconds
-    if received:
-        cells[body] += received
-    cells[body + 1] += sent
-
-
 class Counters:
     """One worker's page: written by its threads (and forked children), read by the master."""
 
@@ -161,24 +148,35 @@ class Counters:
         return cells
 
     def request(self, mount: str, method: str, status: int, seconds: float, received: int, sent: int) -> None:
-        where = self.places.get((mount, method, status))
-        if where is None:
-            where = self.place(mount, method, status)
+        """One request: its series, its latency bucket, the duration sum, the body bytes (written
+        out here, not in a helper: this runs for every request)."""
+        try:
+            series, buckets, total, body = self.places[mount, method, status]
+        except KeyError:
+            series, buckets, total, body = self.place(mount, method, status)
         try:
             cells = self.own.cells
         except AttributeError:
             cells = self.claim()
-        if cells is not None:
-            count_request(cells, where, seconds, received, sent)
-        elif self.lock.acquire(True, LOCK_SECONDS):
-            try:
-                count_request(self.cells, where, seconds, received, sent)
-            finally:
+        locked = cells is None
+        if locked:
+            if not self.lock.acquire(True, LOCK_SECONDS):
+                return
+            cells = self.cells
+        try:
+            cells[series] += 1
+            cells[buckets + bisect_left(BOUNDS, seconds)] += 1
+            cells[total] += seconds
+            if received:
+                cells[body] += received
+            cells[body + 1] += sent
+        finally:
+            if locked:
                 self.lock.release()
 
     def place(self, mount: str, method: str, status: int) -> tuple[int, int, int, int]:
         """The cells of a request's series, histogram, duration sum and body bytes, remembered
-        for the next request of the same mount, method and status (this runs for every request)."""
+        for the next request of the same mount, method and status."""
         layout = self.layout
         number = layout.mount_number(mount)
         code = min(max(status // 100, 1), 5) - 1
