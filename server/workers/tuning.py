@@ -25,8 +25,10 @@ STANDBY_SECONDS = 0.002
 WINDOW_SECONDS = 0.01
 
 # MAX_STANDBY_SECONDS: the check interval reached (by doubling) while the serving threads keep
-#   the GIL busy.  Longer: less of the standby's overhead on computing work; shorter: a switch
-#   from computing to waiting is noticed sooner.
+#   the GIL busy, or a leader keeps coming back for the lead (a steady load of short requests).
+#   Longer: less of the standby's overhead on computing work (each check reads every pool
+#   thread's clocks: two system calls a thread); shorter: a switch from computing to waiting that
+#   nobody announced is noticed sooner.
 MAX_STANDBY_SECONDS = 0.016
 
 # BUSY_SHARE: below this share of a window running (or ready to run), the serving threads are
