@@ -164,13 +164,20 @@ def find(rows: list[Row], server: str, phase: str = "") -> Row | None:
     return next((row for row in rows if row.server == server and row.phase == phase), None)
 
 
-def ratio_of(rows: list[Row], peer: Row) -> float | None:
-    """porch (the variant this peer is compared with) / peer, on throughput."""
+def ratio_of(rows: list[Row], peer: Row, compiled: bool = False) -> float | None:
+    """porch (the variant this peer is compared with, or its compiled twin) / peer, on throughput."""
     porch_key = SPECS[peer.server].compare_to
+    if porch_key and compiled:
+        porch_key = compiled_twin(porch_key)
     porch = find(rows, porch_key) if porch_key else None
     if porch is None or not peer.throughput:
         return None
     return porch.throughput / peer.throughput
+
+
+def compiled_twin(key: str) -> str:
+    """The compiled build's server of a pure porch variant: porch-static -> porch-compiled-static."""
+    return key.replace("porch-", "porch-compiled-", 1)
 
 
 def error_text(row: Row) -> str:
@@ -294,14 +301,15 @@ def evaluate(target: Target, rows: dict[str, list[Row]]) -> Verdict:
             porch.p99_ms <= best.p99_ms,
         )
     ratios: list[tuple[float, Row]] = []
+    build = "compiled " if target.compiled else ""
     if target.peer == "python":
-        name = f"{target.workload} ≥ {target.minimum:g}× best Python peer"
+        name = f"{build}{target.workload} ≥ {target.minimum:g}× best Python peer"
         candidates = python_peers
     else:
-        name = f"{target.workload} ≥ {target.minimum:g}× {SPECS[target.peer].label}"
+        name = f"{build}{target.workload} ≥ {target.minimum:g}× {SPECS[target.peer].label}"
         candidates = [row for row in found if row.server == target.peer and comparable(row)]
     for candidate in candidates:
-        found_ratio = ratio_of(found, candidate)
+        found_ratio = ratio_of(found, candidate, target.compiled)
         if found_ratio is not None:
             ratios.append((found_ratio, candidate))
     if not ratios:

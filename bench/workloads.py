@@ -143,13 +143,15 @@ class Target:
     ``peer`` is a server key, or ``"python"`` for the best (fastest) Python peer of the workload.
     Kind ``"p99"``: porch's p99 is at most the p99 of the Python peer with the lowest p99.
     Kind ``"idle"``: hello throughput with idle connections >= ``minimum`` × without, and no
-    thread per idle connection.
+    thread per idle connection.  ``compiled``: the ratio of porch's compiled build (the
+    ``porch-compiled-*`` twin of the variant the peer is compared with) instead.
     """
 
     workload: str
     kind: str  # "ratio" | "p99" | "idle"
     peer: str = ""
     minimum: float = 0.0
+    compiled: bool = False
 
 
 TARGETS = [
@@ -164,6 +166,13 @@ TARGETS = [
     Target("cgi-sh", "ratio", "http.server-cgi", 4.0),
     Target("cgi-py", "ratio", "lighttpd", 0.95),
     Target("xmlrpc-add", "ratio", "xmlrpc.server", 1.3),
+    # The compiled build's (the compiled-build issue's targets).
+    Target("wsgi-hello", "ratio", "uwsgi", 1.0, compiled=True),
+    Target("wsgi-post-64k", "ratio", "uwsgi", 1.0, compiled=True),
+    Target("static-1k", "ratio", "nginx", 0.5, compiled=True),
+    Target("xmlrpc-add", "ratio", "xmlrpc.server", 2.0, compiled=True),
+    Target("cgi-sh", "ratio", "lighttpd", 1.0, compiled=True),
+    Target("cgi-py", "ratio", "lighttpd", 1.0, compiled=True),
     *[
         Target(name, "p99")
         for name in (
