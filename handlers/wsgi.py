@@ -88,6 +88,7 @@ CONTROL_CHARACTERS = {i: f"\\x{i:02x}" for i in (*range(0x09), *range(0x0A, 0x20
 # that makes up names cannot grow them without end (past the bound, names are just checked).
 _VALID_STATUSES: dict[str, tuple[int, str]] = {}
 _VALID_NAMES: dict[str, str] = {}  # name -> its lower-case form
+_HTTP_KEYS: dict[str, str] = {}  # a request header's lower-case name -> its HTTP_* key (clients' names: bounded too)
 
 
 class ApplicationError(Exception):
@@ -572,7 +573,6 @@ class WSGIHandler(Handler):
         environ["QUERY_STRING"] = request.query
         environ["REQUEST_URI"] = environ["RAW_URI"] = request.target
         environ["SERVER_PROTOCOL"] = request.version
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = server_name_port(request)
         environ["REMOTE_ADDR"] = client_host(request.client)
         if isinstance(request.client, tuple):
             environ["REMOTE_PORT"] = str(request.client[1])
@@ -585,30 +585,47 @@ class WSGIHandler(Handler):
         if request.user is not None:  # the mount's auth checked the credentials (RFC 3875 4.1.1, 4.1.11)
             environ["AUTH_TYPE"] = "Basic"
             environ["REMOTE_USER"] = request.user.encode().decode("latin-1")  # PEP 3333: bytes as latin-1
-        headers = request.headers
-        for name, value in headers:
+        # One pass over the header fields: the HTTP_* keys, and the fields other keys come from.
+        host = content_type = None
+        has_length = False
+        for name, value in request.headers:
             lower = name.lower()
+            if lower in NOT_HTTP_VARIABLES:
+                if lower == "content-length":
+                    has_length = True
+                elif lower == "content-type" and content_type is None:
+                    content_type = value
+                continue
             # A name with "_" is dropped: as HTTP_* it would be indistinguishable from the same
             # name with "-", so X_Forwarded_For could pose as (or join) X-Forwarded-For.
-            if "_" in name or lower in NOT_HTTP_VARIABLES:
+            if "_" in name:
                 continue
-            key = "HTTP_" + name.upper().replace("-", "_")
+            if lower == "host" and host is None:
+                host = value
+            key = _HTTP_KEYS.get(lower) or http_key(lower)
             if key in environ:  # RFC 9110 section 5.3: repeated fields join with ", "
                 environ[key] += ("; " if lower == "cookie" else ", ") + value
             else:
                 environ[key] = value
-        content_type = headers.get("content-type")
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = server_name_port(request, host)
         if content_type is not None:
             environ["CONTENT_TYPE"] = content_type
-        if request.body.length is not None and "content-length" in headers:
+        if request.body.length is not None and has_length:
             environ["CONTENT_LENGTH"] = str(request.body.length)
         return environ
 
 
-def server_name_port(request: Request) -> tuple[str, str]:
+def http_key(lower: str) -> str:
+    """The environ key of a request header (RFC 3875 section 4.1.18), remembered while there is room."""
+    key = "HTTP_" + lower.upper().replace("-", "_")
+    if len(_HTTP_KEYS) < MAX_REMEMBERED_NAMES:
+        _HTTP_KEYS[lower] = key
+    return key
+
+
+def server_name_port(request: Request, host: str | None) -> tuple[str, str]:
     """SERVER_NAME and SERVER_PORT: from Host (RFC 9110 section 7.2), else the bound address."""
     default_port = "443" if request.scheme == "https" else "80"
-    host = request.headers.get("host")
     if host:
         if host.startswith("["):
             name, _, rest = host.partition("]")
