@@ -198,7 +198,7 @@ def run_workload(
     running: list[RunningServer] = []
     try:
         for key in servers:
-            running.append(RunningServer(SPECS[key], paths))
+            running += [RunningServer(SPECS[key], paths) for _ in range(args.instances)]
         live: list[RunningServer] = []
         for server in running:
             problem = server.wait_ready()
@@ -225,6 +225,7 @@ def run_workload(
         for repeat in range(args.repeats):
             for server in live:
                 url = f"http://127.0.0.1:{server.port}{workload.path}"
+                instance = [other for other in live if other.spec.key == server.spec.key].index(server)
                 try:
                     if workload.idle_connections:
                         measure_idle(server, workload, url, script, args, repeat, samples)
@@ -235,9 +236,17 @@ def run_workload(
                     say(f"  {server.spec.key:17} #{repeat + 1}: FAILED: {error}")
                     continue
                 samples.append(
-                    {"workload": workload.name, "server": server.spec.key, "phase": "", "repeat": repeat, **sample}
+                    {
+                        "workload": workload.name,
+                        "server": server.spec.key,
+                        "phase": "",
+                        "repeat": repeat,
+                        "instance": instance,
+                        **sample,
+                    }
                 )
-                say(f"  {server.spec.key:17} #{repeat + 1}: {describe(workload, sample)}")
+                which = f"{server.spec.key}/{instance + 1}" if args.instances > 1 else server.spec.key
+                say(f"  {which:17} #{repeat + 1}: {describe(workload, sample)}")
     finally:
         for server in running:
             server.stop()
@@ -315,6 +324,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="runs per server, interleaved (quick 1, full 2)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per server (quick 1, full 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="processes started per server, each measured in turn (default 1): two runs of one "
+        "server differ by a few %% with hash seeds and memory layout, so an A/B of a few %% needs several",
+    )
     parser.add_argument("--no-save", action="store_true", help="print the report only; write no results file")
     parser.add_argument("--reinstall", action="store_true", help="recreate bench/.venv (and retry uWSGI)")
     args = parser.parse_args(argv)
@@ -323,8 +339,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or duration
     args.repeats = args.repeats or repeats
     args.warmup = args.warmup if args.warmup is not None else warmup
-    if any(value is not None and value <= 0 for value in (args.duration, args.repeats)):
-        parser.error("--duration and --repeats must be positive")
+    if any(value is not None and value <= 0 for value in (args.duration, args.repeats, args.instances)):
+        parser.error("--duration, --repeats and --instances must be positive")
     args.workload_names = args.workloads.split(",") if args.workloads else list(WORKLOADS)
     args.server_names = args.servers.split(",") if args.servers else None
     for name in args.workload_names:
@@ -386,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(key)
             if servers:
                 plan.append((workload, servers))
-        runs = sum(len(servers) * (2 if workload.idle_connections else 1) for workload, servers in plan)
+        runs = args.instances * sum(
+            len(servers) * (2 if workload.idle_connections else 1) for workload, servers in plan
+        )
         say(
             f"{args.mode} run: {len(plan)} workloads, {runs} server runs × {args.repeats} repeats × "
             f"{args.duration:g} s ≈ {runs * args.repeats * (args.duration + 0.3) / 60 + len(plan) * 0.15:.0f} min"
@@ -402,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = (
             f"{args.mode} mode, `wrk -t2 -c{args.connections} -d{args.duration:g}s --latency`, "
             f"{args.repeats} repeat(s) interleaved per workload, {args.warmup:g} s warm-up per server, "
+            f"{args.instances} instance(s) of each, "
             f"{datetime.date.today().isoformat()}, {(time.monotonic() - started) / 60:.1f} min"
         )
         report = Report(machine_line(VENV, REPO), settings, aggregate(samples, probes), skipped)
