@@ -119,6 +119,17 @@ class PorchServer:
         stderr = (self.config_path.parent / "stderr.log").read_text(errors="replace")
         raise RuntimeError(f"porch did not start (exit {self.proc.returncode}):\n{stderr}\n{self.error_text()}")
 
+    def wait_serving(self) -> None:
+        """Wait until every worker has booted (the master's ``porch: serving`` line): the port
+        accepts as soon as the master binds it, but a worker importing a framework may take
+        seconds more on a loaded machine, and a request meanwhile waits in the backlog."""
+        stderr = self.config_path.parent / "stderr.log"
+
+        def booted() -> bool:
+            return "porch: serving" in stderr.read_text(errors="replace")
+
+        wait_until(booted, "the workers to boot", START_TIMEOUT_SECONDS)
+
     def error_text(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
 

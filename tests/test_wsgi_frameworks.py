@@ -40,6 +40,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         ],
     }
     srv = PorchServer.start(config, tmp_path_factory.mktemp(f"frameworks-{request.param}"))
+    srv.wait_serving()  # the workers import Flask and Django as they boot
     yield srv
     srv.stop()
 
