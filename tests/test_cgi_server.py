@@ -137,9 +137,10 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def cmdline(pid: int) -> bytes:
+    """b"" for a process that has gone (its /proc entry, or only its memory: ESRCH while it is reaped)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return b""
 
 
@@ -152,7 +153,7 @@ def descendants(pid: int) -> list[int]:
     for task in tasks:
         try:
             kids = [int(p) for p in (task / "children").read_text().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         for kid in kids:
             found.append(kid)
