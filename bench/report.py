@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servers import SPECS, Probe
+from servers import SPECS, Probe, compiled_twin
 from workloads import IDLE_THREAD_ALLOWANCE, TARGETS, WORKLOADS, Target
 
 
@@ -173,11 +173,6 @@ def ratio_of(rows: list[Row], peer: Row, compiled: bool = False) -> float | None
     if porch is None or not peer.throughput:
         return None
     return porch.throughput / peer.throughput
-
-
-def compiled_twin(key: str) -> str:
-    """The compiled build's server of a pure porch variant: porch-static -> porch-compiled-static."""
-    return key.replace("porch-", "porch-compiled-", 1)
 
 
 def error_text(row: Row) -> str:

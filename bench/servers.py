@@ -95,6 +95,11 @@ class ServerSpec:
         return None
 
 
+def compiled_twin(key: str) -> str:
+    """The compiled build's server of a pure porch variant: porch-static -> porch-compiled-static."""
+    return key.replace("porch-", "porch-compiled-", 1)
+
+
 def render(template: Path, target: Path, **values: object) -> Path:
     """Write ``template`` with its ``$name`` placeholders filled in (string.Template)."""
     target.write_text(string.Template(template.read_text()).substitute(**{k: str(v) for k, v in values.items()}))
@@ -278,17 +283,17 @@ SPECS: dict[str, ServerSpec] = {
         ),
         *(
             ServerSpec(
-                f"porch-compiled-{variant}",
+                compiled_twin(pure),
                 "porch compiled",
                 f"{pure} built with PORCH_COMPILE=1 (mypyc)",
                 porch(config, workers, 8, compiled=True),
                 needs=("compiled",),
             )
-            for variant, pure, config, workers in (
-                ("2x8", "porch-2x8", "porch-wsgi.yaml", 2),
-                ("static", "porch-static", "porch-static.yaml", 1),
-                ("cgi", "porch-cgi", "porch-cgi.yaml", 1),
-                ("xmlrpc", "porch-xmlrpc", "porch-xmlrpc.yaml", 1),
+            for pure, config, workers in (
+                ("porch-2x8", "porch-wsgi.yaml", 2),
+                ("porch-static", "porch-static.yaml", 1),
+                ("porch-cgi", "porch-cgi.yaml", 1),
+                ("porch-xmlrpc", "porch-xmlrpc.yaml", 1),
             )
         ),
         ServerSpec(
