@@ -52,7 +52,7 @@ from porch.config.settings import setting
 from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.user_code import extend_pythonpath, load_object, refuse_shadowing
 from porch.http.errors import ClientDisconnected, HTTPError
-from porch.http.grammar import BODILESS_STATUSES, HOP_BY_HOP, MAX_REMEMBERED_NAMES, TOKEN
+from porch.http.grammar import BODILESS_STATUSES, HOP_BY_HOP, HTTP_VARIABLES, MAX_REMEMBERED_NAMES, TOKEN, http_variable
 from porch.http.messages import Body, FileRegion, Headers, Request, Response, client_host
 
 if TYPE_CHECKING:
@@ -88,7 +88,6 @@ CONTROL_CHARACTERS = {i: f"\\x{i:02x}" for i in (*range(0x09), *range(0x0A, 0x20
 # that makes up names cannot grow them without end (past the bound, names are just checked).
 _VALID_STATUSES: dict[str, tuple[int, str]] = {}
 _VALID_NAMES: dict[str, str] = {}  # name -> its lower-case form
-_HTTP_KEYS: dict[str, str] = {}  # a request header's lower-case name -> its HTTP_* key (clients' names: bounded too)
 
 
 class ApplicationError(Exception):
@@ -602,7 +601,7 @@ class WSGIHandler(Handler):
                 continue
             if lower == "host" and host is None:
                 host = value
-            key = _HTTP_KEYS.get(lower) or http_key(lower)
+            key = HTTP_VARIABLES.get(lower) or http_variable(lower)
             if key in environ:  # RFC 9110 section 5.3: repeated fields join with ", "
                 environ[key] += ("; " if lower == "cookie" else ", ") + value
             else:
@@ -613,14 +612,6 @@ class WSGIHandler(Handler):
         if request.body.length is not None and has_length:
             environ["CONTENT_LENGTH"] = str(request.body.length)
         return environ
-
-
-def http_key(lower: str) -> str:
-    """The environ key of a request header (RFC 3875 section 4.1.18), remembered while there is room."""
-    key = "HTTP_" + lower.upper().replace("-", "_")
-    if len(_HTTP_KEYS) < MAX_REMEMBERED_NAMES:
-        _HTTP_KEYS[lower] = key
-    return key
 
 
 def server_name_port(request: Request, host: str | None) -> tuple[str, str]:

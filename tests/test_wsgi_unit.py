@@ -317,14 +317,14 @@ class TestEnviron:
 
     def test_header_keys_remembered_are_bounded(self, root: WSGIHandler) -> None:
         """Header names are the client's words: past the bound they are converted, not kept."""
-        from porch.handlers import wsgi
+        from porch.http import grammar
 
-        names = [f"X-Client-{n}" for n in range(wsgi.MAX_REMEMBERED_NAMES + 20)]
+        names = [f"X-Client-{n}" for n in range(grammar.MAX_REMEMBERED_NAMES + 20)]
         for start in range(0, len(names), 50):
             request = make_request(get("/", *(f"{name}: {n}" for n, name in enumerate(names[start : start + 50]))))
             env = root.environ(request, ErrorStream("/"))
             assert all(env[f"HTTP_X_CLIENT_{n}"] == str(n - start) for n in range(start, min(start + 50, len(names))))
-        assert len(wsgi._HTTP_KEYS) <= wsgi.MAX_REMEMBERED_NAMES
+        assert len(grammar.HTTP_VARIABLES) <= grammar.MAX_REMEMBERED_NAMES
 
     def test_content_type_and_length(self, root: WSGIHandler) -> None:
         raw = get("/environ", "Content-Type: text/plain", "Content-Length: 5", method="POST") + b"hello"

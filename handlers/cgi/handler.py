@@ -71,6 +71,7 @@ from porch.http.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from porch.http.grammar import http_variable
 from porch.http.messages import Headers, Request, Response, client_host
 
 log = logging.getLogger(__name__)
@@ -511,7 +512,7 @@ class CGIHandler(Handler):
             if not VARIABLE_SAFE_NAME.issuperset(name):
                 continue
             value = headers.joined(name) or ""
-            variables["HTTP_" + name.upper().replace("-", "_")] = wire_text(value)
+            variables[http_variable(lower)] = wire_text(value)
         return variables
 
     # -- running it ---------------------------------------------------------------------------

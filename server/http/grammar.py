@@ -62,6 +62,21 @@ BODILESS_STATUSES = frozenset({*range(100, 200), 204, 304})
 # remembered so that the rule runs once per distinct value; at most this many per table, so a
 # client or an application that makes values up cannot grow one without end.
 MAX_REMEMBERED_NAMES = 1024
+# A request field's lower-case name -> its HTTP_* variable, as ``http_variable`` made it: a hot
+# path looks here first (``HTTP_VARIABLES.get(lower) or http_variable(lower)``), saving a call.
+HTTP_VARIABLES: dict[str, str] = {}
+
+
+def http_variable(lower: str) -> str:
+    """The CGI and WSGI variable of a request field (RFC 3875 section 4.1.18), from its lower-case
+    name: "user-agent" -> "HTTP_USER_AGENT"; remembered while there is room (clients name fields)."""
+    variable = HTTP_VARIABLES.get(lower)
+    if variable is None:
+        variable = "HTTP_" + lower.upper().replace("-", "_")
+        if len(HTTP_VARIABLES) < MAX_REMEMBERED_NAMES:
+            HTTP_VARIABLES[lower] = variable
+    return variable
+
 
 # RFC 9110 12.4.2: weight = OWS ";" OWS "q=" qvalue, and
 # qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ).  Spaces around "=" are tolerated.
