@@ -37,7 +37,7 @@ from pathlib import Path
 
 from measure import lua_script, process_tree, run_wrk, tree_context_switches, tree_cpu_seconds
 from run import BENCH, REPO, VENV, ensure_venv, pip, prepare_root, say
-from servers import SPECS, Command, Paths, RunningServer, ServerSpec, raise_nofile
+from servers import SPECS, Paths, RunningServer, raise_nofile, with_counts
 from workloads import WORKLOADS
 
 PYSPY_PACKAGE = "py-spy==0.4.3"
@@ -57,28 +57,6 @@ def py_spy() -> str:
     if done.returncode != 0:
         raise SystemExit(f"py-spy could not be installed: {done.stderr.strip()[-300:]}")
     return str(VENV / "bin" / "py-spy")
-
-
-def with_counts(spec: ServerSpec, workers: int | None, threads: int | None) -> ServerSpec:
-    """The porch variant ``spec`` with other ``workers``/``threads`` (an experiment, not a peer match)."""
-    if workers is None and threads is None:
-        return spec
-
-    def build(paths: Paths, port: int) -> Command:
-        command = spec.build(paths, port)
-        env = dict(command.env)
-        if workers is not None:
-            env["BENCH_WORKERS"] = str(workers)
-        if threads is not None:
-            env["BENCH_THREADS"] = str(threads)
-        return Command(command.argv, env, command.cwd, command.stop_signal)
-
-    settings = spec.settings
-    if workers is not None:
-        settings = re.sub(r"workers: \d+", f"workers: {workers}", settings)
-    if threads is not None:
-        settings = re.sub(r"threads: \d+", f"threads: {threads}", settings)
-    return ServerSpec(spec.key, spec.label, settings, build)
 
 
 def frame_key(frame: str) -> str:

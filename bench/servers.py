@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import resource
 import shutil
 import signal
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -98,6 +99,28 @@ class ServerSpec:
 def compiled_twin(key: str) -> str:
     """The compiled build's server of a pure porch variant: porch-static -> porch-compiled-static."""
     return key.replace("porch-", "porch-compiled-", 1)
+
+
+def with_counts(spec: ServerSpec, workers: int | None, threads: int | None) -> ServerSpec:
+    """The porch variant ``spec`` with other ``workers``/``threads`` (an experiment, not a peer match)."""
+    if workers is None and threads is None:
+        return spec
+
+    def build(paths: Paths, port: int) -> Command:
+        command = spec.build(paths, port)
+        env = dict(command.env)
+        if workers is not None:
+            env["BENCH_WORKERS"] = str(workers)
+        if threads is not None:
+            env["BENCH_THREADS"] = str(threads)
+        return Command(command.argv, env, command.cwd, command.stop_signal)
+
+    settings = spec.settings
+    if workers is not None:
+        settings = re.sub(r"workers: \d+", f"workers: {workers}", settings)
+    if threads is not None:
+        settings = re.sub(r"threads: \d+", f"threads: {threads}", settings)
+    return replace(spec, settings=settings, build=build)
 
 
 def render(template: Path, target: Path, **values: object) -> Path:
