@@ -164,8 +164,8 @@ class Counters:
                 return
             cells = self.cells
         try:
-            cells[series] += 1
-            cells[buckets + bisect_left(BOUNDS, seconds)] += 1
+            cells[series] += 1.0
+            cells[buckets + bisect_left(BOUNDS, seconds)] += 1.0
             cells[total] += seconds
             if received:
                 cells[body] += received
