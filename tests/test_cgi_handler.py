@@ -19,7 +19,8 @@ import pytest
 
 from porch.config.settings import Limits, Mount
 from porch.handlers.base import HandlerContext, OptionError
-from porch.handlers.cgi.handler import CGIHandler, CGIOptions, wire_text
+from porch.handlers.cgi.handler import CGIHandler, wire_text
+from porch.handlers.cgi.options import CGIOptions
 from porch.handlers.cgi.process import (
     STDERR_LINE_BYTES,
     ResourceLimits,

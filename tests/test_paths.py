@@ -18,9 +18,11 @@ import pytest
 
 from porch.config.settings import Mount
 from porch.handlers.base import HandlerContext
-from porch.handlers.cgi.handler import CGIHandler, CGIOptions
+from porch.handlers.cgi.handler import CGIHandler
+from porch.handlers.cgi.options import CGIOptions
 from porch.handlers.paths import Root, check_target, refusal
-from porch.handlers.static.handler import StaticHandler, StaticOptions
+from porch.handlers.static.handler import StaticHandler
+from porch.handlers.static.options import StaticOptions
 from porch.http.body import ContentLengthBody
 from porch.http.errors import Forbidden, HTTPError, NotFound
 from porch.http.messages import FileRegion, Headers, Request

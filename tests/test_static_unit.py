@@ -26,11 +26,11 @@ from porch.handlers.static.handler import (
     MAX_RANGES,
     MultipartRanges,
     StaticHandler,
-    StaticOptions,
     byte_ranges,
     etag_in,
     with_charset,
 )
+from porch.handlers.static.options import StaticOptions
 from porch.http.errors import HTTPError
 from porch.http.messages import FileRegion, Headers, Request, Response
 
@@ -175,23 +175,15 @@ class TestFiles:
     def test_vanished_between_stat_and_open(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / "gone.txt").write_bytes(b"x")
         h = handler(tmp_path)
+        real_open = os.open
 
-        class Vanishing:
-            """The handler's root, deleting the file once it has found it (a compiled Root takes no
-            attribute of its own, so it is wrapped)."""
+        def vanishing_open(path: str, flags: int, *args: Any) -> int:
+            """os.open, after deleting the file the handler has just found by stat."""
+            if path.endswith("gone.txt"):
+                os.unlink(path)
+            return real_open(path, flags, *args)
 
-            def __init__(self, root: Any) -> None:
-                self.root = root
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.root, name)
-
-            def locate(self, path_info: str) -> Any:
-                found = self.root.locate(path_info)
-                (tmp_path / "gone.txt").unlink()
-                return found
-
-        monkeypatch.setattr(h, "root", Vanishing(h.root))
+        monkeypatch.setattr(os, "open", vanishing_open)
         assert serve(h, "/gone.txt")[0].status == 404
 
     def test_unreadable_file_is_forbidden(self, tmp_path: Path) -> None:

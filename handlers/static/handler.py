@@ -32,16 +32,14 @@ import secrets
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote
 
-from porch.config.settings import existing_directory, setting
 from porch.handlers.base import Handler, HandlerContext, OptionError
 from porch.handlers.paths import Root, refusal
 from porch.handlers.static.cache import SmallFiles
+from porch.handlers.static.options import StaticOptions
 from porch.http.dates import format_http_date, parse_http_date
 from porch.http.errors import (
     Forbidden,
@@ -111,28 +109,6 @@ _T = TOKEN.pattern  # RFC 9110 8.3.1: media-type = type "/" subtype parameters
 MEDIA_TYPE = re.compile(rf"{_T}/{_T}(?:[ \t]*;[ \t]*{_T}=(?:{_T}|\"[^\"\x00-\x1f]*\"))*")
 ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')  # RFC 9110 section 8.8.3
 BYTE_RANGE = re.compile(r"([0-9]{1,19})?-([0-9]{1,19})?")  # RFC 9110 section 14.1.1
-
-
-@dataclass(frozen=True)
-class StaticOptions:
-    """The options of a ``type: static`` mount."""
-
-    root: Path = setting(doc="directory served; resolved once at start-up", check=existing_directory)
-    index: tuple[str, ...] = setting(("index.html",), doc="file names tried, in order, for a directory URL")
-    listing: bool = setting(False, doc="list directories without an index file (else 403)")
-    follow_symlinks: bool = setting(False, doc="serve symlinks that point outside the root")
-    dotfiles: bool = setting(
-        False,
-        doc="serve hidden names (a path segment starting with '.'); else 404, except /.well-known at the site root",
-    )
-    mime_types: dict[str, str] = setting(
-        default_factory=dict, doc='extension → Content-Type overrides, e.g. {".md": "text/markdown"}'
-    )
-    cache_control: str | None = setting(
-        None, doc='Cache-Control sent with files, 304s and listings, e.g. "public, max-age=3600"'
-    )
-    precompressed: bool = setting(True, doc='serve "FILE.gz" with Content-Encoding: gzip to clients that accept gzip')
-    charset: str = setting("utf-8", doc='charset added to text/*, JavaScript, JSON and XML types; "" for none')
 
 
 class StaticHandler(Handler):
