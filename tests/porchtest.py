@@ -34,6 +34,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in /proc ("R", "S", "Z", ...), or None once it is gone -- reaped,
+    or being reaped as the file is read (ESRCH, ProcessLookupError)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def wait_until(condition: Callable[[], Any], what: str = "condition", timeout: float = 10.0) -> Any:
     """Poll ``condition`` until it returns something true (returned), or fail naming ``what``."""
     deadline = time.monotonic() + timeout

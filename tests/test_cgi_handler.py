@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from porchtest import process_state
 
 from porch.config.settings import Limits, Mount
 from porch.handlers.base import HandlerContext, OptionError
@@ -570,10 +571,7 @@ def dead(pid: int, within: float = 5.0) -> bool:
     """True once ``pid`` is a zombie (it exited) or gone."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except FileNotFoundError:
+        if process_state(pid) in (None, "Z"):
             return True
         time.sleep(0.01)
     return False
@@ -584,11 +582,7 @@ def alive(pid: int, grace: float = 2.0) -> bool:
     a zombie awaiting its reaper counts as dead)."""
     deadline = time.monotonic() + grace
     while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return False
-        if state == "Z":
+        if process_state(pid) in (None, "Z"):
             return False
         if time.monotonic() > deadline:
             return True

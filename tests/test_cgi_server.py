@@ -22,7 +22,7 @@ from typing import IO
 import pytest
 import requests
 from conftest import CONCURRENCY_MODELS
-from porchtest import PorchServer, wait_until
+from porchtest import PorchServer, process_state, wait_until
 
 SCRIPTS = Path(__file__).parent / "cgi_scripts"
 PY = {".py": sys.executable}
@@ -192,17 +192,10 @@ def settled_fd_count(server: PorchServer, within: float = 5.0) -> int:
     return count
 
 
-def state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
-
-
 def dead(pid: int, within: float = 3.0) -> bool:
     """True once ``pid`` is gone or a zombie (a killed orphan may wait for init to reap it)."""
     deadline = time.monotonic() + within
-    while state(pid) not in (None, "Z"):
+    while process_state(pid) not in (None, "Z"):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -812,7 +805,7 @@ def test_no_zombies_and_no_descriptor_leaks(server: PorchServer) -> None:
         requests.get(server.url + "/made/whole.py", headers={"Connection": "close"}, timeout=5)
     deadline = time.monotonic() + 5
     while True:
-        zombies = [pid for pid in descendants(server.proc.pid) if state(pid) == "Z"]
+        zombies = [pid for pid in descendants(server.proc.pid) if process_state(pid) == "Z"]
         left = {pid: cmdline(pid) for pid in scripts_of(server)}
         if not (zombies or left) or time.monotonic() > deadline:
             break

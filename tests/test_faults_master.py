@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from porchtest import PorchServer, wait_until
+from porchtest import PorchServer, process_state, wait_until
 
 TESTS_DIR = Path(__file__).parent
 ENV = {"PYTHONPATH": str(TESTS_DIR), "PYTHONDONTWRITEBYTECODE": "1"}  # an app rewritten is re-read
@@ -95,10 +95,7 @@ def serving_pid(srv: PorchServer) -> int:
 
 def gone(pid: int) -> bool:
     """Whether ``pid`` has exited (a zombie counts: only its parent can reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):  # reaped, or being reaped as we read
-        return True
+    return process_state(pid) in (None, "Z")
 
 
 def started_pids(srv: PorchServer, generation: int) -> list[int]:
