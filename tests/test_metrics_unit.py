@@ -11,7 +11,7 @@ import pytest
 
 from porch.config.load import config_from_mapping
 from porch.metrics.aggregate import Aggregate, WorkerView, quantile
-from porch.metrics.board import Board
+from porch.metrics.board import READ_WAIT_SECONDS, SEQUENCE, Board
 from porch.metrics.counters import BOUNDS, BUCKETS, FAULT_SLOTS, OTHER_FAULT, UNMATCHED, Counters, Layout
 
 
@@ -170,6 +170,22 @@ def test_the_board_round_trips_and_refuses_what_does_not_fit() -> None:
         os._exit(0 if board.read() == {"b": 1} else 1)
     board.publish({"b": 1})
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_a_reader_waits_out_a_write_in_progress_then_answers_its_last_copy() -> None:
+    board = Board(size=4096)
+    board.publish({"a": 1})
+    assert board.read() == {"a": 1}
+    SEQUENCE.pack_into(board.memory, 0, board.sequence + 1)  # the master stopped in mid-write
+    started = time.monotonic()
+    assert board.read() == {"a": 1}, "the last copy, not an empty snapshot"
+    assert time.monotonic() - started >= READ_WAIT_SECONDS
+    finish = threading.Timer(0.01, board.publish, [{"b": 2}])  # the write completes while it waits
+    finish.start()
+    try:
+        assert board.read() == {"b": 2}
+    finally:
+        finish.join()
 
 
 def test_observability_mounts_admit_loopback_only_unless_they_say_otherwise() -> None:
