@@ -39,24 +39,34 @@ from workloads import WORKLOADS, Workload
 READY_TIMEOUT_SECONDS = 180.0  # Python starts about fifty times slower under valgrind
 STOP_TIMEOUT_SECONDS = 120.0  # callgrind writes its counts at exit: never cut it short
 CLIENT_TIMEOUT_SECONDS = 120.0
-TOTALS = re.compile(r"^totals: (\d+)", re.MULTILINE)
+EVENTS = re.compile(r"^events: (.+)$", re.MULTILINE)
+TOTALS = re.compile(r"^totals: (.+)$", re.MULTILINE)
+# callgrind's cache simulation (--cache-sim=yes): first-level misses (instructions, data reads,
+# data writes) and last-level misses, the ones that go to memory.
+FIRST_LEVEL_MISSES = ("I1mr", "D1mr", "D1mw")
+LAST_LEVEL_MISSES = ("ILmr", "DLmr", "DLmw")
+# and of the branch predictors (--branch-sim=yes): mispredicted conditional and indirect branches.
+MISPREDICTED = ("Bcm", "Bim")
 
 
 @dataclass(frozen=True)
 class Count:
-    """Instructions of one run under callgrind: the master's and its children's (the worker)."""
+    """Events of one run under callgrind: the master's instructions, and every event counted in
+    its children (the worker), by callgrind's name ("Ir": instructions, and the cache misses)."""
 
     master: int
-    workers: int
+    workers: dict[str, int]
 
 
-def under_callgrind(spec: ServerSpec, out: Path) -> ServerSpec:
+def under_callgrind(spec: ServerSpec, out: Path, simulate: list[str]) -> ServerSpec:
     """``spec`` (one worker, one thread) started by callgrind, one count file per process."""
     single = with_counts(spec, 1, 1)
 
     def build(paths: Paths, port: int) -> Command:
         command = single.build(paths, port)
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no", *command.argv]
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no"]
+        argv += [f"--{what}-sim=yes" for what in simulate]
+        argv += command.argv
         return Command(argv, {**command.env, "PYTHONHASHSEED": "0"}, command.cwd, command.stop_signal)
 
     return replace(single, build=build)
@@ -78,10 +88,19 @@ def serve(port: int, workload: Workload, count: int) -> None:
         connection.close()
 
 
-def measure(spec: ServerSpec, paths: Paths, workload: Workload, count: int, label: str) -> Count:
-    """One run under callgrind answering ``count`` requests; the instructions it executed."""
+def events(path: Path) -> dict[str, int]:
+    """The totals of one callgrind output file, by event name."""
+    text = path.read_text(errors="replace")
+    names, totals = EVENTS.search(text), TOTALS.search(text)
+    if names is None or totals is None:
+        return {}
+    return dict(zip(names.group(1).split(), map(int, totals.group(1).split()), strict=False))
+
+
+def measure(spec: ServerSpec, paths: Paths, workload: Workload, count: int, label: str, simulate: list[str]) -> Count:
+    """One run under callgrind answering ``count`` requests; the events it counted."""
     out = paths.work / f"callgrind-{label}"
-    server = RunningServer(under_callgrind(spec, out), paths)
+    server = RunningServer(under_callgrind(spec, out, simulate), paths)
     try:
         problem = server.wait_ready(READY_TIMEOUT_SECONDS)
         if problem:
@@ -91,14 +110,15 @@ def measure(spec: ServerSpec, paths: Paths, workload: Workload, count: int, labe
         server.process.wait(STOP_TIMEOUT_SECONDS)
     finally:
         server.stop()
-    master = workers = 0
+    master = 0
+    workers: dict[str, int] = {}
     for path in paths.work.glob(f"{out.name}.*"):
-        found = TOTALS.search(path.read_text(errors="replace"))
-        instructions = int(found.group(1)) if found else 0
+        found = events(path)
         if path.name == f"{out.name}.{server.pid}":
-            master += instructions
+            master += found.get("Ir", 0)
         else:
-            workers += instructions
+            for name, value in found.items():
+                workers[name] = workers.get(name, 0) + value
         path.unlink()
     return Count(master, workers)
 
@@ -109,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", help="porch variants, comma-separated (default: the workload's porch servers)")
     parser.add_argument("--requests", type=int, default=2000, help="requests measured (default 2000)")
     parser.add_argument("--warmup", type=int, default=200, help="requests of the baseline run (default 200)")
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="also simulate the caches: misses per request (slower)"
+    )
+    parser.add_argument(
+        "--branch-sim", action="store_true", help="also simulate branch prediction: mispredictions per request"
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
@@ -121,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(SPECS[key].compiled for key in keys):
         for problem in ensure_compiled(reinstall=False):
             raise SystemExit(problem)
-    rows: list[tuple[ServerSpec, float, float]] = []
+    simulate = simulated(args)
+    rows: list[tuple[ServerSpec, dict[str, float], float]] = []
     with tempfile.TemporaryDirectory(prefix="porch-instructions-") as work:
         cgi_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
         paths = Paths(REPO, BENCH, Path(work), VENV, cgi_python)
@@ -129,33 +156,56 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             spec = SPECS[key]
             say(f"{key}: {args.warmup} and then {args.warmup + args.requests} requests under callgrind")
-            base = measure(spec, paths, workload, args.warmup, f"{key}-base")
-            full = measure(spec, paths, workload, args.warmup + args.requests, f"{key}-full")
-            worker = (full.workers - base.workers) / args.requests
+            base = measure(spec, paths, workload, args.warmup, f"{key}-base", simulate)
+            full = measure(spec, paths, workload, args.warmup + args.requests, f"{key}-full", simulate)
+            worker = {name: (full.workers[name] - base.workers.get(name, 0)) / args.requests for name in full.workers}
             master = (full.master - base.master) / args.requests
-            say(f"{key}: {worker:,.0f} instructions a request in the worker, {master:,.0f} in the master")
+            say(f"{key}: {worker.get('Ir', 0):,.0f} instructions a request in the worker, {master:,.0f} in the master")
             rows.append((spec, worker, master))
-    first = rows[0][1]
+    text = report(args, keys, rows)
+    print(text)
+    if not args.no_save:
+        target = BENCH / "results" / f"instructions-{args.workload}-{'+'.join(keys)}.md"
+        target.write_text(text + "\n")
+        say(f"written: {target.relative_to(REPO)}")
+    return 0
+
+
+def simulated(args: argparse.Namespace) -> list[str]:
+    """What callgrind is asked to simulate besides counting: "cache", "branch"."""
+    return [what for what, wanted in (("cache", args.cache_sim), ("branch", args.branch_sim)) if wanted]
+
+
+def report(args: argparse.Namespace, keys: list[str], rows: list[tuple[ServerSpec, dict[str, float], float]]) -> str:
+    """The markdown table: instructions a request in the worker, and what was simulated."""
+    columns: list[tuple[str, tuple[str, ...], int]] = [("worker instructions/req", ("Ir",), 0)]
+    if args.cache_sim:
+        columns += [
+            ("first-level cache misses/req", FIRST_LEVEL_MISSES, 0),
+            ("last-level misses/req", LAST_LEVEL_MISSES, 1),
+        ]
+    if args.branch_sim:
+        columns += [("mispredicted branches/req", MISPREDICTED, 0)]
+    options = "".join(
+        f" --{what}" for what, wanted in (("cache-sim", args.cache_sim), ("branch-sim", args.branch_sim)) if wanted
+    )
+    first = rows[0][1].get("Ir", 0.0)
     lines = [
         f"### Instructions per request: {args.workload}",
         "",
         f"{datetime.date.today().isoformat()}; `python bench/instructions.py {args.workload} --servers "
-        f"{','.join(keys)} --requests {args.requests}` -- callgrind, one worker of one thread, "
+        f"{','.join(keys)} --requests {args.requests}{options}` -- callgrind, one worker of one thread, "
         f"PYTHONHASHSEED=0, {args.requests:,} requests on one connection after {args.warmup:,}.",
         "",
-        f"| server | worker instructions/req | vs {rows[0][0].label} | master instructions/req |",
-        "|---|---:|---:|---:|",
+        "| server | " + " | ".join(title for title, _, _ in columns) + f" | instructions vs {rows[0][0].label} "
+        "| master instructions/req |",
+        "|---|" + "---:|" * (len(columns) + 2),
     ]
     for spec, worker, master in rows:
-        change = (worker / first - 1) * 100
-        lines.append(f"| {spec.label} (`{spec.key}`) | {worker:,.0f} | {change:+.1f} % | {master:,.0f} |")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_save:
-        target = BENCH / "results" / f"instructions-{args.workload}.md"
-        target.write_text(text + "\n")
-        say(f"written: {target.relative_to(REPO)}")
-    return 0
+        cells = [f"{sum(worker.get(name, 0.0) for name in names):,.{digits}f}" for _, names, digits in columns]
+        change = (worker.get("Ir", 0.0) / first - 1) * 100 if first else 0.0
+        lines.append(f"| {spec.label} (`{spec.key}`) | " + " | ".join(cells) + f" | {change:+.1f} % | {master:,.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
