@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from run import BENCH, REPO, VENV, ensure_compiled, prepare_root, say
+from run import BENCH, REPO, ensure_compiled, run_paths, say
 from servers import SPECS, Command, Paths, RunningServer, ServerSpec, with_counts
 from workloads import WORKLOADS, Workload
 
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate = simulated(args)
     rows: list[tuple[ServerSpec, dict[str, float], float]] = []
     with tempfile.TemporaryDirectory(prefix="porch-instructions-") as work:
-        cgi_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-        paths = Paths(REPO, BENCH, Path(work), VENV, cgi_python)
-        prepare_root(paths)
+        paths = run_paths(Path(work))
         for key in keys:
             spec = SPECS[key]
             say(f"{key}: {args.warmup} and then {args.warmup + args.requests} requests under callgrind")

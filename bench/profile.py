@@ -36,8 +36,8 @@ from collections import Counter
 from pathlib import Path
 
 from measure import lua_script, process_tree, run_wrk, tree_context_switches, tree_cpu_seconds
-from run import BENCH, REPO, VENV, ensure_venv, pip, prepare_root, say
-from servers import SPECS, Paths, RunningServer, raise_nofile, with_counts
+from run import BENCH, REPO, VENV, ensure_venv, pip, run_paths, say
+from servers import SPECS, RunningServer, raise_nofile, with_counts
 from workloads import WORKLOADS
 
 PYSPY_PACKAGE = "py-spy==0.4.3"
@@ -247,9 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     spy = py_spy()
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="porch-profile-") as work:
-        cgi_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-        paths = Paths(REPO, BENCH, Path(work), VENV, cgi_python)
-        prepare_root(paths)
+        paths = run_paths(Path(work))
         script = lua_script(BENCH, workload.script, paths.work)
         spec = with_counts(SPECS[key], args.workers, args.threads)
         server = RunningServer(spec, paths)

@@ -142,6 +142,15 @@ def porch_build(python: str) -> str:
     return done.stdout.strip().rpartition("(")[2].rstrip(")") if done.returncode == 0 else done.stderr.strip()
 
 
+def run_paths(work: Path) -> Paths:
+    """The paths of a run in the temporary directory ``work``, its document root prepared; CGI
+    scripts' #! line names the system's python3 where there is one."""
+    cgi_python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
+    paths = Paths(REPO, BENCH, work, VENV, cgi_python)
+    prepare_root(paths)
+    return paths
+
+
 def prepare_root(paths: Paths) -> None:
     """The document root every server serves: two files and the two CGI scripts."""
     root = paths.root
@@ -384,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped += ensure_compiled(args.reinstall)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="porch-bench-") as work:
-        cgi_python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
-        paths = Paths(REPO, BENCH, Path(work), VENV, cgi_python)
-        prepare_root(paths)
+        paths = run_paths(Path(work))
         plan: list[tuple[Workload, list[str]]] = []
         for name in args.workload_names:
             workload = WORKLOADS[name]
