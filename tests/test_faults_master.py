@@ -342,6 +342,7 @@ def test_a_forking_worker_whose_every_child_is_stuck_is_replaced(porch, tmp_path
     srv = porch(forking_site(tmp_path, max_children=2, worker_timeout=2, timeouts={"graceful": 1}), env=ENV)
     pid = forking_worker(srv)
     assert pid is not None
+    wait_until(lambda: not children_of(pid), what="the probe's child to end")  # its connection closed
     clients = [threading.Thread(target=expect_cut_off, args=(f"{srv.url}/app/hang?stuck={name}",)) for name in "ab"]
     for client in clients:
         client.start()
@@ -366,6 +367,7 @@ def test_a_forking_workers_children_die_with_it(porch, tmp_path: Path) -> None:
     srv = porch(forking_site(tmp_path), env=ENV)
     pid = forking_worker(srv)
     assert pid is not None
+    wait_until(lambda: not children_of(pid), what="the probe's child to end")  # its connection closed
     client = threading.Thread(target=expect_cut_off, args=(f"{srv.url}/app/hang",))
     client.start()
     try:
