@@ -270,8 +270,9 @@ def test_a_reload_keeps_the_buckets(porch: Porch) -> None:
     code, headers, _ = get(server, "/limited")
     assert code == 429 and 1 <= int(headers["Retry-After"]) <= 5
     server.signal(signal.SIGHUP)
-    wait_until(lambda: status(server)["generation"] == 1 and status(server)["state"] == "ready", "the reload", 15)
-    wait_until(lambda: all(worker["generation"] == 1 for worker in status(server)["workers"]), "old workers gone", 15)
+    # .get: the status JSON has no snapshot fields before the master's first publication
+    wait_until(lambda: (d := status(server)).get("generation") == 1 and d.get("state") == "ready", "the reload", 15)
+    wait_until(lambda: all(w["generation"] == 1 for w in status(server).get("workers", [])), "old workers gone", 15)
     code, headers, _ = get(server, "/limited")
     assert code == 429, "the new workers started with a full bucket"
 
