@@ -34,7 +34,7 @@ from pathlib import Path
 
 from run import BENCH, REPO, ensure_compiled, run_paths, say
 from servers import SPECS, Command, Paths, RunningServer, ServerSpec, with_counts
-from workloads import WORKLOADS, Workload
+from workloads import REQUEST_WORKLOADS, WORKLOADS, Workload
 
 READY_TIMEOUT_SECONDS = 180.0  # Python starts about fifty times slower under valgrind
 STOP_TIMEOUT_SECONDS = 120.0  # callgrind writes its counts at exit: never cut it short
@@ -125,7 +125,7 @@ def measure(spec: ServerSpec, paths: Paths, workload: Workload, count: int, labe
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Instructions per request of porch variants, under callgrind.")
-    parser.add_argument("workload", choices=[name for name in WORKLOADS if not WORKLOADS[name].idle_connections])
+    parser.add_argument("workload", choices=REQUEST_WORKLOADS)
     parser.add_argument("--servers", help="porch variants, comma-separated (default: the workload's porch servers)")
     parser.add_argument("--requests", type=int, default=2000, help="requests measured (default 2000)")
     parser.add_argument("--warmup", type=int, default=200, help="requests of the baseline run (default 200)")

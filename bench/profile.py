@@ -38,7 +38,7 @@ from pathlib import Path
 from measure import lua_script, process_tree, run_wrk, tree_context_switches, tree_cpu_seconds
 from run import BENCH, REPO, VENV, ensure_venv, pip, run_paths, say
 from servers import SPECS, RunningServer, raise_nofile, with_counts
-from workloads import WORKLOADS
+from workloads import REQUEST_WORKLOADS, WORKLOADS
 
 PYSPY_PACKAGE = "py-spy==0.4.3"
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
@@ -220,7 +220,7 @@ def perf_tables(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Profile porch's workers on one workload with py-spy.")
-    parser.add_argument("workload", choices=[name for name in WORKLOADS if not WORKLOADS[name].idle_connections])
+    parser.add_argument("workload", choices=REQUEST_WORKLOADS)
     parser.add_argument("--server", help="porch variant to run (default: the workload's first porch server)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sampling (default 10)")
     parser.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")

@@ -154,6 +154,10 @@ class Target:
     compiled: bool = False
 
 
+# The workloads of one request after another, which profile.py and instructions.py can run
+# (idle-10k is a procedure of its own).
+REQUEST_WORKLOADS = [name for name, workload in WORKLOADS.items() if not workload.idle_connections]
+
 TARGETS = [
     Target("wsgi-hello", "ratio", "gunicorn-gthread", 1.5),
     Target("wsgi-hello", "ratio", "uwsgi", 1.0),
