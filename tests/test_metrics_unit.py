@@ -36,6 +36,23 @@ def test_a_request_lands_in_its_cells() -> None:
     assert ("requests", "/", "GET", "2xx") not in totals, "zeros are left out"
 
 
+def test_each_duration_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() -> None:
+    """Prometheus ``le``: a duration equal to a bound counts in that bound's bucket, one a hair
+    above it in the next -- for the bounds the fast comparisons decide and those bisected alike."""
+    durations = [0.0, *BOUNDS, *(bound * 1.000001 for bound in BOUNDS), 1e-9, 3600.0]
+    counters = page("/")
+    for seconds in durations:
+        counters.request("/", "GET", 200, seconds, 0, 0)
+    totals = counters.read()
+    expected: dict[int, int] = {}
+    for seconds in durations:
+        bucket = next((index for index, bound in enumerate(BOUNDS) if seconds <= bound), len(BOUNDS))
+        expected[bucket] = expected.get(bucket, 0) + 1
+    found = {int(key[2]): value for key, value in totals.items() if key[0] == "bucket"}
+    assert found == expected
+    counters.close()
+
+
 def test_threads_count_in_slices_of_their_own_and_nothing_is_lost() -> None:
     """Six threads, three slices of their own: three count without a lock, the others share the
     first slice under it; the master's sum has every request and every connection."""
