@@ -217,6 +217,7 @@ class ScriptRun:
             stdin=stdin_arg,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            bufsize=0,  # the pipes are read and written by descriptor: no buffered wrapper to make
             cwd=cwd,
             env=env,
             close_fds=True,
