@@ -56,7 +56,6 @@ LEFT_OUT = {
     "server/http/errors.py": "compiled, a subclass of an exception loses the class attributes it overrides (status)",
     "handlers/static/options.py": "the config loader reads the types of these Options; compiled, they are erased",
     "handlers/cgi/options.py": "the config loader reads the types of these Options; compiled, they are erased",
-    "handlers/cgi/spawn.py": "calls into the C library through ctypes: compiled, nothing is gained",
     "handlers/cgi/process.py": "keeps a module imported in a method in an attribute, which compiled fails to set",
     "server/spine/logs.py": "logging holds its handlers by weak reference, which a compiled instance does not "
     "clear when freed: the next fork crashes",

@@ -2,7 +2,7 @@
 
 How this works::
 
-    ScriptRun(argv, env, stdin) ──► start_script: no shell, own session (its own process group)
+    ScriptRun(argv, env, stdin) ──► Popen: no shell, own session (so its own process group)
         ├─ feeder thread:    request body ──► stdin pipe, then closes it (only when there is a body)
         ├─ read():           stdout and stderr in one poll, against the run's deadline (then
         │                    GatewayTimeout); each stderr line ──► error log, tagged with the script;
@@ -36,14 +36,14 @@ import random
 import resource
 import select
 import signal
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-from porch.handlers.cgi.spawn import start_script
 from porch.http.errors import ClientDisconnected, GatewayTimeout
 from porch.http.messages import Body, escape
 from porch.timing import milliseconds
@@ -70,7 +70,7 @@ class ResourceLimits:
     def preexec(self) -> Callable[[], None] | None:
         """The function the child runs before exec, or None when no limit is set.
 
-        None keeps the start on its fast path (``posix_spawn``, no Python code in the child).  The values
+        None keeps subprocess on its fast path (vfork, no Python code in the child).  The values
         are computed here in the parent, so the child only makes ``setrlimit`` calls: no imports,
         no locks, nothing that a fork in a threaded process could deadlock on.
         """
@@ -207,16 +207,27 @@ class ScriptRun:
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._feeder: threading.Thread | None = None  # once it runs, it alone closes the stdin pipe
-        self.proc = start_script(
+        stdin_arg: Any = subprocess.DEVNULL
+        if stdin.file is not None:
+            stdin_arg = stdin.file
+        elif stdin.body is not None:
+            stdin_arg = subprocess.PIPE
+        self.proc = subprocess.Popen(  # RFC 3875 4.4: never the query string as arguments
             argv,
+            stdin=stdin_arg,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,  # the pipes are read and written by descriptor: no buffered wrapper to make
             cwd=cwd,
             env=env,
-            stdin_file=None if stdin.file is None else stdin.file.fileno(),
-            stdin_pipe=stdin.body is not None,
-            preexec=preexec,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=preexec,
         )
-        self._stdout_fd = self.proc.stdout
-        self._stderr_fd: int | None = self.proc.stderr  # None once closed
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._stdout = self.proc.stdout
+        self._stdout_fd = self._stdout.fileno()
+        self._stderr_fd: int | None = self.proc.stderr.fileno()  # None once closed
         self._stderr_pending = bytearray()  # the start of a stderr line not yet complete
         self._poller = select.poll()  # stdout and stderr in one poll: neither pipe can fill up unread
         self._poller.register(self._stdout_fd, select.POLLIN)
@@ -277,7 +288,7 @@ class ScriptRun:
             )
         self._end()
         self._drain_stderr()
-        return self.proc.wait()  # reaped by _end: the status it found
+        return self.proc.returncode
 
     def conclude(self) -> None:
         """``finish()`` after a normal end of output, where only a failed exit is worth a line."""
@@ -354,10 +365,10 @@ class ScriptRun:
             self._close_stderr()
 
     def _close_stderr(self) -> None:
-        assert self._stderr_fd is not None
+        assert self._stderr_fd is not None and self.proc.stderr is not None
         self._poller.unregister(self._stderr_fd)
-        os.close(self._stderr_fd)
         self._stderr_fd = None
+        self.proc.stderr.close()
 
     # -- the process group --------------------------------------------------------------------
 
@@ -448,11 +459,11 @@ class ScriptRun:
             self._closed = True
         self._stop.set()
         self._end()
-        os.close(self._stdout_fd)
+        self._stdout.close()
         self._drain_stderr()
         if self._feeder is None:
             if self.proc.stdin is not None:
-                os.close(self.proc.stdin)
+                self.proc.stdin.close()
         else:
             # The feeder may be inside body.read(); it must be done before the connection uses
             # the request body again.  Socket timeouts bound that read.
@@ -470,8 +481,9 @@ class ScriptRun:
 
     def _feed(self, body: Body, first: bytes) -> None:
         """Copy the request body to stdin, then close it: the script sees end of file."""
-        fd = self.proc.stdin
-        assert fd is not None
+        pipe = self.proc.stdin
+        assert pipe is not None
+        fd = pipe.fileno()
         os.set_blocking(fd, False)
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
@@ -495,7 +507,7 @@ class ScriptRun:
             log.warning("%s: request body not delivered: %s", self.tag, error)
         finally:
             try:
-                os.close(fd)
+                pipe.close()
             except OSError:
                 pass
 
