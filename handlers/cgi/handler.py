@@ -508,7 +508,7 @@ class CGIHandler(Handler):
         try:
             run = ScriptRun(
                 argv,
-                cwd=str(target.path.parent),
+                cwd=os.path.dirname(target.path),  # no Path made (and str()-ed) for it
                 env=env,
                 stdin=stdin,
                 timeout=self.options.timeout,

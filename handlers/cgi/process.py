@@ -204,7 +204,9 @@ class ScriptRun:
         self.timed_out = False  # it ran past its timeout
         self.killed = False  # porch had to end it (timeout, the client gone, a stop): for the metrics
         self._closed = False
-        self._stop = threading.Event()
+        self._stopping = (
+            False  # set once the run is being stopped: the feeder gives up (a flag: an Event costs a Condition a run)
+        )
         self._lock = threading.RLock()
         self._feeder: threading.Thread | None = None  # once it runs, it alone closes the stdin pipe
         stdin_arg: Any = subprocess.DEVNULL
@@ -448,7 +450,7 @@ class ScriptRun:
 
     def stop(self) -> None:
         """End the script now (server shutdown); its reader sees the end of output."""
-        self._stop.set()
+        self._stopping = True
         self._end()
 
     def close(self) -> None:
@@ -457,7 +459,7 @@ class ScriptRun:
             if self._closed:
                 return
             self._closed = True
-        self._stop.set()
+        self._stopping = True
         self._end()
         self._stdout.close()
         self._drain_stderr()
@@ -492,13 +494,13 @@ class ScriptRun:
             while chunk:
                 view = memoryview(chunk)
                 while view:
-                    if self._stop.is_set():
+                    if self._stopping:
                         return
                     try:
                         view = view[os.write(fd, view) :]
                     except BlockingIOError:
                         poller.poll(STDIN_POLL_MILLISECONDS)
-                if self._stop.is_set():
+                if self._stopping:
                     return
                 chunk = body.read(BLOCK_BYTES)
         except BrokenPipeError:
