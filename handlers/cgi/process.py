@@ -204,9 +204,7 @@ class ScriptRun:
         self.timed_out = False  # it ran past its timeout
         self.killed = False  # porch had to end it (timeout, the client gone, a stop): for the metrics
         self._closed = False
-        self._stopping = (
-            False  # set once the run is being stopped: the feeder gives up (a flag: an Event costs a Condition a run)
-        )
+        self._stopping = False  # the run is being stopped: the feeder gives up (a flag; an Event costs more)
         self._lock = threading.RLock()
         self._feeder: threading.Thread | None = None  # once it runs, it alone closes the stdin pipe
         stdin_arg: Any = subprocess.DEVNULL
