@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from run import BENCH, REPO, ensure_compiled, run_paths, say
+from run import ensure_compiled, publish, run_paths, say
 from servers import SPECS, Command, Paths, RunningServer, ServerSpec, with_counts
 from workloads import REQUEST_WORKLOADS, WORKLOADS, Workload
 
@@ -160,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             master = (full.master - base.master) / args.requests
             say(f"{key}: {worker.get('Ir', 0):,.0f} instructions a request in the worker, {master:,.0f} in the master")
             rows.append((spec, worker, master))
-    text = report(args, keys, rows)
-    print(text)
-    if not args.no_save:
-        target = BENCH / "results" / f"instructions-{args.workload}-{'+'.join(keys)}.md"
-        target.write_text(text + "\n")
-        say(f"written: {target.relative_to(REPO)}")
+    publish(report(args, keys, rows), f"instructions-{args.workload}-{'+'.join(keys)}.md", not args.no_save)
     return 0
 
 

@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 from measure import lua_script, process_tree, run_wrk, tree_context_switches, tree_cpu_seconds
-from run import BENCH, REPO, VENV, ensure_venv, pip, run_paths, say
+from run import BENCH, REPO, VENV, ensure_venv, pip, publish, run_paths, say
 from servers import SPECS, RunningServer, raise_nofile, with_counts
 from workloads import REQUEST_WORKLOADS, WORKLOADS
 
@@ -366,12 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.copy(raw, keep / f"{args.workload}-{pid}.collapsed")
         finally:
             server.stop()
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_save:
-        target = BENCH / "results" / f"profile-{args.workload}.md"
-        target.write_text(text + "\n")
-        say(f"written: {target.relative_to(REPO)}")
+    publish("\n".join(lines), f"profile-{args.workload}.md", not args.no_save)
     return 0
 
 

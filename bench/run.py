@@ -142,6 +142,15 @@ def porch_build(python: str) -> str:
     return done.stdout.strip().rpartition("(")[2].rstrip(")") if done.returncode == 0 else done.stderr.strip()
 
 
+def publish(text: str, name: str, save: bool) -> None:
+    """Print a report and, with ``save``, write it to bench/results/``name``."""
+    print(text)
+    if save:
+        target = BENCH / "results" / name
+        target.write_text(text + "\n")
+        say(f"written: {target.relative_to(REPO)}")
+
+
 def run_paths(work: Path) -> Paths:
     """The paths of a run in the temporary directory ``work``, its document root prepared; CGI
     scripts' #! line names the system's python3 where there is one."""
