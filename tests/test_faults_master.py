@@ -378,6 +378,44 @@ def test_a_forking_workers_children_die_with_it(porch, tmp_path: Path) -> None:
         client.join(20)
 
 
+FAILING_APP = """
+def application(environ, start_response):
+    raise RuntimeError("failed on purpose")
+"""
+
+
+def test_forking_children_log_while_their_worker_rotates_its_logs(porch, tmp_path: Path) -> None:
+    """Each child writes a traceback to the error log while the worker's main thread reopens
+    its logs (USR1, again and again) and says so there: a child forked while that thread was
+    part way through a write would inherit the stream's own lock taken, and hang for good."""
+    apps = tmp_path / "apps"
+    write_app(apps, "fails", FAILING_APP)
+    srv = porch(with_app(site(tmp_path, "x", concurrency="forking"), apps, "fails"), env=ENV)
+    serving = wait_until(lambda: re.search(r" serving \(pid (\d+)", srv.error_text()), what="the worker to serve")
+    pid = int(serving[1])
+    done = threading.Event()
+
+    def rotate() -> None:
+        while not done.is_set():
+            os.kill(pid, signal.SIGUSR1)
+            done.wait(0.0005)
+
+    rotator = threading.Thread(target=rotate)
+    rotator.start()
+    try:
+        for number in range(200):
+            try:
+                status = requests.get(srv.url + "/app", headers={"Connection": "close"}, timeout=5).status_code
+            except requests.Timeout:
+                pytest.fail(f"request {number + 1} unanswered: its child hangs")
+            assert status == 500
+    finally:
+        done.set()
+        rotator.join()
+    assert srv.error_text().count("failed on purpose") >= 200
+    assert "log files reopened" in srv.error_text()
+
+
 def test_a_worker_that_cannot_boot_after_startup_is_retried(porch, tmp_path: Path) -> None:
     apps = tmp_path / "apps"
     write_app(apps, "changes_on_disk", GOOD_APP)

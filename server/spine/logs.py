@@ -140,6 +140,25 @@ class Logs:
         if reopened:
             self.error.info("log files reopened")
 
+    def fork(self) -> int:
+        """``os.fork()`` with every handler's lock held across it, so that no other thread is
+        part way through a write: a child would inherit that stream's own lock taken and wait on
+        it for ever.  The access log's is taken first, as ``log_request`` takes them; a child
+        gives each handler a new lock (the held ones belong to a thread of its parent)."""
+        held = self.handlers[::-1]  # the error log's handler comes first in the list
+        for handler in held:
+            handler.acquire()
+        pid = -1  # stays so if the fork fails
+        try:
+            pid = os.fork()
+        finally:
+            for handler in held:
+                if pid == 0:
+                    handler.createLock()
+                else:
+                    handler.release()
+        return pid
+
     def close(self) -> None:
         if self.lost:
             self.report_lost(time.monotonic())

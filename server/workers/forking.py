@@ -174,7 +174,7 @@ class ForkingServer(SelectorServer):
             return
         parent = os.getpid()
         try:
-            pid = os.fork()
+            pid = self.pipeline.logs.fork()  # a child's logs are whole, whatever other threads write
         except OSError as error:  # out of processes or memory: this client is not served
             log.error("cannot fork to serve %s: %s", conn.client, error)
             self.parking.release(conn)
