@@ -17,7 +17,7 @@ exact even though strace slows the server down.  With ``--perf``, ``perf record 
 workers' CPU (user and kernel) during a further wrk run, and the report gives each system call's
 inclusive share of it -- how much of the CPU the futex calls of GIL hand-offs take, say.
 
-The report goes to stdout and to bench/results/profile-<workload>.md; the raw collapsed stacks
+The report goes to stdout and to bench/results/profile-<workload>-<server>.md; the raw collapsed stacks
 (for flamegraph.pl or speedscope) stay in bench/results/profiles/ when ``--keep-raw`` is given.
 """
 
@@ -142,6 +142,7 @@ def syscall_counts(
     return sorted(rows, key=lambda row: -row[1]), result.requests
 
 
+PERF_DSO_ROW = re.compile(r"^\s+(?P<share>[\d.]+)%\s+(?P<object>\S.*?)\s*$")
 PERF_ROW = re.compile(r"^\s+(?P<children>[\d.]+)%\s+(?P<self>[\d.]+)%\s+\[(?P<space>k|\.)\]\s+(?P<symbol>.+?)\s*$")
 
 
@@ -191,6 +192,14 @@ def perf_tables(
         check=False,
     ).stdout
     rows = [match for line in report.splitlines() if (match := PERF_ROW.match(line))]
+    by_object = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    ).stdout
+    objects = [(m["object"], float(m["share"])) for line in by_object.splitlines() if (m := PERF_DSO_ROW.match(line))]
     kernel = sum(float(row["self"]) for row in rows if row["space"] == "k")
     calls = [
         (row["symbol"].removeprefix("__x64_sys_"), float(row["children"]))
@@ -206,6 +215,14 @@ def perf_tables(
         "|---|---:|",
     ]
     lines += [f"| {name} | {share:.1f}% |" for name, share in sorted(calls, key=lambda c: -c[1])[:15]]
+    lines += [
+        "",
+        "#### CPU by object (perf: the kernel, the interpreter, porch's compiled modules, libc, ...)",
+        "",
+        "| object | share of worker CPU |",
+        "|---|---:|",
+    ]
+    lines += [f"| `{name}` | {share:.1f}% |" for name, share in objects[:top]]
     lines += [
         "",
         "#### Top symbols by self CPU (perf; `[k]` kernel, `[.]` user space)",
@@ -339,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
                 if total
                 else []
             )
+            if spec.compiled:
+                lines += [
+                    "py-spy sees only interpreted frames: the time of a compiled module counts as the self",
+                    "time of its nearest interpreted caller (`Thread.run` for the request spine); `--perf`",
+                    "names the compiled functions.",
+                    "",
+                ]
             lines += table("Self time (the function itself was running)", own, total, cpu_us, args.top)
             lines += table("Inclusive time (the function or its callees)", inclusive, total, cpu_us, args.top)
             lines += table("Self time by file", Counter({f"{k}": v for k, v in by_file.items()}), total, cpu_us, 15)
@@ -357,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"| **all** | {sum(r[1] for r in rows) / max(requests, 1):.2f} | |")
                 lines.append("")
             if args.perf:
-                lines += perf_tables(workers, url, script, args.duration, args.connections, Path(work), 20)
+                lines += perf_tables(workers, url, script, args.duration, args.connections, Path(work), args.top)
             if args.keep_raw:
                 keep = BENCH / "results" / "profiles"
                 keep.mkdir(parents=True, exist_ok=True)
@@ -366,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.copy(raw, keep / f"{args.workload}-{pid}.collapsed")
         finally:
             server.stop()
-    publish("\n".join(lines), f"profile-{args.workload}.md", not args.no_save)
+    publish("\n".join(lines), f"profile-{args.workload}-{key}.md", not args.no_save)
     return 0
 
 
