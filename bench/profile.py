@@ -146,6 +146,17 @@ PERF_DSO_ROW = re.compile(r"^\s+(?P<share>[\d.]+)%\s+(?P<object>\S.*?)\s*$")
 PERF_ROW = re.compile(r"^\s+(?P<children>[\d.]+)%\s+(?P<self>[\d.]+)%\s+\[(?P<space>k|\.)\]\s+(?P<symbol>.+?)\s*$")
 
 
+def perf_report(data: Path, children: str, sort: str) -> list[str]:
+    """The lines of ``perf report`` on ``data``, sorted by ``sort``, without call graphs."""
+    return subprocess.run(
+        ["perf", "report", "-i", str(data), children, "--sort", sort, "--stdio", "-g", "none"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    ).stdout.splitlines()
+
+
 def perf_tables(
     workers: list[int], url: str, script: Path, duration: float, connections: int, work: Path, top: int
 ) -> list[str]:
@@ -184,22 +195,9 @@ def perf_tables(
         load.wait(duration + 30)
     if recorded.returncode != 0 or not data.exists():
         return [f"perf record failed: {recorded.stderr.strip()[-300:]}", ""]
-    report = subprocess.run(
-        ["perf", "report", "-i", str(data), "--children", "--sort", "sym", "--stdio", "-g", "none"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    ).stdout
-    rows = [match for line in report.splitlines() if (match := PERF_ROW.match(line))]
-    by_object = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    ).stdout
-    objects = [(m["object"], float(m["share"])) for line in by_object.splitlines() if (m := PERF_DSO_ROW.match(line))]
+    rows = [match for line in perf_report(data, "--children", "sym") if (match := PERF_ROW.match(line))]
+    by_object = perf_report(data, "--no-children", "dso")
+    objects = [(m["object"], float(m["share"])) for line in by_object if (m := PERF_DSO_ROW.match(line))]
     kernel = sum(float(row["self"]) for row in rows if row["space"] == "k")
     calls = [
         (row["symbol"].removeprefix("__x64_sys_"), float(row["children"]))
