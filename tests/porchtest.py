@@ -142,6 +142,10 @@ class PorchServer:
     def error_text(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
 
+    def serving_pids(self) -> list[int]:
+        """The workers that have started serving, in order, from the error log."""
+        return [int(pid) for pid in re.findall(r" serving \(pid (\d+), ", self.error_text())]
+
     def access_lines(self) -> list[str]:
         if not self.access_log.exists():
             return []

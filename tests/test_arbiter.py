@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -244,21 +243,16 @@ def test_max_requests_recycles_workers(porch, tmp_path: Path) -> None:
     assert "served 5 requests (max_requests): retiring" in srv.error_text()
 
 
-def serving_pids(srv: PorchServer) -> list[int]:
-    """The workers that have started serving, in order, from the error log."""
-    return [int(pid) for pid in re.findall(r" serving \(pid (\d+), ", srv.error_text())]
-
-
 def test_max_requests_recycles_forking_workers(porch, tmp_path: Path) -> None:
     """Under forking the requests complete in the children: the worker counts them all the same,
     and retires after its fifth without failing a request."""
     srv = porch(site(tmp_path, "x", workers=1, concurrency="forking", max_requests=5), env=ENV)
-    first = wait_for(lambda: serving_pids(srv), what="the worker to serve")[0]
+    first = wait_for(lambda: srv.serving_pids(), what="the worker to serve")[0]
     with requests.Session() as session:  # kept alive: the count follows the requests, not the connections
         answers = [session.get(srv.url + "/", timeout=10) for _ in range(3)]
     answers += [requests.get(srv.url + "/", timeout=10) for _ in range(4)]
     assert [answer.text for answer in answers] == ["x"] * 7
-    assert wait_for(lambda: len(serving_pids(srv)) == 2, what="a replacement worker")
-    assert serving_pids(srv)[0] == first
+    assert wait_for(lambda: len(srv.serving_pids()) == 2, what="a replacement worker")
+    assert srv.serving_pids()[0] == first
     assert "served 5 requests (max_requests): retiring" in srv.error_text()
     assert requests.get(srv.url + "/", timeout=10).text == "x"

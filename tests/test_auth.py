@@ -371,7 +371,7 @@ def test_malformed_credentials_are_answered_401_on_a_kept_connection(server: Por
             while b"\r\n\r\n" not in head:
                 try:
                     received = sock.recv(1)
-                except TimeoutError:  # seen once in CI under forking: say what the server saw
+                except TimeoutError:  # say what the server saw
                     pytest.fail(f"request {number + 1} unanswered after {head!r}; error log:\n{server.error_text()}")
                 assert received, f"closed before the answer to request {number + 1}: {head!r}"
                 head += received

@@ -391,8 +391,7 @@ def test_forking_children_log_while_their_worker_rotates_its_logs(porch, tmp_pat
     apps = tmp_path / "apps"
     write_app(apps, "fails", FAILING_APP)
     srv = porch(with_app(site(tmp_path, "x", concurrency="forking"), apps, "fails"), env=ENV)
-    serving = wait_until(lambda: re.search(r" serving \(pid (\d+)", srv.error_text()), what="the worker to serve")
-    pid = int(serving[1])
+    [pid] = wait_until(srv.serving_pids, what="the worker to serve")
     done = threading.Event()
 
     def rotate() -> None:
